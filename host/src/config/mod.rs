@@ -1,0 +1,412 @@
+//! The waypoint's configuration file.
+//!
+//! One YAML document describes the listeners, the sandbox limits, the named
+//! upstreams plugins may call out to, the mesh's services and workloads (in the
+//! shape of ztunnel's local config, so one file can describe the mesh for both),
+//! and the plugin chain of every namespace (in Istio's WasmPlugin vocabulary).
+//!
+//! Everything is checked when the file is loaded: unknown fields, bad values and
+//! dangling references are errors that name the file, the field and the reason.
+
+mod discovery;
+mod plugin;
+
+pub use discovery::{
+    LocalWorkload, Protocol, ServiceConfig, WaypointAddress, parse_network_address,
+};
+
+/// The IP of a `network/ip` address that validation already accepted.
+pub fn discovery_address(s: &str) -> Result<std::net::IpAddr, String> {
+    parse_network_address(s).map(|(_, ip)| ip)
+}
+pub use plugin::{EnvSource, EnvVar, FailStrategy, Phase, PluginSpec, PluginType, PluginUrl, VmConfig};
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {origin}: {source}")]
+    Parse {
+        origin: String,
+        source: serde_norway::Error,
+    },
+    #[error("config {origin}: field `{field}`: {reason}")]
+    Invalid {
+        origin: String,
+        field: String,
+        reason: String,
+    },
+}
+
+/// The whole configuration, as loaded and validated.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub listeners: Listeners,
+    #[serde(default)]
+    pub sandbox: SandboxConfig,
+    /// Named HTTP upstreams that plugins may reach with `dispatch_http_call`
+    /// (Envoy calls these clusters).
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+    #[serde(default)]
+    pub workloads: Vec<LocalWorkload>,
+    #[serde(default)]
+    pub namespaces: BTreeMap<String, NamespaceConfig>,
+    /// Where relative `file://` plugin URLs are resolved from: the config
+    /// file's directory (not part of the file itself).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// Where the config came from, for error messages and the config dump.
+    #[serde(skip)]
+    pub origin: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Listeners {
+    /// Plaintext HTTP/1.1 and h2c listener for L7 traffic. `null` disables it.
+    #[serde(default = "default_http_listener")]
+    pub http: Option<SocketAddr>,
+    /// Admin listener: readiness, metrics, config dump. Keep it on loopback.
+    #[serde(default = "default_admin_listener")]
+    pub admin: Option<SocketAddr>,
+}
+
+fn default_http_listener() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 15006)))
+}
+
+fn default_admin_listener() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 15000)))
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        Listeners {
+            http: default_http_listener(),
+            admin: default_admin_listener(),
+        }
+    }
+}
+
+/// Limits every plugin instance runs under.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// Wall-clock budget of one guest call (one callback), in milliseconds.
+    #[serde(default = "default_call_timeout_ms")]
+    pub call_timeout_ms: u64,
+    /// Linear-memory cap of one plugin instance, in MiB.
+    #[serde(default = "default_memory_limit_mib")]
+    pub memory_limit_mib: u64,
+    /// Instances kept per plugin; requests are spread over them.
+    #[serde(default = "default_instances_per_plugin")]
+    pub instances_per_plugin: usize,
+    /// How long a request may stay paused by a plugin (waiting for a callout,
+    /// say) before the plugin counts as failed.
+    #[serde(default = "default_paused_request_timeout_ms")]
+    pub paused_request_timeout_ms: u64,
+    /// Upper bound on plugin instances alive at once in this process (sizes
+    /// the pooling allocator).
+    #[serde(default = "default_max_instances")]
+    pub max_instances: u32,
+    /// Largest request or response body a plugin may ask to buffer, in bytes.
+    #[serde(default = "default_max_buffered_body")]
+    pub max_buffered_body_bytes: usize,
+}
+
+fn default_call_timeout_ms() -> u64 {
+    100
+}
+fn default_memory_limit_mib() -> u64 {
+    64
+}
+fn default_instances_per_plugin() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(1, 8)
+}
+fn default_paused_request_timeout_ms() -> u64 {
+    30_000
+}
+fn default_max_instances() -> u32 {
+    256
+}
+fn default_max_buffered_body() -> usize {
+    16 * 1024 * 1024
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            call_timeout_ms: default_call_timeout_ms(),
+            memory_limit_mib: default_memory_limit_mib(),
+            instances_per_plugin: default_instances_per_plugin(),
+            paused_request_timeout_ms: default_paused_request_timeout_ms(),
+            max_instances: default_max_instances(),
+            max_buffered_body_bytes: default_max_buffered_body(),
+        }
+    }
+}
+
+impl SandboxConfig {
+    pub fn call_timeout(&self) -> Duration {
+        Duration::from_millis(self.call_timeout_ms)
+    }
+    pub fn memory_limit_bytes(&self) -> usize {
+        (self.memory_limit_mib as usize) << 20
+    }
+    pub fn paused_request_timeout(&self) -> Duration {
+        Duration::from_millis(self.paused_request_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `ip:port` of the upstream.
+    pub address: SocketAddr,
+    /// Default per-call timeout when the plugin passes none, in milliseconds.
+    #[serde(default = "default_upstream_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_upstream_timeout_ms() -> u64 {
+    5_000
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NamespaceConfig {
+    #[serde(default)]
+    pub plugins: Vec<PluginSpec>,
+}
+
+impl Config {
+    /// Loads and validates a config file. Relative plugin paths resolve from
+    /// the file's directory.
+    pub fn load(path: &Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Config::from_yaml(&text, &path.display().to_string(), &base)
+    }
+
+    /// Parses and validates YAML text; `origin` names it in errors.
+    pub fn from_yaml(text: &str, origin: &str, base_dir: &Path) -> Result<Config, Error> {
+        let mut config: Config =
+            serde_norway::from_str(text).map_err(|source| Error::Parse {
+                origin: origin.to_owned(),
+                source,
+            })?;
+        config.base_dir = base_dir.to_owned();
+        config.origin = origin.to_owned();
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn invalid(&self, field: impl Into<String>, reason: impl Into<String>) -> Error {
+        Error::Invalid {
+            origin: self.origin.clone(),
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let sb = &self.sandbox;
+        if sb.call_timeout_ms == 0 || sb.call_timeout_ms > 60_000 {
+            return Err(self.invalid(
+                "sandbox.callTimeoutMs",
+                format!("{} is out of range (1..=60000)", sb.call_timeout_ms),
+            ));
+        }
+        if sb.memory_limit_mib == 0 || sb.memory_limit_mib > 4096 {
+            return Err(self.invalid(
+                "sandbox.memoryLimitMiB",
+                format!("{} is out of range (1..=4096)", sb.memory_limit_mib),
+            ));
+        }
+        if sb.instances_per_plugin == 0 || sb.instances_per_plugin > 64 {
+            return Err(self.invalid(
+                "sandbox.instancesPerPlugin",
+                format!("{} is out of range (1..=64)", sb.instances_per_plugin),
+            ));
+        }
+        if sb.max_instances < 8 {
+            return Err(self.invalid(
+                "sandbox.maxInstances",
+                format!("{} is too small (at least 8)", sb.max_instances),
+            ));
+        }
+        for (i, svc) in self.services.iter().enumerate() {
+            svc.validate()
+                .map_err(|(field, reason)| self.invalid(format!("services[{i}].{field}"), reason))?;
+        }
+        for (i, wl) in self.workloads.iter().enumerate() {
+            wl.validate()
+                .map_err(|(field, reason)| self.invalid(format!("workloads[{i}].{field}"), reason))?;
+            for key in wl.services.keys() {
+                let known = self
+                    .services
+                    .iter()
+                    .any(|s| format!("{}/{}", s.namespace, s.hostname) == *key);
+                if !known {
+                    return Err(self.invalid(
+                        format!("workloads[{i}].services"),
+                        format!("`{key}` names no service (expected `namespace/hostname` of an entry in `services`)"),
+                    ));
+                }
+            }
+        }
+        for (ns, nsc) in &self.namespaces {
+            if ns.is_empty() {
+                return Err(self.invalid("namespaces", "namespace name is empty"));
+            }
+            let mut names = std::collections::HashSet::new();
+            for (i, p) in nsc.plugins.iter().enumerate() {
+                let field = format!("namespaces.{ns}.plugins[{i}]");
+                p.validate()
+                    .map_err(|(f, reason)| self.invalid(format!("{field}.{f}"), reason))?;
+                if !names.insert(p.name.as_str()) {
+                    return Err(self.invalid(
+                        format!("{field}.name"),
+                        format!("plugin name `{}` is used twice in namespace `{ns}`", p.name),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<Config, Error> {
+        Config::from_yaml(yaml, "test.yaml", Path::new("/etc/wayplug"))
+    }
+
+    #[test]
+    fn empty_document_gets_defaults() {
+        let c = parse("{}").unwrap();
+        assert_eq!(c.sandbox.call_timeout_ms, 100);
+        assert_eq!(c.sandbox.memory_limit_mib, 64);
+        assert_eq!(c.listeners.admin.unwrap().port(), 15000);
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let c = parse(
+            r#"
+listeners: { http: "127.0.0.1:0", admin: null }
+sandbox: { callTimeoutMs: 50, memoryLimitMiB: 16 }
+upstreams:
+  auth: { address: "127.0.0.1:9000" }
+services:
+  - name: shop
+    namespace: shop
+    hostname: shop.shop.svc.cluster.local
+    vips: ["/10.0.0.1"]
+    ports: { 80: 8080 }
+workloads:
+  - uid: cluster1//v1/Pod/shop/shop-1
+    name: shop-1
+    namespace: shop
+    serviceAccount: shop
+    workloadIps: ["127.0.0.1"]
+    protocol: TCP
+    services:
+      shop/shop.shop.svc.cluster.local: { 80: 8080 }
+namespaces:
+  shop:
+    plugins:
+      - name: allow
+        url: file://plugins/allow.wasm
+        phase: AUTHZ
+        priority: 10
+        failStrategy: FAIL_OPEN
+        pluginConfig: { header: x-user, allow: [alice] }
+        vmConfig:
+          env:
+            - { name: MODE, value: strict }
+"#,
+        )
+        .unwrap();
+        let p = &c.namespaces["shop"].plugins[0];
+        assert_eq!(p.phase, Phase::Authz);
+        assert_eq!(p.fail_strategy, FailStrategy::FailOpen);
+        assert_eq!(
+            p.url.resolve_file(&c.base_dir).unwrap(),
+            PathBuf::from("/etc/wayplug/plugins/allow.wasm")
+        );
+        assert_eq!(
+            p.plugin_config_bytes(),
+            br#"{"allow":["alice"],"header":"x-user"}"#.to_vec()
+        );
+        assert_eq!(c.workloads[0].workload_ips[0].to_string(), "127.0.0.1");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases: &[(&str, &str)] = &[
+            ("bogus: 1", "unknown field `bogus`"),
+            ("sandbox: { callTimeoutMs: 0 }", "sandbox.callTimeoutMs"),
+            ("listeners: { http: nope }", "invalid socket address"),
+            (
+                "namespaces: { a: { plugins: [ { name: p, url: 'http://x/p.wasm' } ] } }",
+                "namespaces.a.plugins[0].url",
+            ),
+            (
+                "namespaces: { a: { plugins: [ { name: p, url: 'file:///p.wasm', sha256: xyz } ] } }",
+                "namespaces.a.plugins[0].sha256",
+            ),
+            (
+                "namespaces: { a: { plugins: [ { name: p, url: 'file:///p.wasm', failStrategy: MAYBE } ] } }",
+                "unknown variant `MAYBE`",
+            ),
+            (
+                "namespaces: { a: { plugins: [ { name: p, url: 'file:///p.wasm' }, { name: p, url: 'file:///q.wasm' } ] } }",
+                "used twice",
+            ),
+            (
+                "namespaces: { a: { plugins: [ { name: p, url: 'file:///p.wasm', type: NETWORK } ] } }",
+                "namespaces.a.plugins[0].type",
+            ),
+            (
+                "workloads: [ { uid: u, name: n, namespace: a, workloadIps: [127.0.0.1], services: { a/missing: { 80: 80 } } } ]",
+                "names no service",
+            ),
+            (
+                "services: [ { name: s, namespace: a, hostname: '', ports: { 80: 80 } } ]",
+                "services[0].hostname",
+            ),
+        ];
+        for (yaml, expect) in cases {
+            let err = parse(yaml).expect_err(yaml).to_string();
+            assert!(err.contains(expect), "{yaml}: error `{err}` lacks `{expect}`");
+            assert!(err.contains("test.yaml"), "{err} does not name the file");
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! Plugin entries, in the vocabulary of Istio's WasmPlugin resource.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+type FieldError = (String, String);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PluginSpec {
+    /// Unique within the namespace; also the Proxy-Wasm `plugin_name`.
+    pub name: String,
+    /// `file://` path (absolute, or relative to the config file), or
+    /// `builtin://NAME` for plugins compiled into the binary.
+    pub url: PluginUrl,
+    /// Expected SHA-256 of the module, hex. Checked before compiling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub phase: Phase,
+    /// Higher runs first within a phase.
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default)]
+    pub fail_strategy: FailStrategy,
+    /// Proxy-Wasm root id; defaults to empty, as in Envoy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_name: Option<String>,
+    /// Handed to the plugin as JSON bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_config: Option<serde_json::Value>,
+    #[serde(default)]
+    pub vm_config: VmConfig,
+    #[serde(default, rename = "type")]
+    pub plugin_type: PluginType,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+pub enum Phase {
+    #[serde(rename = "AUTHN")]
+    Authn,
+    #[serde(rename = "AUTHZ")]
+    Authz,
+    #[serde(rename = "STATS")]
+    Stats,
+    /// Runs last, just before routing.
+    #[default]
+    #[serde(rename = "UNSPECIFIED_PHASE", alias = "UNSPECIFIED")]
+    Unspecified,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum FailStrategy {
+    /// A failing plugin fails the request.
+    #[default]
+    #[serde(rename = "FAIL_CLOSE")]
+    FailClose,
+    /// A failing plugin is skipped for the request.
+    #[serde(rename = "FAIL_OPEN")]
+    FailOpen,
+    /// A failing plugin gets a fresh instance and the step is retried once.
+    #[serde(rename = "FAIL_RELOAD")]
+    FailReload,
+}
+
+impl FailStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailStrategy::FailClose => "FAIL_CLOSE",
+            FailStrategy::FailOpen => "FAIL_OPEN",
+            FailStrategy::FailReload => "FAIL_RELOAD",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum PluginType {
+    #[default]
+    #[serde(rename = "HTTP", alias = "UNSPECIFIED_PLUGIN_TYPE")]
+    Http,
+    #[serde(rename = "NETWORK")]
+    Network,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VmConfig {
+    /// The plugin's whole environment: the host's own is never visible.
+    #[serde(default)]
+    pub env: Vec<EnvVar>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvVar {
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+    #[serde(default)]
+    pub value_from: EnvSource,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum EnvSource {
+    /// `value` is the value.
+    #[default]
+    #[serde(rename = "INLINE")]
+    Inline,
+    /// The value is the host's environment variable of the same name, named
+    /// explicitly by the operator.
+    #[serde(rename = "HOST")]
+    Host,
+}
+
+/// Where a plugin's bytes come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum PluginUrl {
+    File(String),
+    Builtin(String),
+}
+
+impl TryFrom<String> for PluginUrl {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if let Some(rest) = s.strip_prefix("file://") {
+            if rest.is_empty() {
+                return Err(format!("`{s}` has no path"));
+            }
+            return Ok(PluginUrl::File(rest.to_owned()));
+        }
+        if let Some(rest) = s.strip_prefix("builtin://") {
+            return Ok(PluginUrl::Builtin(rest.to_owned()));
+        }
+        Err(format!(
+            "`{s}`: only file:// and builtin:// plugin URLs are supported"
+        ))
+    }
+}
+
+impl From<PluginUrl> for String {
+    fn from(u: PluginUrl) -> String {
+        match u {
+            PluginUrl::File(p) => format!("file://{p}"),
+            PluginUrl::Builtin(n) => format!("builtin://{n}"),
+        }
+    }
+}
+
+impl std::fmt::Display for PluginUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from(self.clone()))
+    }
+}
+
+impl PluginUrl {
+    /// The file a `file://` URL names; relative paths resolve from `base`.
+    pub fn resolve_file(&self, base: &Path) -> Option<PathBuf> {
+        match self {
+            PluginUrl::File(p) => {
+                let p = Path::new(p);
+                Some(if p.is_absolute() {
+                    p.to_owned()
+                } else {
+                    base.join(p)
+                })
+            }
+            PluginUrl::Builtin(_) => None,
+        }
+    }
+}
+
+impl PluginSpec {
+    pub(super) fn validate(&self) -> Result<(), FieldError> {
+        let err = |f: &str, r: String| Err((f.to_owned(), r));
+        if self.name.is_empty() || self.name.len() > 128 {
+            return err("name", "must be 1 to 128 characters".into());
+        }
+        if !self
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return err(
+                "name",
+                format!("`{}` may only use letters, digits, `-`, `_` and `.`", self.name),
+            );
+        }
+        if let Some(sum) = &self.sha256 {
+            if sum.len() != 64 || !sum.chars().all(|c| c.is_ascii_hexdigit()) {
+                return err("sha256", format!("`{sum}` is not 64 hex digits"));
+            }
+        }
+        if self.plugin_type == PluginType::Network {
+            return err(
+                "type",
+                "NETWORK plugins are not supported; use HTTP".into(),
+            );
+        }
+        for (i, e) in self.vm_config.env.iter().enumerate() {
+            if e.name.is_empty() || e.name.contains('=') || e.name.contains('\0') {
+                return err(
+                    &format!("vmConfig.env[{i}].name"),
+                    format!("`{}` is not a valid variable name", e.name),
+                );
+            }
+            if e.value_from == EnvSource::Host && !e.value.is_empty() {
+                return err(
+                    &format!("vmConfig.env[{i}].value"),
+                    "a HOST variable takes its value from the host; leave `value` empty".into(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The plugin configuration as the bytes the plugin reads: JSON, or
+    /// nothing when none is set. A YAML string is passed through unquoted,
+    /// so plugins that take plain text configuration get it verbatim.
+    pub fn plugin_config_bytes(&self) -> Vec<u8> {
+        match &self.plugin_config {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::String(s)) => s.clone().into_bytes(),
+            Some(v) => serde_json::to_vec(v).unwrap_or_default(),
+        }
+    }
+
+    /// The plugin's environment, resolved.
+    pub fn environment(&self) -> Vec<(String, String)> {
+        self.vm_config
+            .env
+            .iter()
+            .filter_map(|e| match e.value_from {
+                EnvSource::Inline => Some((e.name.clone(), e.value.clone())),
+                EnvSource::Host => std::env::var(&e.name).ok().map(|v| (e.name.clone(), v)),
+            })
+            .collect()
+    }
+
+    /// Proxy-Wasm root id.
+    pub fn root_id(&self) -> &str {
+        self.plugin_name.as_deref().unwrap_or("")
+    }
+}

@@ -1,0 +1,228 @@
+//! Service and workload lookup: which service a request is for, which
+//! namespace owns it, and which endpoint to send it to.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::config::{self, Config, Protocol};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no service matches host `{0}`")]
+    UnknownHost(String),
+    #[error("service `{service}` has no port {port}")]
+    UnknownPort { service: String, port: u16 },
+    #[error("service `{service}` port {port} has no endpoints")]
+    NoEndpoints { service: String, port: u16 },
+}
+
+/// A service as the data path sees it.
+#[derive(Debug)]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    pub hostname: String,
+    pub vips: Vec<IpAddr>,
+    /// Service port to its endpoints on that port.
+    ports: HashMap<u16, Vec<Endpoint>>,
+    next: AtomicUsize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    pub protocol: Protocol,
+    pub workload: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub trust_domain: String,
+}
+
+/// What a request resolved to.
+#[derive(Debug, Clone)]
+pub struct Destination {
+    pub service: Arc<Service>,
+    pub port: u16,
+}
+
+impl Destination {
+    /// Picks the next endpoint, round robin.
+    pub fn pick_endpoint(&self) -> Result<Endpoint, Error> {
+        let eps = self
+            .service
+            .ports
+            .get(&self.port)
+            .filter(|e| !e.is_empty())
+            .ok_or_else(|| Error::NoEndpoints {
+                service: self.service.hostname.clone(),
+                port: self.port,
+            })?;
+        let i = self.service.next.fetch_add(1, Ordering::Relaxed);
+        Ok(eps[i % eps.len()].clone())
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Discovery {
+    by_host: HashMap<String, Arc<Service>>,
+    by_vip: HashMap<IpAddr, Arc<Service>>,
+}
+
+impl Discovery {
+    pub fn from_config(config: &Config) -> Discovery {
+        let mut d = Discovery::default();
+        for svc in &config.services {
+            let key = format!("{}/{}", svc.namespace, svc.hostname);
+            let mut ports: HashMap<u16, Vec<Endpoint>> = HashMap::new();
+            for (sport, _) in &svc.ports {
+                ports.entry(*sport).or_default();
+            }
+            for wl in &config.workloads {
+                let Some(port_map) = wl.services.get(&key) else {
+                    continue;
+                };
+                // ztunnel's local config lists a workload's addresses; the first
+                // one is the one it is reached on.
+                let ip = wl.workload_ips[0];
+                for (sport, tport) in port_map {
+                    ports.entry(*sport).or_default().push(Endpoint {
+                        address: SocketAddr::new(ip, *tport),
+                        protocol: wl.protocol,
+                        workload: wl.name.clone(),
+                        namespace: wl.namespace.clone(),
+                        service_account: wl.service_account.clone(),
+                        trust_domain: wl.trust_domain.clone(),
+                    });
+                }
+            }
+            let vips = svc
+                .vips
+                .iter()
+                .filter_map(|v| config::discovery_address(v).ok())
+                .collect::<Vec<_>>();
+            let service = Arc::new(Service {
+                name: svc.name.clone(),
+                namespace: svc.namespace.clone(),
+                hostname: svc.hostname.to_ascii_lowercase(),
+                vips: vips.clone(),
+                ports,
+                next: AtomicUsize::new(0),
+            });
+            d.by_host.insert(service.hostname.clone(), service.clone());
+            for vip in vips {
+                d.by_vip.insert(vip, service.clone());
+            }
+        }
+        d
+    }
+
+    /// Resolves an HTTP authority (`host[:port]`, a VIP literal, or a
+    /// bracketed IPv6 literal); the port defaults to `default_port`.
+    pub fn resolve_authority(&self, authority: &str, default_port: u16) -> Result<Destination, Error> {
+        let (host, port) = split_authority(authority, default_port)
+            .ok_or_else(|| Error::UnknownHost(authority.to_owned()))?;
+        let service = match host.parse::<IpAddr>() {
+            Ok(ip) => self.by_vip.get(&ip),
+            Err(_) => self.by_host.get(&host.to_ascii_lowercase()),
+        }
+        .ok_or_else(|| Error::UnknownHost(host.to_owned()))?;
+        if !service.ports.contains_key(&port) {
+            return Err(Error::UnknownPort {
+                service: service.hostname.clone(),
+                port,
+            });
+        }
+        Ok(Destination {
+            service: service.clone(),
+            port,
+        })
+    }
+}
+
+fn split_authority(authority: &str, default_port: u16) -> Option<(&str, u16)> {
+    if authority.is_empty() {
+        return None;
+    }
+    if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None if after.is_empty() => default_port,
+            None => return None,
+        };
+        return Some((host, port));
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => Some((host, port.parse().ok()?)),
+        Some(_) => Some((authority, default_port)),
+        None => Some((authority, default_port)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn discovery() -> Discovery {
+        let c = Config::from_yaml(
+            r#"
+services:
+  - { name: a, namespace: ns1, hostname: a.ns1.svc, vips: ["/10.0.0.1"], ports: { 80: 8080 } }
+  - { name: b, namespace: ns2, hostname: b.ns2.svc, ports: { 80: 80, 9090: 9090 } }
+workloads:
+  - { uid: u1, name: a-1, namespace: ns1, workloadIps: [127.0.0.2], services: { ns1/a.ns1.svc: { 80: 8080 } } }
+  - { uid: u2, name: a-2, namespace: ns1, workloadIps: [127.0.0.3], services: { ns1/a.ns1.svc: { 80: 8081 } } }
+"#,
+            "t",
+            Path::new("."),
+        )
+        .unwrap();
+        Discovery::from_config(&c)
+    }
+
+    #[test]
+    fn resolves_hosts_vips_and_ports() {
+        let d = discovery();
+        let cases = [
+            ("a.ns1.svc", Some(("ns1", 80))),
+            ("A.NS1.SVC:80", Some(("ns1", 80))),
+            ("10.0.0.1:80", Some(("ns1", 80))),
+            ("b.ns2.svc:9090", Some(("ns2", 9090))),
+            ("b.ns2.svc:81", None),
+            ("c.ns3.svc", None),
+            ("", None),
+            ("[::1]:80", None),
+        ];
+        for (auth, want) in cases {
+            let got = d
+                .resolve_authority(auth, 80)
+                .ok()
+                .map(|dst| (dst.service.namespace.clone(), dst.port));
+            assert_eq!(got, want.map(|(n, p)| (n.to_owned(), p)), "{auth}");
+        }
+    }
+
+    #[test]
+    fn round_robins_endpoints_and_reports_empty_ports() {
+        let d = discovery();
+        let dst = d.resolve_authority("a.ns1.svc", 80).unwrap();
+        let a = dst.pick_endpoint().unwrap().address;
+        let b = dst.pick_endpoint().unwrap().address;
+        assert_ne!(a, b);
+        assert_eq!(a.port() + b.port(), 8080 + 8081);
+        let empty = d.resolve_authority("b.ns2.svc", 80).unwrap();
+        assert!(matches!(empty.pick_endpoint(), Err(Error::NoEndpoints { .. })));
+    }
+
+    #[test]
+    fn splits_authorities() {
+        assert_eq!(split_authority("h:81", 80), Some(("h", 81)));
+        assert_eq!(split_authority("h", 80), Some(("h", 80)));
+        assert_eq!(split_authority("[::1]:9", 80), Some(("::1", 9)));
+        assert_eq!(split_authority("[::1]", 80), Some(("::1", 80)));
+        assert_eq!(split_authority("h:x", 80), None);
+    }
+}

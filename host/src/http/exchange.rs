@@ -1,0 +1,154 @@
+//! One request/response exchange as plugins see it.
+//!
+//! The pipeline and the plugins' host functions share an [`Exchange`]: the
+//! pipeline moves the request and response through it, plugins read and
+//! change it from inside their callbacks, and asynchronous plugin events (a
+//! callout's answer, say) wake the pipeline through it.
+//!
+//! Invariant: the pipeline never holds the state lock while calling into a
+//! plugin, so a host function can always take it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Method, StatusCode};
+
+use crate::plugin::PluginFailure;
+
+/// The caller's mesh identity, from its mTLS certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    pub trust_domain: String,
+    pub namespace: String,
+    pub service_account: String,
+}
+
+impl PeerIdentity {
+    /// Istio's principal form: the SPIFFE id without `spiffe://`.
+    pub fn principal(&self) -> String {
+        format!(
+            "{}/ns/{}/sa/{}",
+            self.trust_domain, self.namespace, self.service_account
+        )
+    }
+
+    pub fn spiffe_uri(&self) -> String {
+        format!("spiffe://{}", self.principal())
+    }
+}
+
+/// Facts about a request that do not change while it is processed.
+#[derive(Debug, Clone)]
+pub struct RequestInfo {
+    pub id: String,
+    pub namespace: String,
+    pub service_hostname: String,
+    pub service_name: String,
+    pub source: SocketAddr,
+    /// Where the caller meant to go: the service address when known,
+    /// otherwise the listener's own address.
+    pub destination: SocketAddr,
+    pub protocol: &'static str,
+    pub peer: Option<PeerIdentity>,
+    pub start: SystemTime,
+}
+
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    pub method: Method,
+    pub scheme: String,
+    pub authority: String,
+    /// Path and query, as sent.
+    pub path: String,
+    pub headers: HeaderMap,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResponseHead {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+}
+
+/// A response a plugin asked to send instead of the upstream's.
+#[derive(Debug, Clone)]
+pub struct LocalResponse {
+    pub status: StatusCode,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Bytes,
+    pub details: String,
+    /// The plugin that sent it, for logs and metrics.
+    pub plugin: String,
+}
+
+#[derive(Debug)]
+pub struct ExchangeState {
+    pub request: RequestHead,
+    /// The request body a body callback currently sees.
+    pub request_body: BytesMut,
+    pub request_trailers: Option<HeaderMap>,
+    pub response: Option<ResponseHead>,
+    pub response_body: BytesMut,
+    pub response_trailers: Option<HeaderMap>,
+    pub local_response: Option<LocalResponse>,
+    pub resume_request: bool,
+    pub resume_response: bool,
+    /// A plugin asked to abort the stream.
+    pub reset: bool,
+    /// A plugin failed outside the pipeline's own calls (in a callout
+    /// callback while the request was paused).
+    pub async_failure: Option<(String, PluginFailure)>,
+    /// Values plugins stored with `set_property`.
+    pub properties: HashMap<String, Vec<u8>>,
+    /// Set once the upstream request has been sent: request changes after
+    /// that point reach nobody.
+    pub request_sent: bool,
+}
+
+#[derive(Debug)]
+pub struct Exchange {
+    pub info: Arc<RequestInfo>,
+    state: Mutex<ExchangeState>,
+    wake: tokio::sync::Notify,
+}
+
+impl Exchange {
+    pub fn new(info: RequestInfo, request: RequestHead) -> Exchange {
+        Exchange {
+            info: Arc::new(info),
+            state: Mutex::new(ExchangeState {
+                request,
+                request_body: BytesMut::new(),
+                request_trailers: None,
+                response: None,
+                response_body: BytesMut::new(),
+                response_trailers: None,
+                local_response: None,
+                resume_request: false,
+                resume_response: false,
+                reset: false,
+                async_failure: None,
+                properties: HashMap::new(),
+                request_sent: false,
+            }),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, ExchangeState> {
+        // A panic while holding the lock leaves plain data behind; keep going.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes a pipeline waiting for a paused stream. A wake with nobody
+    /// waiting is kept for the next wait, so none is lost.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub async fn woken(&self) {
+        self.wake.notified().await
+    }
+}

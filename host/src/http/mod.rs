@@ -1,0 +1,55 @@
+//! The L7 data path: a plaintext HTTP/1.1 + h2c listener, the request
+//! pipeline that runs each namespace's plugins, and the upstream client.
+//!
+//! Every error the data path can answer with is an [`Error`], and its HTTP
+//! status is decided in one place, [`Error::status`].
+
+pub mod body;
+pub mod exchange;
+pub mod pipeline;
+pub mod server;
+pub mod upstream;
+
+use http::StatusCode;
+
+pub use pipeline::{ConnInfo, Pipeline};
+
+use crate::plugin::PluginFailure;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the request names no host (no :authority and no Host header)")]
+    MissingAuthority,
+    #[error(transparent)]
+    Discovery(#[from] crate::discovery::Error),
+    #[error("plugin `{plugin}` in namespace `{namespace}` {failure} (failStrategy FAIL_CLOSE)")]
+    PluginFailed {
+        plugin: String,
+        namespace: String,
+        failure: PluginFailure,
+    },
+    #[error("cannot connect to upstream {endpoint}: {reason}")]
+    UpstreamConnect { endpoint: String, reason: String },
+    #[error("upstream {endpoint} failed: {reason}")]
+    Upstream { endpoint: String, reason: String },
+    #[error("the {which} body is larger than the {limit} bytes a plugin may buffer")]
+    BodyTooLarge { which: &'static str, limit: usize },
+    #[error("the downstream request body failed: {0}")]
+    Downstream(String),
+}
+
+impl Error {
+    pub fn status(&self) -> StatusCode {
+        use crate::discovery::Error as D;
+        match self {
+            Error::MissingAuthority => StatusCode::BAD_REQUEST,
+            Error::Discovery(D::UnknownHost(_) | D::UnknownPort { .. }) => StatusCode::NOT_FOUND,
+            Error::Discovery(D::NoEndpoints { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::PluginFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::UpstreamConnect { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Downstream(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! Wayplug: a waypoint proxy for ambient meshes that runs WebAssembly policy
+//! plugins per destination namespace.
+//!
+//! See ARCHITECTURE.md for how a request flows through these modules.
+
+pub mod config;
+pub mod discovery;
+pub mod http;
+pub mod metrics;
+pub mod plugin;
+pub mod admin;
+pub mod app;
+// pub mod demo;

@@ -1,0 +1,311 @@
+//! Prometheus metrics: the proxy's own, and those plugins define.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub namespace: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginRequestLabels {
+    pub namespace: String,
+    pub plugin: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginFailureLabels {
+    pub namespace: String,
+    pub plugin: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginMetricLabels {
+    pub namespace: String,
+    pub plugin: String,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NamespaceLabels {
+    pub namespace: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn plugin_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 4.0, 12))
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    requests: Family<RequestLabels, Counter>,
+    plugin_requests: Family<PluginRequestLabels, Counter>,
+    plugin_failures: Family<PluginFailureLabels, Counter>,
+    request_duration: HistogramFamily<NamespaceLabels>,
+    plugin_counters: Family<PluginMetricLabels, Counter>,
+    plugin_gauges: Family<PluginMetricLabels, Gauge>,
+    plugin_histograms: HistogramFamily<PluginMetricLabels>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("wayplug");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("requests", "Requests answered, by destination namespace and status code", requests.clone());
+        let plugin_requests = Family::<PluginRequestLabels, Counter>::default();
+        registry.register(
+            "plugin_requests",
+            "Requests each plugin took part in, by final status code",
+            plugin_requests.clone(),
+        );
+        let plugin_failures = Family::<PluginFailureLabels, Counter>::default();
+        registry.register(
+            "plugin_failures",
+            "Plugin traps, timeouts and memory exhaustion",
+            plugin_failures.clone(),
+        );
+        let request_duration: HistogramFamily<NamespaceLabels> = Family::new_with_constructor(duration_histogram);
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to response head",
+            request_duration.clone(),
+        );
+        let plugin_counters = Family::<PluginMetricLabels, Counter>::default();
+        registry.register("plugin_counter", "Counters defined by plugins", plugin_counters.clone());
+        let plugin_gauges = Family::<PluginMetricLabels, Gauge>::default();
+        registry.register("plugin_gauge", "Gauges defined by plugins", plugin_gauges.clone());
+        let plugin_histograms: HistogramFamily<PluginMetricLabels> = Family::new_with_constructor(plugin_histogram);
+        registry.register("plugin_histogram", "Histograms defined by plugins", plugin_histograms.clone());
+        Metrics {
+            registry: Mutex::new(registry),
+            requests,
+            plugin_requests,
+            plugin_failures,
+            request_duration,
+            plugin_counters,
+            plugin_gauges,
+            plugin_histograms,
+        }
+    }
+
+    /// Prometheus text exposition of everything.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+
+    pub fn request(&self, namespace: &str, code: u16, plugins: &[&str], seconds: f64) {
+        let code = code.to_string();
+        self.requests
+            .get_or_create(&RequestLabels {
+                namespace: namespace.to_owned(),
+                code: code.clone(),
+            })
+            .inc();
+        for plugin in plugins {
+            self.plugin_requests
+                .get_or_create(&PluginRequestLabels {
+                    namespace: namespace.to_owned(),
+                    plugin: (*plugin).to_owned(),
+                    code: code.clone(),
+                })
+                .inc();
+        }
+        self.request_duration
+            .get_or_create(&NamespaceLabels {
+                namespace: namespace.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    pub fn plugin_failure(&self, namespace: &str, plugin: &str, reason: &str) {
+        self.plugin_failures
+            .get_or_create(&PluginFailureLabels {
+                namespace: namespace.to_owned(),
+                plugin: plugin.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn plugin_metrics(self: &Arc<Self>, namespace: &str, plugin: &str) -> PluginMetrics {
+        PluginMetrics {
+            metrics: self.clone(),
+            namespace: namespace.to_owned(),
+            plugin: plugin.to_owned(),
+            defs: Mutex::new(Defs::default()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginMetricError {
+    NotFound,
+    BadArgument,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+#[derive(Default)]
+struct Defs {
+    by_id: Vec<(Kind, PluginMetricLabels)>,
+    by_name: HashMap<(String, u8), u32>,
+}
+
+/// The metrics one plugin defined, with the ids it got for them. Defining
+/// the same name and type again returns the same id, so every instance of
+/// the plugin feeds one series.
+pub struct PluginMetrics {
+    metrics: Arc<Metrics>,
+    namespace: String,
+    plugin: String,
+    defs: Mutex<Defs>,
+}
+
+impl PluginMetrics {
+    /// Proxy-Wasm metric types: counter 0, gauge 1, histogram 2.
+    pub fn define(&self, kind: i32, name: &str) -> Option<u32> {
+        let kind = match kind {
+            0 => Kind::Counter,
+            1 => Kind::Gauge,
+            2 => Kind::Histogram,
+            _ => return None,
+        };
+        if name.is_empty() || name.len() > 200 {
+            return None;
+        }
+        let mut defs = self.defs.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (name.to_owned(), kind as u8);
+        if let Some(id) = defs.by_name.get(&key) {
+            return Some(*id);
+        }
+        let labels = PluginMetricLabels {
+            namespace: self.namespace.clone(),
+            plugin: self.plugin.clone(),
+            name: name.to_owned(),
+        };
+        // Create the series now so it shows up before its first update.
+        match kind {
+            Kind::Counter => drop(self.metrics.plugin_counters.get_or_create(&labels)),
+            Kind::Gauge => drop(self.metrics.plugin_gauges.get_or_create(&labels)),
+            Kind::Histogram => drop(self.metrics.plugin_histograms.get_or_create(&labels)),
+        }
+        // Ids start at 1: some SDKs treat 0 as "undefined".
+        defs.by_id.push((kind, labels));
+        let id = defs.by_id.len() as u32;
+        defs.by_name.insert(key, id);
+        Some(id)
+    }
+
+    fn lookup(&self, id: u32) -> Result<(Kind, PluginMetricLabels), PluginMetricError> {
+        let defs = self.defs.lock().unwrap_or_else(|e| e.into_inner());
+        let i = (id as usize).checked_sub(1).ok_or(PluginMetricError::NotFound)?;
+        defs.by_id.get(i).cloned().ok_or(PluginMetricError::NotFound)
+    }
+
+    pub fn increment(&self, id: u32, offset: i64) -> Result<(), PluginMetricError> {
+        let (kind, labels) = self.lookup(id)?;
+        match kind {
+            Kind::Counter if offset >= 0 => {
+                self.metrics.plugin_counters.get_or_create(&labels).inc_by(offset as u64);
+            }
+            Kind::Gauge => {
+                self.metrics.plugin_gauges.get_or_create(&labels).inc_by(offset);
+            }
+            _ => return Err(PluginMetricError::BadArgument),
+        }
+        Ok(())
+    }
+
+    pub fn record(&self, id: u32, value: u64) -> Result<(), PluginMetricError> {
+        let (kind, labels) = self.lookup(id)?;
+        match kind {
+            Kind::Counter => {
+                // Recording a counter sets it, as Envoy does; it never goes down.
+                let c = self.metrics.plugin_counters.get_or_create(&labels);
+                let current = c.get();
+                if value > current {
+                    c.inc_by(value - current);
+                }
+            }
+            Kind::Gauge => {
+                self.metrics.plugin_gauges.get_or_create(&labels).set(value as i64);
+            }
+            Kind::Histogram => self.metrics.plugin_histograms.get_or_create(&labels).observe(value as f64),
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, id: u32) -> Result<u64, PluginMetricError> {
+        let (kind, labels) = self.lookup(id)?;
+        match kind {
+            Kind::Counter => Ok(self.metrics.plugin_counters.get_or_create(&labels).get()),
+            Kind::Gauge => Ok(self.metrics.plugin_gauges.get_or_create(&labels).get() as u64),
+            Kind::Histogram => Err(PluginMetricError::BadArgument),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_metrics_round_trip_and_export() {
+        let m = Arc::new(Metrics::new());
+        let pm = m.plugin_metrics("ns", "p");
+        let c = pm.define(0, "hits").unwrap();
+        assert_eq!(pm.define(0, "hits"), Some(c));
+        let g = pm.define(1, "level").unwrap();
+        let h = pm.define(2, "sizes").unwrap();
+        assert_eq!(pm.define(9, "x"), None);
+        pm.increment(c, 3).unwrap();
+        assert_eq!(pm.increment(c, -1), Err(PluginMetricError::BadArgument));
+        pm.increment(g, -5).unwrap();
+        pm.record(h, 42).unwrap();
+        assert_eq!(pm.get(c), Ok(3));
+        assert_eq!(pm.get(g), Ok((-5i64) as u64));
+        assert_eq!(pm.get(h), Err(PluginMetricError::BadArgument));
+        assert_eq!(pm.get(99), Err(PluginMetricError::NotFound));
+        m.request("ns", 403, &["p"], 0.001);
+        let text = m.encode();
+        for want in [
+            r#"wayplug_plugin_counter_total{namespace="ns",plugin="p",name="hits"} 3"#,
+            r#"wayplug_plugin_gauge{namespace="ns",plugin="p",name="level"} -5"#,
+            r#"wayplug_requests_total{namespace="ns",code="403"} 1"#,
+            r#"wayplug_plugin_requests_total{namespace="ns",plugin="p",code="403"} 1"#,
+        ] {
+            assert!(text.contains(want), "missing {want} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! The one wasmtime configuration Wayplug supports.
+//!
+//! - Pooling allocator: instance slots are reserved up front, so starting a
+//!   replacement instance costs microseconds, not an mmap storm.
+//! - Epoch interruption: a background thread advances the epoch every
+//!   `TICK`; each guest call gets a deadline in ticks. Cheaper than fuel, and
+//!   a looping plugin is stopped within one tick of its budget.
+//! - Linear memory is capped per instance by the store's limiter (the
+//!   pooling allocator's cap is the hard ceiling).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use wasmtime::{Config, InstanceAllocationStrategy, Linker, OptLevel, PoolingAllocationConfig};
+
+use super::{Error, Limits};
+use super::proxywasm::{self, HostState};
+use crate::config::SandboxConfig;
+
+pub const TICK: Duration = Duration::from_millis(5);
+
+pub struct Engine {
+    pub wasm: wasmtime::Engine,
+    pub proxy_wasm_linker: Linker<HostState>,
+    pub limits: Limits,
+    stop: Arc<AtomicBool>,
+}
+
+impl Engine {
+    pub fn new(sandbox: &SandboxConfig) -> Result<Arc<Engine>, Error> {
+        let memory_limit = sandbox.memory_limit_bytes();
+        let mut pool = PoolingAllocationConfig::default();
+        let slots = sandbox.max_instances;
+        pool.total_core_instances(slots)
+            .total_memories(slots)
+            .total_tables(slots)
+            .total_component_instances(slots)
+            .max_memory_size(memory_limit)
+            // Keep a few warm slots' pages around for quick reuse.
+            .max_unused_warm_slots(slots.min(16));
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .cranelift_opt_level(OptLevel::Speed)
+            .max_wasm_stack(1 << 20)
+            .wasm_component_model(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let wasm = wasmtime::Engine::new(&config).map_err(|e| Error::Engine(format!("{e:#}")))?;
+        let proxy_wasm_linker = proxywasm::linker(&wasm).map_err(|e| Error::Engine(format!("{e:#}")))?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = wasm.clone();
+        let stop2 = stop.clone();
+        std::thread::Builder::new()
+            .name("wayplug-epoch".into())
+            .spawn(move || {
+                while !stop2.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    ticker.increment_epoch();
+                }
+            })
+            .map_err(|e| Error::Engine(format!("cannot start the epoch thread: {e}")))?;
+
+        let call_timeout = sandbox.call_timeout();
+        // One extra tick: the deadline may land just after a tick boundary.
+        let deadline_ticks = call_timeout.as_nanos().div_ceil(TICK.as_nanos()) as u64 + 1;
+        Ok(Arc::new(Engine {
+            wasm,
+            proxy_wasm_linker,
+            limits: Limits {
+                deadline_ticks,
+                call_timeout,
+                memory_limit_bytes: memory_limit,
+            },
+            stop,
+        }))
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,240 @@
+//! Plugins: loading, sandboxing and running them.
+//!
+//! - `engine`: the one wasmtime configuration we support.
+//! - `registry`: per-namespace plugin chains, swapped atomically.
+//! - `proxywasm`: the Proxy-Wasm ABI 0.2.1.
+//! - `filter`: the interface the request pipeline drives, whatever the ABI.
+//! - `shared`, `callout`: services plugins reach through the ABI.
+
+pub mod callout;
+pub mod engine;
+pub mod filter;
+pub mod proxywasm;
+pub mod registry;
+pub mod shared;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::config::PluginSpec;
+use crate::http::exchange::Exchange;
+use crate::metrics::{Metrics, PluginMetrics};
+
+pub use filter::{FilterStatus, HttpFilter};
+pub use registry::{Chain, Registry};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("plugin `{plugin}` in namespace `{namespace}`: cannot read {path}: {reason}")]
+    Read {
+        plugin: String,
+        namespace: String,
+        path: String,
+        reason: String,
+    },
+    #[error(
+        "plugin `{plugin}` in namespace `{namespace}`: sha256 mismatch: config expects {expected}, the module is {actual}"
+    )]
+    Checksum {
+        plugin: String,
+        namespace: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("plugin `{plugin}` in namespace `{namespace}`: no builtin plugin named `{name}` (available: {available})")]
+    UnknownBuiltin {
+        plugin: String,
+        namespace: String,
+        name: String,
+        available: String,
+    },
+    #[error("plugin `{plugin}` in namespace `{namespace}`: not a loadable WebAssembly module: {reason}")]
+    Compile {
+        plugin: String,
+        namespace: String,
+        reason: String,
+    },
+    #[error("plugin `{plugin}` in namespace `{namespace}`: {reason}")]
+    Abi {
+        plugin: String,
+        namespace: String,
+        reason: String,
+    },
+    #[error("plugin `{plugin}` in namespace `{namespace}` failed to start: {reason}{log}")]
+    Start {
+        plugin: String,
+        namespace: String,
+        reason: String,
+        /// What the plugin logged at warning level or above while starting.
+        log: String,
+    },
+    #[error("cannot set up the WebAssembly engine: {0}")]
+    Engine(String),
+}
+
+/// How a plugin failed while serving a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PluginFailure {
+    #[error("exceeded its time limit of {0:?} for one call")]
+    Timeout(Duration),
+    #[error("exceeded its memory limit of {0} MiB")]
+    OutOfMemory(usize),
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("kept the request paused for longer than {0:?}")]
+    PausedTooLong(Duration),
+    #[error("its instance had already failed")]
+    InstanceLost,
+    #[error("could not start a fresh instance: {0}")]
+    Start(String),
+}
+
+impl PluginFailure {
+    /// A short label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PluginFailure::Timeout(_) => "timeout",
+            PluginFailure::OutOfMemory(_) => "out_of_memory",
+            PluginFailure::Trap(_) => "trap",
+            PluginFailure::PausedTooLong(_) => "paused_too_long",
+            PluginFailure::InstanceLost => "instance_lost",
+            PluginFailure::Start(_) => "start",
+        }
+    }
+}
+
+/// Sandbox limits, resolved for the engine.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub deadline_ticks: u64,
+    pub call_timeout: Duration,
+    pub memory_limit_bytes: usize,
+}
+
+/// What all instances of one loaded plugin share.
+pub struct PluginShared {
+    pub name: String,
+    pub namespace: String,
+    pub root_id: String,
+    pub vm_id: String,
+    pub plugin_config: Vec<u8>,
+    pub vm_config: Vec<u8>,
+    pub env: Vec<(String, String)>,
+    pub limits: Limits,
+    pub shared: Arc<shared::NamespaceShared>,
+    pub callouts: Arc<callout::Callouts>,
+    pub metrics: PluginMetrics,
+    global_metrics: Arc<Metrics>,
+    log_tail: Mutex<VecDeque<(i32, String)>>,
+}
+
+const LOG_TAIL: usize = 16;
+
+impl PluginShared {
+    /// Logs a line on the plugin's behalf (Proxy-Wasm levels: trace 0 to
+    /// critical 5) and keeps warnings and worse for error reports.
+    pub fn log(&self, level: i32, msg: &str) {
+        let (plugin, ns) = (&self.name, &self.namespace);
+        match level {
+            i32::MIN..=0 => tracing::trace!(target: "wayplug::plugin", plugin, namespace = ns, "{msg}"),
+            1 => tracing::debug!(target: "wayplug::plugin", plugin, namespace = ns, "{msg}"),
+            2 => tracing::info!(target: "wayplug::plugin", plugin, namespace = ns, "{msg}"),
+            3 => tracing::warn!(target: "wayplug::plugin", plugin, namespace = ns, "{msg}"),
+            _ => tracing::error!(target: "wayplug::plugin", plugin, namespace = ns, "{msg}"),
+        }
+        if level >= 3 {
+            let mut tail = self.log_tail.lock().unwrap_or_else(|e| e.into_inner());
+            if tail.len() == LOG_TAIL {
+                tail.pop_front();
+            }
+            tail.push_back((level, msg.chars().take(512).collect()));
+        }
+    }
+
+    /// The Proxy-Wasm level below which logging is off, from the tracing
+    /// filter in force.
+    pub fn log_level(&self) -> u32 {
+        use tracing::level_filters::LevelFilter;
+        match LevelFilter::current() {
+            LevelFilter::TRACE => 0,
+            LevelFilter::DEBUG => 1,
+            LevelFilter::INFO => 2,
+            LevelFilter::WARN => 3,
+            LevelFilter::ERROR => 4,
+            _ => 5,
+        }
+    }
+
+    pub fn last_critical_log(&self) -> Option<String> {
+        let tail = self.log_tail.lock().unwrap_or_else(|e| e.into_inner());
+        tail.iter().rev().find(|(l, _)| *l >= 4).map(|(_, m)| m.clone())
+    }
+
+    fn take_log_tail(&self) -> Vec<String> {
+        let mut tail = self.log_tail.lock().unwrap_or_else(|e| e.into_inner());
+        tail.drain(..).map(|(_, m)| m).collect()
+    }
+
+    pub fn report_failure(&self, failure: &PluginFailure) {
+        tracing::warn!(
+            plugin = %self.name,
+            namespace = %self.namespace,
+            error = %failure,
+            "plugin failed; its instance will be replaced"
+        );
+        self.global_metrics
+            .plugin_failure(&self.namespace, &self.name, failure.reason());
+    }
+}
+
+/// The two plugin ABIs. Decided once, at load.
+pub enum PluginKind {
+    ProxyWasm(proxywasm::ProxyWasmPlugin),
+}
+
+/// A loaded plugin, ready to serve requests.
+pub struct Plugin {
+    pub spec: PluginSpec,
+    pub namespace: String,
+    pub sha256: String,
+    pub size: usize,
+    pub kind: PluginKind,
+}
+
+impl Plugin {
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            PluginKind::ProxyWasm(_) => "proxy-wasm",
+        }
+    }
+
+    /// A filter for one request. `fresh` forces a new instance (the
+    /// FAIL_RELOAD retry).
+    pub fn new_filter(&self, exchange: &Arc<Exchange>, fresh: bool) -> Result<Box<dyn HttpFilter>, PluginFailure> {
+        match &self.kind {
+            PluginKind::ProxyWasm(p) => p.new_filter(exchange, fresh),
+        }
+    }
+
+    pub fn live_instances(&self) -> usize {
+        match &self.kind {
+            PluginKind::ProxyWasm(p) => p.live_instances(),
+        }
+    }
+
+    fn shared(&self) -> &PluginShared {
+        match &self.kind {
+            PluginKind::ProxyWasm(p) => p.shared(),
+        }
+    }
+
+    /// Reports that no context could be created for a request.
+    pub fn report_start_failure(&self, failure: &PluginFailure) {
+        self.shared().report_failure(failure);
+    }
+}

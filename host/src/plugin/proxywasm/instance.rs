@@ -1,0 +1,518 @@
+//! One live Proxy-Wasm VM: a wasmtime store holding one instance of the
+//! plugin, its root context and the HTTP contexts of the requests pinned to
+//! it.
+//!
+//! Invariants:
+//! - Guest code runs only with the instance lock held, one call at a time,
+//!   and always under an epoch deadline and the memory limiter.
+//! - A host function never calls back into the guest's callbacks. What it
+//!   asks for (callouts, tick changes, queue wake-ups) is recorded and acted
+//!   on after the guest call returns, from a task of its own.
+//! - Any failure in a guest call poisons the instance: it takes no more calls
+//!   and the pool replaces it; requests still pinned to it fail per their
+//!   plugin's fail strategy.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use wasmtime::{Memory, ResourceLimiter, Store, Trap, TypedFunc};
+
+use super::ProxyWasmModule;
+use crate::http::exchange::Exchange;
+use crate::plugin::callout::{CalloutRequest, CalloutResponse};
+use crate::plugin::{PluginFailure, PluginShared};
+
+pub enum ContextKind {
+    Root,
+    Http(Arc<Exchange>),
+}
+
+/// Everything host functions can reach from inside a guest call.
+pub struct HostState {
+    pub limiter: MemoryLimiter,
+    pub plugin: Arc<PluginShared>,
+    pub memory: Option<Memory>,
+    pub allocator: Option<TypedFunc<i32, i32>>,
+    pub contexts: HashMap<u32, ContextKind>,
+    /// The context host functions act for; set before each callback and by
+    /// `proxy_set_effective_context`.
+    pub current: u32,
+    pub root_id: u32,
+    pub tick_period: Option<Duration>,
+    pub tick_changed: bool,
+    pub pending_callouts: Vec<(u32, u32, CalloutRequest)>,
+    pub next_callout_token: u32,
+    /// The answer `proxy_on_http_call_response` may read.
+    pub call_response: Option<CalloutResponse>,
+    pub self_ref: Weak<Instance>,
+    /// `set_property` values stored outside any request.
+    pub root_properties: HashMap<String, Vec<u8>>,
+    /// What the plugin wrote to stdout or stderr, until a newline.
+    pub stdio_line: Vec<u8>,
+    pub env: Vec<(String, String)>,
+}
+
+impl HostState {
+    pub fn current_exchange(&self) -> Option<Arc<Exchange>> {
+        match self.contexts.get(&self.current) {
+            Some(ContextKind::Http(ex)) => Some(ex.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// Caps linear memory and remembers whether a growth was refused, so a
+/// resulting trap can be reported as what it is.
+pub struct MemoryLimiter {
+    pub max_bytes: usize,
+    pub refused: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.refused = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+struct Exports {
+    on_context_create: TypedFunc<(i32, i32), ()>,
+    on_vm_start: Option<TypedFunc<(i32, i32), i32>>,
+    on_configure: Option<TypedFunc<(i32, i32), i32>>,
+    on_tick: Option<TypedFunc<i32, ()>>,
+    on_request_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_request_trailers: Option<TypedFunc<(i32, i32), i32>>,
+    on_response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_response_trailers: Option<TypedFunc<(i32, i32), i32>>,
+    on_log: Option<TypedFunc<i32, ()>>,
+    on_done: Option<TypedFunc<i32, i32>>,
+    on_delete: Option<TypedFunc<i32, ()>>,
+    on_http_call_response: Option<TypedFunc<(i32, i32, i32, i32, i32), ()>>,
+    on_queue_ready: Option<TypedFunc<(i32, i32), ()>>,
+}
+
+struct Inner {
+    store: Store<HostState>,
+    exports: Exports,
+    next_id: u32,
+}
+
+pub struct Instance {
+    inner: Mutex<Inner>,
+    poisoned: AtomicBool,
+    tick_generation: AtomicU64,
+    pub shared: Arc<PluginShared>,
+}
+
+/// The http callbacks the pipeline drives.
+#[derive(Debug, Clone, Copy)]
+pub enum Callback {
+    RequestHeaders { headers: usize, eos: bool },
+    RequestBody { size: usize, eos: bool },
+    RequestTrailers { trailers: usize },
+    ResponseHeaders { headers: usize, eos: bool },
+    ResponseBody { size: usize, eos: bool },
+    ResponseTrailers { trailers: usize },
+}
+
+impl Callback {
+    pub fn name(self) -> &'static str {
+        match self {
+            Callback::RequestHeaders { .. } => "proxy_on_request_headers",
+            Callback::RequestBody { .. } => "proxy_on_request_body",
+            Callback::RequestTrailers { .. } => "proxy_on_request_trailers",
+            Callback::ResponseHeaders { .. } => "proxy_on_response_headers",
+            Callback::ResponseBody { .. } => "proxy_on_response_body",
+            Callback::ResponseTrailers { .. } => "proxy_on_response_trailers",
+        }
+    }
+}
+
+/// Why an instance could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Failed(PluginFailure),
+    #[error("proxy_on_vm_start returned false")]
+    VmStartRejected,
+    #[error("proxy_on_configure returned false: the plugin rejected its configuration")]
+    ConfigureRejected,
+    #[error("instantiation failed: {0}")]
+    Instantiate(String),
+    #[error("export `{name}` has the wrong signature: {reason}")]
+    BadExport { name: &'static str, reason: String },
+    #[error("the module does not export `proxy_on_context_create`")]
+    MissingContextCreate,
+}
+
+const ROOT_CONTEXT_ID: u32 = 1;
+
+impl Instance {
+    /// Instantiates the module and runs the plugin's start-up: its
+    /// initializer, the root context, `on_vm_start` and `on_configure`.
+    pub fn start(module: &ProxyWasmModule, shared: Arc<PluginShared>) -> Result<Arc<Instance>, StartError> {
+        let state = HostState {
+            limiter: MemoryLimiter {
+                max_bytes: shared.limits.memory_limit_bytes,
+                refused: false,
+            },
+            plugin: shared.clone(),
+            memory: None,
+            allocator: None,
+            contexts: HashMap::from([(ROOT_CONTEXT_ID, ContextKind::Root)]),
+            current: ROOT_CONTEXT_ID,
+            root_id: ROOT_CONTEXT_ID,
+            tick_period: None,
+            tick_changed: false,
+            pending_callouts: Vec::new(),
+            next_callout_token: 0,
+            call_response: None,
+            self_ref: Weak::new(),
+            root_properties: HashMap::new(),
+            stdio_line: Vec::new(),
+            env: shared.env.clone(),
+        };
+        let mut store = Store::new(module.pre.module().engine(), state);
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(shared.limits.deadline_ticks);
+        let instance = module
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| classify_start(&store, e, &shared))?;
+
+        macro_rules! opt {
+            ($name:literal) => {
+                match instance.get_func(&mut store, $name) {
+                    None => None,
+                    Some(f) => Some(f.typed(&store).map_err(|e| StartError::BadExport {
+                        name: $name,
+                        reason: e.to_string(),
+                    })?),
+                }
+            };
+        }
+        let on_context_create = opt!("proxy_on_context_create").ok_or(StartError::MissingContextCreate)?;
+        let exports = Exports {
+            on_context_create,
+            on_vm_start: opt!("proxy_on_vm_start"),
+            on_configure: opt!("proxy_on_configure"),
+            on_tick: opt!("proxy_on_tick"),
+            on_request_headers: opt!("proxy_on_request_headers"),
+            on_request_body: opt!("proxy_on_request_body"),
+            on_request_trailers: opt!("proxy_on_request_trailers"),
+            on_response_headers: opt!("proxy_on_response_headers"),
+            on_response_body: opt!("proxy_on_response_body"),
+            on_response_trailers: opt!("proxy_on_response_trailers"),
+            on_log: opt!("proxy_on_log"),
+            on_done: opt!("proxy_on_done"),
+            on_delete: opt!("proxy_on_delete"),
+            on_http_call_response: opt!("proxy_on_http_call_response"),
+            on_queue_ready: opt!("proxy_on_queue_ready"),
+        };
+        let init: Option<TypedFunc<(), ()>> = opt!("_initialize");
+        let start: Option<TypedFunc<(), ()>> = if init.is_none() { opt!("_start") } else { None };
+        let main: Option<TypedFunc<(i32, i32), i32>> = match instance.get_func(&mut store, "main") {
+            Some(f) => f.typed(&store).ok(),
+            None => None,
+        };
+
+        let inst = Arc::new(Instance {
+            inner: Mutex::new(Inner {
+                store,
+                exports,
+                next_id: ROOT_CONTEXT_ID + 1,
+            }),
+            poisoned: AtomicBool::new(false),
+            tick_generation: AtomicU64::new(0),
+            shared: shared.clone(),
+        });
+        inst.lock().store.data_mut().self_ref = Arc::downgrade(&inst);
+
+        let vm_config_len = shared.vm_config.len() as i32;
+        let plugin_config_len = shared.plugin_config.len() as i32;
+        let (vm_ok, configured) = inst
+            .call(ROOT_CONTEXT_ID, |inner| {
+                if let Some(f) = init.or(start) {
+                    f.call(&mut inner.store, ())?;
+                }
+                if let Some(f) = main {
+                    f.call(&mut inner.store, (0, 0))?;
+                }
+                let store = &mut inner.store;
+                inner
+                    .exports
+                    .on_context_create
+                    .call(&mut *store, (ROOT_CONTEXT_ID as i32, 0))?;
+                let vm_ok = match &inner.exports.on_vm_start {
+                    Some(f) => f.call(&mut *store, (ROOT_CONTEXT_ID as i32, vm_config_len))? != 0,
+                    None => true,
+                };
+                if !vm_ok {
+                    return Ok((false, false));
+                }
+                let configured = match &inner.exports.on_configure {
+                    Some(f) => f.call(&mut *store, (ROOT_CONTEXT_ID as i32, plugin_config_len))? != 0,
+                    None => true,
+                };
+                Ok((vm_ok, configured))
+            })
+            .map_err(StartError::Failed)?;
+        if !vm_ok {
+            return Err(StartError::VmStartRejected);
+        }
+        if !configured {
+            return Err(StartError::ConfigureRejected);
+        }
+        Ok(inst)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+
+    /// Runs `f` as one guest call for context `ctx`, under the deadline and
+    /// memory limit, then carries out what the guest asked for.
+    fn call<R>(
+        &self,
+        ctx: u32,
+        f: impl FnOnce(&mut Inner) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginFailure> {
+        if self.is_poisoned() {
+            return Err(PluginFailure::InstanceLost);
+        }
+        let mut inner = self.lock();
+        let deadline = self.shared.limits.deadline_ticks;
+        inner.store.set_epoch_deadline(deadline);
+        {
+            let data = inner.store.data_mut();
+            data.current = ctx;
+            data.limiter.refused = false;
+        }
+        let result = f(&mut inner);
+        let data = inner.store.data_mut();
+        let callouts = std::mem::take(&mut data.pending_callouts);
+        let tick = if std::mem::take(&mut data.tick_changed) {
+            Some(data.tick_period)
+        } else {
+            None
+        };
+        let refused = data.limiter.refused;
+        drop(inner);
+        match result {
+            Ok(r) => {
+                for (ctx, token, req) in callouts {
+                    self.spawn_callout(ctx, token, req);
+                }
+                if let Some(period) = tick {
+                    self.restart_ticker(period);
+                }
+                Ok(r)
+            }
+            Err(e) => {
+                self.poisoned.store(true, Ordering::Release);
+                let failure = classify(&e, refused, &self.shared);
+                self.shared.report_failure(&failure);
+                Err(failure)
+            }
+        }
+    }
+
+    pub fn create_http_context(&self, exchange: Arc<Exchange>) -> Result<u32, PluginFailure> {
+        let id = {
+            let mut inner = self.lock();
+            let id = inner.next_id;
+            // Skip ids still in use after the counter wraps.
+            inner.next_id = inner.next_id.checked_add(1).unwrap_or(ROOT_CONTEXT_ID + 1);
+            inner.store.data_mut().contexts.insert(id, ContextKind::Http(exchange));
+            id
+        };
+        self.call(id, |inner| {
+            inner
+                .exports
+                .on_context_create
+                .call(&mut inner.store, (id as i32, ROOT_CONTEXT_ID as i32))
+        })?;
+        Ok(id)
+    }
+
+    /// Runs one http callback; returns the guest's action code.
+    pub fn http_callback(&self, ctx: u32, cb: Callback) -> Result<i32, PluginFailure> {
+        self.call(ctx, |inner| {
+            let e = &inner.exports;
+            let s = &mut inner.store;
+            let c = ctx as i32;
+            let r = match cb {
+                Callback::RequestHeaders { headers, eos } => e
+                    .on_request_headers
+                    .as_ref()
+                    .map(|f| f.call(s, (c, headers as i32, eos as i32))),
+                Callback::RequestBody { size, eos } => {
+                    e.on_request_body.as_ref().map(|f| f.call(s, (c, size as i32, eos as i32)))
+                }
+                Callback::RequestTrailers { trailers } => {
+                    e.on_request_trailers.as_ref().map(|f| f.call(s, (c, trailers as i32)))
+                }
+                Callback::ResponseHeaders { headers, eos } => e
+                    .on_response_headers
+                    .as_ref()
+                    .map(|f| f.call(s, (c, headers as i32, eos as i32))),
+                Callback::ResponseBody { size, eos } => {
+                    e.on_response_body.as_ref().map(|f| f.call(s, (c, size as i32, eos as i32)))
+                }
+                Callback::ResponseTrailers { trailers } => {
+                    e.on_response_trailers.as_ref().map(|f| f.call(s, (c, trailers as i32)))
+                }
+            };
+            r.unwrap_or(Ok(0))
+        })
+    }
+
+    /// Ends an http context: `on_log`, `on_done`, `on_delete`.
+    pub fn finish_http_context(&self, ctx: u32) {
+        if !self.is_poisoned() {
+            let _ = self.call(ctx, |inner| {
+                let s = &mut inner.store;
+                if let Some(f) = &inner.exports.on_log {
+                    f.call(&mut *s, ctx as i32)?;
+                }
+                if let Some(f) = &inner.exports.on_done {
+                    f.call(&mut *s, ctx as i32)?;
+                }
+                if let Some(f) = &inner.exports.on_delete {
+                    f.call(&mut *s, ctx as i32)?;
+                }
+                Ok(())
+            });
+        }
+        self.lock().store.data_mut().contexts.remove(&ctx);
+    }
+
+    fn spawn_callout(&self, ctx: u32, token: u32, req: CalloutRequest) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(plugin = %self.shared.name, "http callout made outside the runtime; dropped");
+            return;
+        };
+        let weak = self.lock().store.data().self_ref.clone();
+        let callouts = self.shared.callouts.clone();
+        rt.spawn(async move {
+            let resp = callouts.call(req).await;
+            if let Some(inst) = weak.upgrade() {
+                inst.deliver_call_response(ctx, token, resp);
+            }
+        });
+    }
+
+    fn deliver_call_response(&self, ctx: u32, token: u32, resp: CalloutResponse) {
+        let counts = (resp.headers.len(), resp.body.len(), resp.trailers.len());
+        let exchange = {
+            let mut inner = self.lock();
+            let exchange = match inner.store.data().contexts.get(&ctx) {
+                None => return, // the request is gone
+                Some(ContextKind::Root) => None,
+                Some(ContextKind::Http(ex)) => Some(ex.clone()),
+            };
+            inner.store.data_mut().call_response = Some(resp);
+            exchange
+        };
+        let result = self.call(ctx, |inner| match &inner.exports.on_http_call_response {
+            Some(f) => f.call(
+                &mut inner.store,
+                (ctx as i32, token as i32, counts.0 as i32, counts.1 as i32, counts.2 as i32),
+            ),
+            None => Ok(()),
+        });
+        self.lock().store.data_mut().call_response = None;
+        if let Some(ex) = exchange {
+            if let Err(f) = result {
+                ex.lock().async_failure = Some((self.shared.name.clone(), f));
+            }
+            ex.wake();
+        }
+    }
+
+    /// Tells the queue's owner that it has data.
+    pub fn notify_queue(self: &Arc<Self>, root: u32, queue_id: u32) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let inst = self.clone();
+        rt.spawn(async move {
+            let _ = inst.call(root, |inner| match &inner.exports.on_queue_ready {
+                Some(f) => f.call(&mut inner.store, (root as i32, queue_id as i32)),
+                None => Ok(()),
+            });
+        });
+    }
+
+    fn restart_ticker(&self, period: Option<Duration>) {
+        let generation = self.tick_generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let Some(period) = period else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = self.lock().store.data().self_ref.clone();
+        rt.spawn(async move {
+            let mut interval = tokio::time::interval(period);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            interval.tick().await;
+            loop {
+                interval.tick().await;
+                let Some(inst) = weak.upgrade() else { return };
+                if inst.is_poisoned() || inst.tick_generation.load(Ordering::Acquire) != generation {
+                    return;
+                }
+                let root = inst.lock().store.data().root_id;
+                let r = inst.call(root, |inner| match &inner.exports.on_tick {
+                    Some(f) => f.call(&mut inner.store, root as i32),
+                    None => Ok(()),
+                });
+                if r.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+fn classify(e: &wasmtime::Error, memory_refused: bool, shared: &PluginShared) -> PluginFailure {
+    if memory_refused {
+        return PluginFailure::OutOfMemory(shared.limits.memory_limit_bytes >> 20);
+    }
+    if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
+        return PluginFailure::Timeout(shared.limits.call_timeout);
+    }
+    let mut msg = format!("{e}");
+    if let Some(Trap::UnreachableCodeReached) = e.downcast_ref::<Trap>() {
+        // Guests abort through `unreachable`; what they logged just before
+        // says why.
+        if let Some(last) = shared.last_critical_log() {
+            msg = format!("{msg} (plugin logged: {last})");
+        }
+    }
+    PluginFailure::Trap(msg)
+}
+
+fn classify_start(store: &Store<HostState>, e: wasmtime::Error, shared: &PluginShared) -> StartError {
+    let refused = store.data().limiter.refused;
+    if refused || e.downcast_ref::<Trap>().is_some() {
+        StartError::Failed(classify(&e, refused, shared))
+    } else {
+        StartError::Instantiate(format!("{e:#}"))
+    }
+}

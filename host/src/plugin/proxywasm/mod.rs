@@ -1,0 +1,195 @@
+//! Proxy-Wasm ABI 0.2.1 plugins: modules built with the `proxy-wasm` crate
+//! or any other Proxy-Wasm SDK run unchanged.
+//!
+//! A plugin keeps a small pool of long-lived instances (Envoy keeps one VM
+//! per worker). A request is pinned to one instance for its lifetime, as an
+//! HTTP context inside it, and each callback locks that instance only for the
+//! duration of the guest call.
+
+mod abi;
+mod instance;
+mod maps;
+mod memory;
+mod properties;
+mod wasi;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use wasmtime::{InstancePre, Linker, Module};
+
+pub use instance::{HostState, Instance, StartError};
+use instance::Callback;
+
+use super::filter::{FilterStatus, HttpFilter};
+use super::{PluginFailure, PluginShared};
+use crate::http::exchange::Exchange;
+
+/// Builds the linker every Proxy-Wasm plugin links against.
+pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostState>> {
+    let mut linker = Linker::new(engine);
+    abi::add_to_linker(&mut linker)?;
+    wasi::add_to_linker(&mut linker)?;
+    Ok(linker)
+}
+
+/// A compiled, linked plugin module, ready to instantiate.
+pub struct ProxyWasmModule {
+    pre: InstancePre<HostState>,
+}
+
+impl ProxyWasmModule {
+    /// Checks that the module speaks Proxy-Wasm 0.2.x and that every import
+    /// is one this host provides.
+    pub fn new(linker: &Linker<HostState>, module: &Module) -> Result<ProxyWasmModule, String> {
+        let speaks = module
+            .exports()
+            .any(|e| matches!(e.name(), "proxy_abi_version_0_2_1" | "proxy_abi_version_0_2_0"));
+        if !speaks {
+            return Err(
+                "not a Proxy-Wasm module: it exports neither proxy_abi_version_0_2_1 nor proxy_abi_version_0_2_0"
+                    .into(),
+            );
+        }
+        let mut linker = linker.clone();
+        linker.allow_shadowing(true);
+        wasi::define_missing(&mut linker, module)?;
+        let pre = linker
+            .instantiate_pre(module)
+            .map_err(|e| format!("cannot link the module: {e}"))?;
+        Ok(ProxyWasmModule { pre })
+    }
+}
+
+/// A loaded Proxy-Wasm plugin with its instance pool.
+pub struct ProxyWasmPlugin {
+    module: ProxyWasmModule,
+    shared: Arc<PluginShared>,
+    slots: Vec<Mutex<Option<Arc<Instance>>>>,
+    next: AtomicUsize,
+}
+
+impl ProxyWasmPlugin {
+    /// Starts the first instance now, so a plugin that cannot start or
+    /// rejects its configuration never gets loaded.
+    pub fn new(module: ProxyWasmModule, shared: Arc<PluginShared>, instances: usize) -> Result<Self, StartError> {
+        let first = Instance::start(&module, shared.clone())?;
+        let mut slots: Vec<Mutex<Option<Arc<Instance>>>> = (0..instances.max(1)).map(|_| Mutex::new(None)).collect();
+        slots[0] = Mutex::new(Some(first));
+        Ok(ProxyWasmPlugin {
+            module,
+            shared,
+            slots,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// An instance for a new request; replaces a failed one first.
+    fn checkout(&self, fresh: bool) -> Result<Arc<Instance>, PluginFailure> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let mut slot = self.slots[i].lock().unwrap_or_else(|e| e.into_inner());
+        match slot.as_ref() {
+            Some(inst) if !fresh && !inst.is_poisoned() => Ok(inst.clone()),
+            _ => {
+                let inst = Instance::start(&self.module, self.shared.clone())
+                    .map_err(|e| PluginFailure::Start(e.to_string()))?;
+                *slot = Some(inst.clone());
+                Ok(inst)
+            }
+        }
+    }
+
+    pub fn new_filter(&self, exchange: &Arc<Exchange>, fresh: bool) -> Result<Box<dyn HttpFilter>, PluginFailure> {
+        let instance = self.checkout(fresh)?;
+        let ctx = instance.create_http_context(exchange.clone())?;
+        Ok(Box::new(ProxyWasmFilter {
+            instance,
+            ctx,
+            exchange: exchange.clone(),
+            finished: false,
+        }))
+    }
+
+    pub fn shared(&self) -> &PluginShared {
+        &self.shared
+    }
+
+    /// Instances alive now (for the config dump and tests).
+    pub fn live_instances(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| {
+                s.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                    .is_some_and(|i| !i.is_poisoned())
+            })
+            .count()
+    }
+}
+
+struct ProxyWasmFilter {
+    instance: Arc<Instance>,
+    ctx: u32,
+    exchange: Arc<Exchange>,
+    finished: bool,
+}
+
+impl ProxyWasmFilter {
+    fn run(&mut self, cb: Callback) -> Result<FilterStatus, PluginFailure> {
+        let action = self.instance.http_callback(self.ctx, cb)?;
+        // Continue is 0; every other code stops iteration in some way.
+        Ok(if action == 0 {
+            FilterStatus::Continue
+        } else {
+            FilterStatus::Pause
+        })
+    }
+}
+
+/// Pseudo-headers the host adds to the request map (:authority, :path,
+/// :method, :scheme) and to the response map (:status).
+const REQUEST_PSEUDO: usize = 4;
+const RESPONSE_PSEUDO: usize = 1;
+
+impl HttpFilter for ProxyWasmFilter {
+    fn on_request_headers(&mut self, eos: bool) -> Result<FilterStatus, PluginFailure> {
+        let headers = self.exchange.lock().request.headers.len() + REQUEST_PSEUDO;
+        self.run(Callback::RequestHeaders { headers, eos })
+    }
+
+    fn on_request_body(&mut self, size: usize, eos: bool) -> Result<FilterStatus, PluginFailure> {
+        self.run(Callback::RequestBody { size, eos })
+    }
+
+    fn on_request_trailers(&mut self) -> Result<FilterStatus, PluginFailure> {
+        let trailers = self.exchange.lock().request_trailers.as_ref().map_or(0, |t| t.len());
+        self.run(Callback::RequestTrailers { trailers })
+    }
+
+    fn on_response_headers(&mut self, eos: bool) -> Result<FilterStatus, PluginFailure> {
+        let headers = self.exchange.lock().response.as_ref().map_or(0, |r| r.headers.len()) + RESPONSE_PSEUDO;
+        self.run(Callback::ResponseHeaders { headers, eos })
+    }
+
+    fn on_response_body(&mut self, size: usize, eos: bool) -> Result<FilterStatus, PluginFailure> {
+        self.run(Callback::ResponseBody { size, eos })
+    }
+
+    fn on_response_trailers(&mut self) -> Result<FilterStatus, PluginFailure> {
+        let trailers = self.exchange.lock().response_trailers.as_ref().map_or(0, |t| t.len());
+        self.run(Callback::ResponseTrailers { trailers })
+    }
+
+    fn finish(&mut self) {
+        if !std::mem::replace(&mut self.finished, true) {
+            self.instance.finish_http_context(self.ctx);
+        }
+    }
+}
+
+impl Drop for ProxyWasmFilter {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
