@@ -10,4 +10,4 @@ pub mod metrics;
 pub mod plugin;
 pub mod admin;
 pub mod app;
-// pub mod demo;
+pub mod demo;

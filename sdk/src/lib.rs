@@ -18,6 +18,7 @@ pub mod bindings {
             }
         ",
         world: "wayplug:sdk/imports",
+        generate_all,
         debug: true,
     });
 }

@@ -1,1 +1,54 @@
+//! Helpers for Wayplug's integration tests.
 
+pub mod harness;
+
+use std::path::PathBuf;
+
+/// Directory holding the fixture plugins, compiled by `build.rs`.
+pub const FIXTURES_DIR: &str = env!("WAYPLUG_FIXTURES_DIR");
+
+/// Path of the compiled fixture plugin `tests/fixtures/<name>`,
+/// e.g. `fixture("headers")` for `fixture_headers.wasm`.
+///
+/// # Panics
+/// If no such fixture was built (a typo, or a fixture crate not yet added
+/// under `tests/fixtures/`).
+pub fn fixture(name: &str) -> PathBuf {
+    let file_name = format!("fixture_{}.wasm", name.replace('-', "_"));
+    let path = PathBuf::from(FIXTURES_DIR).join(file_name);
+    assert!(
+        path.is_file(),
+        "fixture plugin {name:?} not found at {}; fixtures are the crates under tests/fixtures/",
+        path.display()
+    );
+    path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_fixture_is_a_core_wasm_module() {
+        for name in [
+            "headers",
+            "body",
+            "config",
+            "callout",
+            "shared",
+            "metrics",
+            "tick",
+            "misbehave",
+        ] {
+            let bytes = std::fs::read(fixture(name)).unwrap();
+            // Magic, then version 1: a core module, not a component.
+            assert_eq!(&bytes[..8], b"\0asm\x01\0\0\0", "{name}");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "fixture plugin \"no-such-fixture\" not found")]
+    fn unknown_fixture_panics_with_its_name() {
+        fixture("no-such-fixture");
+    }
+}

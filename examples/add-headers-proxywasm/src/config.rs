@@ -138,7 +138,7 @@ mod tests {
     fn rejects_bad_configurations() {
         let cases: &[(&[u8], &str)] = &[
             (b"", "missing"),
-            (b"[]", "not valid"),
+            (br#""x-a""#, "not valid"),
             (br#"{"requests": {}}"#, "unknown field `requests`"),
             (br#"{"request": {"x": 1}}"#, "not valid"),
             (

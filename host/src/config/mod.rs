@@ -111,7 +111,7 @@ pub struct SandboxConfig {
     #[serde(default = "default_call_timeout_ms")]
     pub call_timeout_ms: u64,
     /// Linear-memory cap of one plugin instance, in MiB.
-    #[serde(default = "default_memory_limit_mib")]
+    #[serde(default = "default_memory_limit_mib", rename = "memoryLimitMiB")]
     pub memory_limit_mib: u64,
     /// Instances kept per plugin; requests are spread over them.
     #[serde(default = "default_instances_per_plugin")]

@@ -4,7 +4,9 @@
 //! `.wasm` files for fixture and demo plugins without a separate build step.
 //! It runs a nested `cargo build --release --target <triple>` on the same
 //! workspace, with its own target directory, then copies each artifact into
-//! the caller's `OUT_DIR`.
+//! the caller's `OUT_DIR`. The nested build drops debug info (see
+//! [`GUEST_PROFILE_OVERRIDES`]); otherwise it uses the workspace's release
+//! profile as written.
 //!
 //! ```no_run
 //! // build.rs
@@ -246,10 +248,19 @@ impl GuestBuild {
 
     /// Arguments after the cargo program for the nested build.
     pub fn cargo_args(&self, target_dir: &Path) -> Vec<OsString> {
-        let mut args: Vec<OsString> = ["build", "--release", "--color", "never", "--target"]
+        let mut args: Vec<OsString> = ["build", "--release", "--color", "never"]
             .iter()
             .map(OsString::from)
             .collect();
+        // The workspace's release profile keeps line tables for the host's
+        // backtraces. In a guest that is ~2 MB of DWARF (mostly from the
+        // prebuilt std) around ~100 KB of code, which every test load and the
+        // host binary would carry; the name section stays for trap backtraces.
+        for setting in GUEST_PROFILE_OVERRIDES {
+            args.push(OsString::from("--config"));
+            args.push(OsString::from(setting));
+        }
+        args.push(OsString::from("--target"));
         args.push(OsString::from(&self.target));
         for package in &self.packages {
             args.push(OsString::from("-p"));
@@ -309,6 +320,12 @@ pub fn artifact_path(target_dir: &Path, target: &str, package: &GuestPackage) ->
         .join("release")
         .join(package.artifact_file_name())
 }
+
+/// `--config` overrides applied to the nested build's release profile.
+pub const GUEST_PROFILE_OVERRIDES: &[&str] = &[
+    "profile.release.debug=false",
+    "profile.release.strip=\"debuginfo\"",
+];
 
 /// Prefixes of variables cargo (or clippy) sets for a build script that would
 /// leak the outer compilation's settings into the nested one.
@@ -548,6 +565,10 @@ mod tests {
                 "--release",
                 "--color",
                 "never",
+                "--config",
+                "profile.release.debug=false",
+                "--config",
+                "profile.release.strip=\"debuginfo\"",
                 "--target",
                 "wasm32-wasip1",
                 "-p",
