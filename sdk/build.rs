@@ -17,9 +17,10 @@ const PACKAGE_LINE: &str = "package wayplug:policy@0.1.0;";
 const SHARED_INTERFACES: &[&str] = &["types", "log", "clock", "metrics", "kv", "config"];
 
 fn main() {
-    let wit_dir = Path::new(&env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("wit");
+    let wit_dir =
+        Path::new(&env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("wit");
     println!("cargo:rerun-if-changed={}", wit_dir.display());
 
     let mut files: Vec<_> = fs::read_dir(&wit_dir)
@@ -80,6 +81,7 @@ macro_rules! __wayplug_generate {{
 }}
 "#
     );
-    let out = Path::new(&env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("generate_macro.rs");
+    let out =
+        Path::new(&env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("generate_macro.rs");
     fs::write(&out, source).unwrap_or_else(|e| panic!("cannot write {}: {e}", out.display()));
 }

@@ -48,9 +48,11 @@ pub struct Waypoint {
 }
 
 async fn bind(which: &'static str, addr: SocketAddr) -> Result<TcpListener, Error> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { which, addr, source })
+    TcpListener::bind(addr).await.map_err(|source| Error::Bind {
+        which,
+        addr,
+        source,
+    })
 }
 
 impl Waypoint {
@@ -125,16 +127,29 @@ impl Waypoint {
     /// a restart and are refused.
     pub async fn reload(&self, new: Config) -> Result<(), Error> {
         let current = self.config.load_full();
-        if new.listeners.http != current.listeners.http || new.listeners.admin != current.listeners.admin {
-            return Err(Error::Reload("listener addresses changed: restart to apply them".into()));
+        if new.listeners.http != current.listeners.http
+            || new.listeners.admin != current.listeners.admin
+        {
+            return Err(Error::Reload(
+                "listener addresses changed: restart to apply them".into(),
+            ));
         }
         if serde_json::to_value(&new.sandbox).ok() != serde_json::to_value(&current.sandbox).ok() {
-            return Err(Error::Reload("sandbox limits changed: restart to apply them".into()));
+            return Err(Error::Reload(
+                "sandbox limits changed: restart to apply them".into(),
+            ));
         }
-        if serde_json::to_value(&new.upstreams).ok() != serde_json::to_value(&current.upstreams).ok() {
-            return Err(Error::Reload("callout upstreams changed: restart to apply them".into()));
+        if serde_json::to_value(&new.upstreams).ok()
+            != serde_json::to_value(&current.upstreams).ok()
+        {
+            return Err(Error::Reload(
+                "callout upstreams changed: restart to apply them".into(),
+            ));
         }
-        self.pipeline.registry().apply(&new.namespaces, &new.base_dir).await?;
+        self.pipeline
+            .registry()
+            .apply(&new.namespaces, &new.base_dir)
+            .await?;
         self.pipeline.set_discovery(Discovery::from_config(&new));
         self.config.store(Arc::new(new));
         Ok(())

@@ -3,11 +3,11 @@
 //!
 //! See ARCHITECTURE.md for how a request flows through these modules.
 
+pub mod admin;
+pub mod app;
 pub mod config;
+pub mod demo;
 pub mod discovery;
 pub mod http;
 pub mod metrics;
 pub mod plugin;
-pub mod admin;
-pub mod app;
-pub mod demo;

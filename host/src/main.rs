@@ -8,7 +8,11 @@ use wayplug::config::Config;
 use wayplug::demo;
 
 #[derive(Parser)]
-#[command(name = "wayplug", version, about = "A waypoint proxy that runs WebAssembly policy plugins per namespace")]
+#[command(
+    name = "wayplug",
+    version,
+    about = "A waypoint proxy that runs WebAssembly policy plugins per namespace"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,11 +36,16 @@ fn main() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     if cli.log_json {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         match cli.command {
             Command::Run { config: None } => run_demo().await,
@@ -46,10 +55,14 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run_demo() -> anyhow::Result<()> {
-    let echo = demo::start_echo().await.context("starting the demo upstream")?;
+    let echo = demo::start_echo()
+        .await
+        .context("starting the demo upstream")?;
     let config = demo::config(echo)?;
     let waypoint = Waypoint::start(config, demo::builtins()).await?;
-    let http = waypoint.http_addr.context("the demo has an HTTP listener")?;
+    let http = waypoint
+        .http_addr
+        .context("the demo has an HTTP listener")?;
     println!("{}", demo::instructions(http, waypoint.admin_addr));
     wait_for_signal().await;
     waypoint.shutdown().await;

@@ -294,9 +294,16 @@ impl Decision {
     /// before forwarding. A decision that answers locally forwards nothing,
     /// so there this does nothing (and debug builds panic to point out the
     /// mistake).
-    pub fn with_request_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn with_request_header(
+        mut self,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Self {
         if let Some(changes) = self.request_changes_mut("with_request_header") {
-            changes.request_headers.set.push((name.into(), value.into()));
+            changes
+                .request_headers
+                .set
+                .push((name.into(), value.into()));
         }
         self
     }
@@ -304,9 +311,16 @@ impl Decision {
     /// Appends request header `name: value` before forwarding, keeping
     /// existing values; like [`with_request_header`](Self::with_request_header)
     /// for decisions that answer locally.
-    pub fn append_request_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn append_request_header(
+        mut self,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Self {
         if let Some(changes) = self.request_changes_mut("append_request_header") {
-            changes.request_headers.add.push((name.into(), value.into()));
+            changes
+                .request_headers
+                .add
+                .push((name.into(), value.into()));
         }
         self
     }
@@ -323,7 +337,11 @@ impl Decision {
 
     /// Adds header `name: value` to the response the caller receives,
     /// whichever kind of decision this is.
-    pub fn with_response_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn with_response_header(
+        mut self,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Self {
         let header = (name.into(), value.into());
         match &mut self {
             Decision::Continue(changes) => changes.response_headers.push(header),
@@ -432,7 +450,8 @@ impl Decision {
                     )));
                 }
                 if let Some(path) = &route.rewrite_path {
-                    if !path.starts_with('/') || path.contains('?') || !is_valid_header_value(path) {
+                    if !path.starts_with('/') || path.contains('?') || !is_valid_header_value(path)
+                    {
                         return Err(InvalidDecision::new(format!(
                             "path rewrite {path:?} must start with '/' and have no query or control characters"
                         )));
@@ -596,7 +615,11 @@ fn validate_request_changes(changes: &RequestChanges) -> Result<(), InvalidDecis
 fn validate_header_changes(changes: &HeaderChanges) -> Result<(), InvalidDecision> {
     validate_headers(&changes.set)?;
     validate_headers(&changes.add)?;
-    match changes.remove.iter().find(|name| !is_valid_header_name(name)) {
+    match changes
+        .remove
+        .iter()
+        .find(|name| !is_valid_header_name(name))
+    {
         Some(name) => Err(InvalidDecision::new(format!(
             "cannot remove header {name:?}: not a valid header name"
         ))),
@@ -628,15 +651,29 @@ fn is_valid_header_name(name: &str) -> bool {
             b.is_ascii_alphanumeric()
                 || matches!(
                     b,
-                    b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_'
-                        | b'`' | b'|' | b'~'
+                    b'!' | b'#'
+                        | b'$'
+                        | b'%'
+                        | b'&'
+                        | b'\''
+                        | b'*'
+                        | b'+'
+                        | b'-'
+                        | b'.'
+                        | b'^'
+                        | b'_'
+                        | b'`'
+                        | b'|'
+                        | b'~'
                 )
         })
 }
 
 /// No control characters other than horizontal tab (RFC 9110 field values).
 fn is_valid_header_value(value: &str) -> bool {
-    value.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+    value
+        .bytes()
+        .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 #[cfg(test)]
@@ -653,8 +690,14 @@ mod tests {
         let Decision::Continue(changes) = &d else {
             panic!("expected continue, got {d:?}");
         };
-        assert_eq!(changes.request_headers.set, vec![("x-a".into(), "1".into())]);
-        assert_eq!(changes.request_headers.add, vec![("x-b".into(), "2".into())]);
+        assert_eq!(
+            changes.request_headers.set,
+            vec![("x-a".into(), "1".into())]
+        );
+        assert_eq!(
+            changes.request_headers.add,
+            vec![("x-b".into(), "2".into())]
+        );
         assert_eq!(changes.request_headers.remove, vec!["x-c".to_string()]);
         assert_eq!(changes.response_headers, vec![("x-d".into(), "4".into())]);
         assert!(d.request_headers().unwrap().removes("X-C"));
@@ -669,7 +712,10 @@ mod tests {
         assert_eq!(response.body_text(), Some("no"));
         assert_eq!(
             d.response_headers(),
-            &[("content-type".to_string(), "text/plain; charset=utf-8".to_string())]
+            &[(
+                "content-type".to_string(),
+                "text/plain; charset=utf-8".to_string()
+            )]
         );
     }
 
@@ -685,7 +731,10 @@ mod tests {
         assert_eq!(route.backends, vec![Backend::new("b.ns.svc.cluster.local")]);
         assert_eq!(route.rewrite_path.as_deref(), Some("/v2/x"));
         assert_eq!(route.rewrite_host.as_deref(), Some("b.example"));
-        assert_eq!(d.request_headers().unwrap().value_of("x-routed"), Some("yes"));
+        assert_eq!(
+            d.request_headers().unwrap().value_of("x-routed"),
+            Some("yes")
+        );
         assert!(d.validate().is_ok());
     }
 
@@ -709,20 +758,43 @@ mod tests {
         let bad = [
             (Decision::deny(99, "x"), "outside 200..=599"),
             (Decision::deny(600, "x"), "outside 200..=599"),
-            (Decision::allow().with_request_header("bad name", "x"), "not a valid HTTP token"),
-            (Decision::allow().with_request_header(":path", "/x"), "not a valid HTTP token"),
-            (Decision::allow().with_request_header("x", "a\r\nb"), "control characters"),
-            (Decision::allow().remove_request_header(""), "not a valid header name"),
+            (
+                Decision::allow().with_request_header("bad name", "x"),
+                "not a valid HTTP token",
+            ),
+            (
+                Decision::allow().with_request_header(":path", "/x"),
+                "not a valid HTTP token",
+            ),
+            (
+                Decision::allow().with_request_header("x", "a\r\nb"),
+                "control characters",
+            ),
+            (
+                Decision::allow().remove_request_header(""),
+                "not a valid header name",
+            ),
             (Decision::route_weighted([]), "positive weight"),
-            (Decision::route_weighted([Backend::new("a").weight(0)]), "positive weight"),
+            (
+                Decision::route_weighted([Backend::new("a").weight(0)]),
+                "positive weight",
+            ),
             (Decision::route(""), "empty service name"),
-            (Decision::route("a").with_path_rewrite("v2"), "must start with '/'"),
+            (
+                Decision::route("a").with_path_rewrite("v2"),
+                "must start with '/'",
+            ),
             (Decision::route("a").with_path_rewrite("/a?b"), "no query"),
             (Decision::route("a").with_host_rewrite(""), "host rewrite"),
-            (Decision::redirect("", RedirectStatus::Found), "redirect location"),
+            (
+                Decision::redirect("", RedirectStatus::Found),
+                "redirect location",
+            ),
         ];
         for (decision, reason) in bad {
-            let err = decision.validate().expect_err(&format!("{decision:?} should be invalid"));
+            let err = decision
+                .validate()
+                .expect_err(&format!("{decision:?} should be invalid"));
             assert!(
                 err.to_string().contains(reason),
                 "{decision:?}: error {err} should mention {reason:?}"
@@ -748,9 +820,16 @@ mod tests {
         assert_eq!(changes.value_of("x-b"), Some("2"));
         assert!(changes.removes("Server"));
         assert!(r.validate().is_ok());
-        assert!(ResponseDecision::replace(LocalResponse::new(700)).validate().is_err());
+        assert!(
+            ResponseDecision::replace(LocalResponse::new(700))
+                .validate()
+                .is_err()
+        );
 
-        assert_eq!(BodyDecision::replace("abc"), BodyDecision::Replace(b"abc".to_vec()));
+        assert_eq!(
+            BodyDecision::replace("abc"),
+            BodyDecision::Replace(b"abc".to_vec())
+        );
         assert!(BodyDecision::deny(413, "too big").validate().is_ok());
         assert!(BodyDecision::deny(1, "x").validate().is_err());
     }

@@ -183,7 +183,8 @@ mod tests {
 
     #[test]
     fn valid_config() {
-        let config: Config = parse_config(r#"{"header": "x-tenant", "backends": {"a": "b"}}"#).unwrap();
+        let config: Config =
+            parse_config(r#"{"header": "x-tenant", "backends": {"a": "b"}}"#).unwrap();
         assert_eq!(config.header, "x-tenant");
         assert_eq!(config.backends["a"], "b");
     }

@@ -51,10 +51,15 @@ impl Identity {
         namespace: impl Into<String>,
         service_account: impl Into<String>,
     ) -> Self {
-        let (trust_domain, namespace, service_account) =
-            (trust_domain.into(), namespace.into(), service_account.into());
+        let (trust_domain, namespace, service_account) = (
+            trust_domain.into(),
+            namespace.into(),
+            service_account.into(),
+        );
         Identity {
-            principal: Some(format!("{trust_domain}/ns/{namespace}/sa/{service_account}")),
+            principal: Some(format!(
+                "{trust_domain}/ns/{namespace}/sa/{service_account}"
+            )),
             namespace: Some(namespace),
             service_account: Some(service_account),
             trust_domain: Some(trust_domain),
@@ -566,7 +571,10 @@ mod tests {
         assert_eq!(req.header_values("x-user"), vec!["alice", "bob"]);
         assert_eq!(req.header("missing"), None);
         assert!(req.has_header("Accept"));
-        assert_eq!(req.headers()[0], ("x-user".to_string(), "alice".to_string()));
+        assert_eq!(
+            req.headers()[0],
+            ("x-user".to_string(), "alice".to_string())
+        );
     }
 
     #[test]

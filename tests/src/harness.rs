@@ -33,7 +33,12 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn last(&self) -> Seen {
-        self.seen.lock().unwrap().last().cloned().expect("the upstream saw no request")
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("the upstream saw no request")
     }
     pub fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
@@ -56,8 +61,16 @@ pub async fn upstream() -> Upstream {
                     let record = record.clone();
                     async move {
                         let (parts, body) = req.into_parts();
-                        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                        let path = parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default();
+                        let body = body
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let path = parts
+                            .uri
+                            .path_and_query()
+                            .map(|p| p.to_string())
+                            .unwrap_or_default();
                         record.lock().unwrap().push(Seen {
                             method: parts.method.to_string(),
                             path: path.clone(),
@@ -78,8 +91,10 @@ pub async fn upstream() -> Upstream {
                         };
                         let mut resp = Response::new(Full::new(reply));
                         *resp.status_mut() = status;
-                        resp.headers_mut().insert("x-upstream-secret", "s3cret".parse().unwrap());
-                        resp.headers_mut().insert("x-upstream", "yes".parse().unwrap());
+                        resp.headers_mut()
+                            .insert("x-upstream-secret", "s3cret".parse().unwrap());
+                        resp.headers_mut()
+                            .insert("x-upstream", "yes".parse().unwrap());
                         Ok::<_, Infallible>(resp)
                     }
                 });
@@ -106,7 +121,11 @@ pub async fn auth_service() -> SocketAddr {
                         .get("x-original-path")
                         .and_then(|v| v.to_str().ok())
                         .is_some_and(|p| p.starts_with("/allowed"));
-                    let mut resp = Response::new(Full::new(Bytes::from(if allowed { "ok-user" } else { "no" })));
+                    let mut resp = Response::new(Full::new(Bytes::from(if allowed {
+                        "ok-user"
+                    } else {
+                        "no"
+                    })));
                     if !allowed {
                         *resp.status_mut() = StatusCode::FORBIDDEN;
                     }
@@ -168,8 +187,11 @@ pub struct Rig {
 pub async fn rig(extra: &str) -> Rig {
     let upstream = upstream().await;
     let yaml = config_yaml(upstream.addr, extra);
-    let config = Config::from_yaml(&yaml, "test.yaml", std::path::Path::new(".")).expect("test config is valid");
-    let waypoint = Waypoint::start(config, Default::default()).await.expect("waypoint starts");
+    let config = Config::from_yaml(&yaml, "test.yaml", std::path::Path::new("."))
+        .expect("test config is valid");
+    let waypoint = Waypoint::start(config, Default::default())
+        .await
+        .expect("waypoint starts");
     Rig {
         http: waypoint.http_addr.unwrap(),
         admin: waypoint.admin_addr.unwrap(),
@@ -192,12 +214,26 @@ impl Reply {
 }
 
 /// One HTTP/1.1 request over a fresh connection, bounded to 10 s.
-pub async fn send(addr: SocketAddr, method: &str, host: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
     send_version(addr, false, method, host, path, headers, body).await
 }
 
 /// Like [`send`], over h2c with prior knowledge.
-pub async fn send_h2(addr: SocketAddr, method: &str, host: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+pub async fn send_h2(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
     send_version(addr, true, method, host, path, headers, body).await
 }
 
@@ -215,7 +251,9 @@ async fn send_version(
         let io = TokioIo::new(stream);
         let mut req = Request::builder().method(method);
         if h2 {
-            req = req.uri(format!("http://{host}{path}")).version(http::Version::HTTP_2);
+            req = req
+                .uri(format!("http://{host}{path}"))
+                .version(http::Version::HTTP_2);
         } else {
             req = req.uri(path).header("host", host);
         }
@@ -224,7 +262,10 @@ async fn send_version(
         }
         let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
         let resp = if h2 {
-            let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.unwrap();
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .unwrap();
             tokio::spawn(conn);
             sender.send_request(req).await.unwrap()
         } else {

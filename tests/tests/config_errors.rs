@@ -28,9 +28,14 @@ async fn bad_files_are_refused_with_reasons() {
     std::fs::write(&not_wasm, b"definitely not wasm").unwrap();
     let zeros = "0".repeat(64);
     let cases: Vec<(String, &str)> = vec![
-        ("listeners: { http: 127.0.0.1:0 }\nbogus: true".into(), "unknown field `bogus`"),
         (
-            format!("namespaces: {{ a: {{ plugins: [ {{ name: p, url: \"{headers}\", sha256: {zeros} }} ] }} }}"),
+            "listeners: { http: 127.0.0.1:0 }\nbogus: true".into(),
+            "unknown field `bogus`",
+        ),
+        (
+            format!(
+                "namespaces: {{ a: {{ plugins: [ {{ name: p, url: \"{headers}\", sha256: {zeros} }} ] }} }}"
+            ),
             "sha256 mismatch",
         ),
         (
@@ -38,7 +43,10 @@ async fn bad_files_are_refused_with_reasons() {
             "cannot read /nonexistent/missing.wasm",
         ),
         (
-            format!("namespaces: {{ a: {{ plugins: [ {{ name: p, url: \"file://{}\" }} ] }} }}", not_wasm.display()),
+            format!(
+                "namespaces: {{ a: {{ plugins: [ {{ name: p, url: \"file://{}\" }} ] }} }}",
+                not_wasm.display()
+            ),
             "not a loadable WebAssembly module",
         ),
         (
@@ -49,7 +57,10 @@ async fn bad_files_are_refused_with_reasons() {
             "namespaces: { a: { plugins: [ { name: p, url: \"oci://reg/p:1\" } ] } }".into(),
             "only file:// and builtin://",
         ),
-        ("sandbox: { memoryLimitMiB: 0 }".into(), "sandbox.memoryLimitMiB"),
+        (
+            "sandbox: { memoryLimitMiB: 0 }".into(),
+            "sandbox.memoryLimitMiB",
+        ),
     ];
     for (yaml, want) in cases {
         let yaml = format!("listeners: {{ http: \"127.0.0.1:0\", admin: null }}\n{yaml}");
@@ -78,7 +89,9 @@ async fn reload_swaps_chains_without_dropping_requests_and_refuses_bad_ones() {
 
     // Slow requests in flight across the swap all finish.
     let inflight: Vec<_> = (0..8)
-        .map(|_| tokio::spawn(async move { send(http, "GET", "alpha.test", "/slow", &[], "").await }))
+        .map(|_| {
+            tokio::spawn(async move { send(http, "GET", "alpha.test", "/slow", &[], "").await })
+        })
         .collect();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let next = Config::from_yaml(&with("metrics"), "t.yaml", Path::new(".")).unwrap();
@@ -88,8 +101,14 @@ async fn reload_swaps_chains_without_dropping_requests_and_refuses_bad_ones() {
     }
     send(http, "GET", "alpha.test", "/after", &[], "").await;
     let seen = up.last();
-    assert!(seen.headers.get("x-metric-value").is_some(), "the new chain serves new requests");
-    assert!(seen.headers.get("x-fixture-headers").is_none(), "the old chain is gone");
+    assert!(
+        seen.headers.get("x-metric-value").is_some(),
+        "the new chain serves new requests"
+    );
+    assert!(
+        seen.headers.get("x-fixture-headers").is_none(),
+        "the old chain is gone"
+    );
 
     // A broken plugin in a reload changes nothing.
     let mut bad = Config::from_yaml(&with("headers"), "t.yaml", Path::new(".")).unwrap();
@@ -97,7 +116,10 @@ async fn reload_swaps_chains_without_dropping_requests_and_refuses_bad_ones() {
     let err = wp.reload(bad).await.unwrap_err().to_string();
     assert!(err.contains("sha256 mismatch"), "{err}");
     send(http, "GET", "alpha.test", "/still", &[], "").await;
-    assert!(up.last().headers.get("x-metric-value").is_some(), "the running chain stays");
+    assert!(
+        up.last().headers.get("x-metric-value").is_some(),
+        "the running chain stays"
+    );
 
     // Removing the namespace's plugins applies too.
     let none = Config::from_yaml(&config_yaml(up.addr, ""), "t.yaml", Path::new(".")).unwrap();

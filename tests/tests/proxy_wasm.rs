@@ -20,21 +20,33 @@ fn namespaces(chains: &[String]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_plugin_allows_denies_and_mutates() {
-    let rig = rig(&namespaces(&[chain("alpha", &[plugin("hdr", "headers", "")])])).await;
+    let rig = rig(&namespaces(&[chain(
+        "alpha",
+        &[plugin("hdr", "headers", "")],
+    )]))
+    .await;
 
     let ok = send(
         rig.http,
         "GET",
         "alpha.test",
         "/hello?x=1",
-        &[("x-replace-me", "old"), ("x-remove-me", "gone"), ("x-keep", "1")],
+        &[
+            ("x-replace-me", "old"),
+            ("x-remove-me", "gone"),
+            ("x-keep", "1"),
+        ],
         "",
     )
     .await;
     assert_eq!(ok.status, 200, "{ok:?}");
     assert_eq!(ok.body, "upstream saw /hello?x=1");
     assert_eq!(ok.header("x-fixture-response"), Some("ok"));
-    assert_eq!(ok.header("x-upstream-secret"), None, "plugin removes the response header");
+    assert_eq!(
+        ok.header("x-upstream-secret"),
+        None,
+        "plugin removes the response header"
+    );
     assert_eq!(ok.header("x-upstream"), Some("yes"));
 
     let seen = rig.upstream.last();
@@ -57,26 +69,66 @@ async fn headers_plugin_allows_denies_and_mutates() {
     assert_eq!(denied.status, 403);
     assert_eq!(denied.body, "denied by fixture-headers");
     assert_eq!(denied.header("x-denied-by"), Some("fixture-headers"));
-    assert_eq!(denied.header("x-fixture-response"), Some("ok"), "the plugin's response callback runs on its local response");
-    assert_eq!(rig.upstream.count(), 1, "denied request never reached the upstream");
+    assert_eq!(
+        denied.header("x-fixture-response"),
+        Some("ok"),
+        "the plugin's response callback runs on its local response"
+    );
+    assert_eq!(
+        rig.upstream.count(),
+        1,
+        "denied request never reached the upstream"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_prior_knowledge_goes_through_the_same_chain() {
-    let rig = rig(&namespaces(&[chain("alpha", &[plugin("hdr", "headers", "")])])).await;
-    let ok = send_h2(rig.http, "GET", "alpha.test", "/h2", &[("x-replace-me", "a")], "").await;
+    let rig = rig(&namespaces(&[chain(
+        "alpha",
+        &[plugin("hdr", "headers", "")],
+    )]))
+    .await;
+    let ok = send_h2(
+        rig.http,
+        "GET",
+        "alpha.test",
+        "/h2",
+        &[("x-replace-me", "a")],
+        "",
+    )
+    .await;
     assert_eq!(ok.status, 200, "{ok:?}");
     assert_eq!(ok.header("x-fixture-response"), Some("ok"));
     let seen = rig.upstream.last();
     assert_eq!(seen.headers["x-replace-me"], "replaced");
-    let denied = send_h2(rig.http, "GET", "alpha.test", "/h2", &[("x-deny", "yes")], "").await;
+    let denied = send_h2(
+        rig.http,
+        "GET",
+        "alpha.test",
+        "/h2",
+        &[("x-deny", "yes")],
+        "",
+    )
+    .await;
     assert_eq!(denied.status, 403);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespaces_are_isolated() {
-    let rig = rig(&namespaces(&[chain("alpha", &[plugin("hdr", "headers", "")])])).await;
-    let beta = send(rig.http, "GET", "beta.test", "/b", &[("x-deny", "1"), ("x-remove-me", "stays")], "").await;
+    let rig = rig(&namespaces(&[chain(
+        "alpha",
+        &[plugin("hdr", "headers", "")],
+    )]))
+    .await;
+    let beta = send(
+        rig.http,
+        "GET",
+        "beta.test",
+        "/b",
+        &[("x-deny", "1"), ("x-remove-me", "stays")],
+        "",
+    )
+    .await;
     assert_eq!(beta.status, 200, "alpha's plugin never runs for beta");
     assert_eq!(beta.header("x-upstream-secret"), Some("s3cret"));
     let seen = rig.upstream.last();
@@ -86,7 +138,11 @@ async fn namespaces_are_isolated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_plugin_rewrites_both_directions() {
-    let rig = rig(&namespaces(&[chain("alpha", &[plugin("body", "body", "")])])).await;
+    let rig = rig(&namespaces(&[chain(
+        "alpha",
+        &[plugin("body", "body", "")],
+    )]))
+    .await;
     let body = "my secret is a secret, ".repeat(2000);
     let reply = send(rig.http, "POST", "alpha.test", "/echo", &[], &body).await;
     assert_eq!(reply.status, 200, "{:?}", reply.status);
@@ -113,13 +169,20 @@ async fn plugin_configuration_and_environment() {
           env:
             - { name: FIXTURE_ENV, value: plugin-only }
 "#;
-    let rig = rig(&namespaces(&[chain("alpha", &[plugin("cfg", "config", cfg)])])).await;
+    let rig = rig(&namespaces(&[chain(
+        "alpha",
+        &[plugin("cfg", "config", cfg)],
+    )]))
+    .await;
     let ok = send(rig.http, "GET", "alpha.test", "/ok", &[], "").await;
     assert_eq!(ok.status, 200);
     let seen = rig.upstream.last();
     assert_eq!(seen.headers["x-configured"], "from config");
     assert_eq!(seen.headers["x-fixture-env"], "plugin-only");
-    assert!(seen.headers.get("x-fixture-home").is_none(), "the host's environment must not leak into plugins");
+    assert!(
+        seen.headers.get("x-fixture-home").is_none(),
+        "the host's environment must not leak into plugins"
+    );
     let denied = send(rig.http, "GET", "alpha.test", "/admin/users", &[], "").await;
     assert_eq!(denied.status, 403);
     assert_eq!(denied.body, "path denied by fixture-config");
@@ -132,7 +195,14 @@ async fn http_callout_decides() {
         "upstreams:\n  auth: {{ address: \"{auth}\" }}\n  down: {{ address: \"127.0.0.1:1\", timeoutMs: 500 }}\n{}",
         namespaces(&[
             chain("alpha", &[plugin("callout", "callout", "")]),
-            chain("beta", &[plugin("callout", "callout", "        pluginConfig: { upstream: down }\n")]),
+            chain(
+                "beta",
+                &[plugin(
+                    "callout",
+                    "callout",
+                    "        pluginConfig: { upstream: down }\n"
+                )]
+            ),
         ])
     );
     let rig = rig(&extra).await;
@@ -150,18 +220,31 @@ async fn http_callout_decides() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_data_and_queues() {
-    let rig = rig(&namespaces(&[chain("alpha", &[plugin("shared", "shared", "")])])).await;
+    let rig = rig(&namespaces(&[chain(
+        "alpha",
+        &[plugin("shared", "shared", "")],
+    )]))
+    .await;
     let mut counts = Vec::new();
     for _ in 0..5 {
         let r = send(rig.http, "GET", "alpha.test", "/s", &[], "").await;
         assert_eq!(r.status, 200);
-        counts.push(rig.upstream.last().headers["x-request-count"].to_str().unwrap().to_owned());
+        counts.push(
+            rig.upstream.last().headers["x-request-count"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
     // Every instance of the plugin shares one counter.
     assert_eq!(counts, ["1", "2", "3", "4", "5"]);
     let queued = eventually(|| async {
         send(rig.http, "GET", "alpha.test", "/q", &[], "").await;
-        let v: u64 = rig.upstream.last().headers["x-queued-seen"].to_str().unwrap().parse().unwrap();
+        let v: u64 = rig.upstream.last().headers["x-queued-seen"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         (v > 0).then_some(v)
     })
     .await;
@@ -170,10 +253,17 @@ async fn shared_data_and_queues() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_metrics_are_exported() {
-    let rig = rig(&namespaces(&[chain("alpha", &[plugin("metrics", "metrics", "")])])).await;
+    let rig = rig(&namespaces(&[chain(
+        "alpha",
+        &[plugin("metrics", "metrics", "")],
+    )]))
+    .await;
     for i in 1..=3 {
         send(rig.http, "GET", "alpha.test", "/m", &[], "").await;
-        assert_eq!(rig.upstream.last().headers["x-metric-value"], i.to_string().as_str());
+        assert_eq!(
+            rig.upstream.last().headers["x-metric-value"],
+            i.to_string().as_str()
+        );
     }
     send(rig.http, "GET", "nowhere.test", "/", &[], "").await;
     let m = admin_get(rig.admin, "/metrics").await;
@@ -192,10 +282,18 @@ async fn plugin_metrics_are_exported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ticks_run() {
-    let rig = rig(&namespaces(&[chain("alpha", &[plugin("tick", "tick", "")])])).await;
+    let rig = rig(&namespaces(&[chain(
+        "alpha",
+        &[plugin("tick", "tick", "")],
+    )]))
+    .await;
     let ticks = eventually(|| async {
         send(rig.http, "GET", "alpha.test", "/t", &[], "").await;
-        let v: u64 = rig.upstream.last().headers["x-ticks"].to_str().unwrap().parse().unwrap();
+        let v: u64 = rig.upstream.last().headers["x-ticks"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         (v >= 2).then_some(v)
     })
     .await;
@@ -207,13 +305,23 @@ async fn routing_errors_are_clear() {
     let rig = rig("").await;
     let unknown = send(rig.http, "GET", "nowhere.test", "/", &[], "").await;
     assert_eq!(unknown.status, 404);
-    assert!(unknown.body.contains("no service matches host `nowhere.test`"), "{}", unknown.body);
+    assert!(
+        unknown
+            .body
+            .contains("no service matches host `nowhere.test`"),
+        "{}",
+        unknown.body
+    );
     let port = send(rig.http, "GET", "alpha.test:8080", "/", &[], "").await;
     assert_eq!(port.status, 404);
     assert!(port.body.contains("has no port 8080"), "{}", port.body);
     let down = send(rig.http, "GET", "gone.test", "/", &[], "").await;
     assert_eq!(down.status, 503);
-    assert!(down.body.contains("cannot connect to upstream 127.0.0.1:1"), "{}", down.body);
+    assert!(
+        down.body.contains("cannot connect to upstream 127.0.0.1:1"),
+        "{}",
+        down.body
+    );
     let by_vip = send(rig.http, "GET", "10.0.0.1", "/vip", &[], "").await;
     assert_eq!(by_vip.status, 200);
     let ready = admin_get(rig.admin, "/healthz/ready").await;
@@ -222,7 +330,11 @@ async fn routing_errors_are_clear() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_dump_lists_plugins_with_sha256() {
-    let rig = rig(&namespaces(&[chain("alpha", &[plugin("hdr", "headers", "        phase: AUTHN\n")])])).await;
+    let rig = rig(&namespaces(&[chain(
+        "alpha",
+        &[plugin("hdr", "headers", "        phase: AUTHN\n")],
+    )]))
+    .await;
     let dump = admin_get(rig.admin, "/config_dump").await;
     let v: serde_json::Value = serde_json::from_str(&dump.body).unwrap();
     let p = &v["chains"]["alpha"][0];
@@ -231,5 +343,8 @@ async fn config_dump_lists_plugins_with_sha256() {
     let bytes = std::fs::read(wayplug_tests::fixture("headers")).unwrap();
     use sha2::Digest;
     assert_eq!(p["sha256"], hex::encode(sha2::Sha256::digest(&bytes)));
-    assert_eq!(v["config"]["namespaces"]["alpha"]["plugins"][0]["phase"], "AUTHN");
+    assert_eq!(
+        v["config"]["namespaces"]["alpha"]["plugins"][0]["phase"],
+        "AUTHN"
+    );
 }

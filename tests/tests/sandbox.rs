@@ -35,37 +35,91 @@ async fn fail_close_answers_503_naming_the_plugin() {
     let rig = rig(&misbehave_rig_yaml("FAIL_CLOSE")).await;
     for (kind, why) in KINDS {
         let started = Instant::now();
-        let r = send(rig.http, "GET", "alpha.test", "/", &[("x-misbehave", kind)], "").await;
+        let r = send(
+            rig.http,
+            "GET",
+            "alpha.test",
+            "/",
+            &[("x-misbehave", kind)],
+            "",
+        )
+        .await;
         assert_eq!(r.status, 503, "{kind}: {r:?}");
-        assert!(r.body.contains("plugin `bad` in namespace `alpha`"), "{kind}: {}", r.body);
+        assert!(
+            r.body.contains("plugin `bad` in namespace `alpha`"),
+            "{kind}: {}",
+            r.body
+        );
         assert!(r.body.contains(why), "{kind}: `{}` lacks `{why}`", r.body);
         assert!(r.body.contains("FAIL_CLOSE"), "{}", r.body);
-        assert!(started.elapsed() < Duration::from_secs(3), "{kind} took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{kind} took {:?}",
+            started.elapsed()
+        );
         // The plugin recovers on a fresh instance for the next request.
         let ok = send(rig.http, "GET", "alpha.test", "/", &[], "").await;
         assert_eq!(ok.status, 200, "after {kind}: {ok:?}");
         assert_eq!(rig.upstream.last().headers["x-misbehave"], "none");
     }
-    let trap_log = send(rig.http, "GET", "alpha.test", "/", &[("x-misbehave", "trap")], "").await;
-    assert!(trap_log.body.contains("fixture trap"), "the plugin's panic message is reported: {}", trap_log.body);
+    let trap_log = send(
+        rig.http,
+        "GET",
+        "alpha.test",
+        "/",
+        &[("x-misbehave", "trap")],
+        "",
+    )
+    .await;
+    assert!(
+        trap_log.body.contains("fixture trap"),
+        "the plugin's panic message is reported: {}",
+        trap_log.body
+    );
     let m = admin_get(rig.admin, "/metrics").await;
     for reason in ["timeout", "out_of_memory", "trap"] {
-        let want = format!(r#"wayplug_plugin_failures_total{{namespace="alpha",plugin="bad",reason="{reason}"}}"#);
+        let want = format!(
+            r#"wayplug_plugin_failures_total{{namespace="alpha",plugin="bad",reason="{reason}"}}"#
+        );
         assert!(m.body.contains(&want), "missing {want}");
     }
-    assert!(m.body.contains(r#"wayplug_requests_total{namespace="alpha",code="503"} 4"#), "{}", m.body);
+    assert!(
+        m.body
+            .contains(r#"wayplug_requests_total{namespace="alpha",code="503"} 4"#),
+        "{}",
+        m.body
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_open_skips_the_plugin() {
     let rig = rig(&misbehave_rig_yaml("FAIL_OPEN")).await;
     for (kind, _) in KINDS {
-        let r = send(rig.http, "GET", "alpha.test", "/open", &[("x-misbehave", kind)], "").await;
+        let r = send(
+            rig.http,
+            "GET",
+            "alpha.test",
+            "/open",
+            &[("x-misbehave", kind)],
+            "",
+        )
+        .await;
         assert_eq!(r.status, 200, "{kind}: {r:?}");
         assert_eq!(r.body, "upstream saw /open");
     }
-    let r = send(rig.http, "GET", "alpha.test", "/open", &[("x-misbehave-response", "trap")], "").await;
-    assert_eq!(r.status, 200, "a trap in the response phase is skipped too: {r:?}");
+    let r = send(
+        rig.http,
+        "GET",
+        "alpha.test",
+        "/open",
+        &[("x-misbehave-response", "trap")],
+        "",
+    )
+    .await;
+    assert_eq!(
+        r.status, 200,
+        "a trap in the response phase is skipped too: {r:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,13 +128,23 @@ async fn fail_reload_retries_once_on_a_fresh_instance() {
     for (kind, why) in KINDS {
         // The misbehaviour is deterministic, so the retry fails too and the
         // request fails closed, after exactly two attempts.
-        let r = send(rig.http, "GET", "alpha.test", "/", &[("x-misbehave", kind)], "").await;
+        let r = send(
+            rig.http,
+            "GET",
+            "alpha.test",
+            "/",
+            &[("x-misbehave", kind)],
+            "",
+        )
+        .await;
         assert_eq!(r.status, 503, "{kind}: {r:?}");
         assert!(r.body.contains(why), "{}", r.body);
     }
     let m = admin_get(rig.admin, "/metrics").await;
     assert!(
-        m.body.contains(r#"wayplug_plugin_failures_total{namespace="alpha",plugin="bad",reason="trap"} 2"#),
+        m.body.contains(
+            r#"wayplug_plugin_failures_total{namespace="alpha",plugin="bad",reason="trap"} 2"#
+        ),
         "a trap and its retry are both counted:\n{}",
         m.body
     );
@@ -91,11 +155,25 @@ async fn fail_reload_retries_once_on_a_fresh_instance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_pointers_get_invalid_memory_access() {
     let rig = rig(&misbehave_rig_yaml("FAIL_CLOSE")).await;
-    let r = send(rig.http, "GET", "alpha.test", "/", &[("x-misbehave", "bad-pointer")], "").await;
+    let r = send(
+        rig.http,
+        "GET",
+        "alpha.test",
+        "/",
+        &[("x-misbehave", "bad-pointer")],
+        "",
+    )
+    .await;
     assert_eq!(r.status, 200, "{r:?}");
-    let codes = rig.upstream.last().headers["x-bad-pointer-status"].to_str().unwrap().to_owned();
+    let codes = rig.upstream.last().headers["x-bad-pointer-status"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert!(!codes.is_empty());
-    assert!(codes.split(',').all(|c| c == "6"), "every bad pointer is INVALID_MEMORY_ACCESS: {codes}");
+    assert!(
+        codes.split(',').all(|c| c == "6"),
+        "every bad pointer is INVALID_MEMORY_ACCESS: {codes}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,7 +181,19 @@ async fn a_looping_plugin_does_not_stop_other_namespaces() {
     let rig = rig(&misbehave_rig_yaml("FAIL_CLOSE")).await;
     let http = rig.http;
     let loops: Vec<_> = (0..4)
-        .map(|_| tokio::spawn(async move { send(http, "GET", "alpha.test", "/", &[("x-misbehave", "loop")], "").await }))
+        .map(|_| {
+            tokio::spawn(async move {
+                send(
+                    http,
+                    "GET",
+                    "alpha.test",
+                    "/",
+                    &[("x-misbehave", "loop")],
+                    "",
+                )
+                .await
+            })
+        })
         .collect();
     for _ in 0..10 {
         let r = send(rig.http, "GET", "beta.test", "/", &[], "").await;
@@ -117,7 +207,10 @@ async fn a_looping_plugin_does_not_stop_other_namespaces() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugins_that_fail_to_start_are_refused_with_the_reason() {
     for (plugin_config, want) in [
-        (r#"{ fail_on: configure }"#, "proxy_on_configure returned false"),
+        (
+            r#"{ fail_on: configure }"#,
+            "proxy_on_configure returned false",
+        ),
         (r#"{ fail_on: start }"#, "trapped"),
     ] {
         let up = upstream().await;
@@ -128,12 +221,16 @@ async fn plugins_that_fail_to_start_are_refused_with_the_reason() {
                 fixture_url("misbehave")
             ),
         );
-        let config = wayplug::config::Config::from_yaml(&yaml, "t.yaml", std::path::Path::new(".")).unwrap();
+        let config =
+            wayplug::config::Config::from_yaml(&yaml, "t.yaml", std::path::Path::new(".")).unwrap();
         let err = match wayplug::app::Waypoint::start(config, Default::default()).await {
             Ok(_) => panic!("{plugin_config} must not load"),
             Err(e) => e.to_string(),
         };
-        assert!(err.contains("plugin `bad` in namespace `alpha` failed to start"), "{err}");
+        assert!(
+            err.contains("plugin `bad` in namespace `alpha` failed to start"),
+            "{err}"
+        );
         assert!(err.contains(want), "{err} lacks {want}");
     }
 }

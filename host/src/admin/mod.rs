@@ -84,7 +84,11 @@ impl Admin {
                 if self.ready.load(Ordering::Acquire) {
                     (StatusCode::OK, "text/plain", "ready\n".to_owned())
                 } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".to_owned())
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain",
+                        "not ready\n".to_owned(),
+                    )
                 }
             }
             "/metrics" => (
@@ -101,8 +105,10 @@ impl Admin {
         };
         let mut resp = Response::new(Full::new(Bytes::from(body)));
         *resp.status_mut() = status;
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ctype));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static(ctype),
+        );
         resp
     }
 }

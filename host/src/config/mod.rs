@@ -19,7 +19,9 @@ pub use discovery::{
 pub fn discovery_address(s: &str) -> Result<std::net::IpAddr, String> {
     parse_network_address(s).map(|(_, ip)| ip)
 }
-pub use plugin::{EnvSource, EnvVar, FailStrategy, Phase, PluginSpec, PluginType, PluginUrl, VmConfig};
+pub use plugin::{
+    EnvSource, EnvVar, FailStrategy, Phase, PluginSpec, PluginType, PluginUrl, VmConfig,
+};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -214,11 +216,10 @@ impl Config {
 
     /// Parses and validates YAML text; `origin` names it in errors.
     pub fn from_yaml(text: &str, origin: &str, base_dir: &Path) -> Result<Config, Error> {
-        let mut config: Config =
-            serde_norway::from_str(text).map_err(|source| Error::Parse {
-                origin: origin.to_owned(),
-                source,
-            })?;
+        let mut config: Config = serde_norway::from_str(text).map_err(|source| Error::Parse {
+            origin: origin.to_owned(),
+            source,
+        })?;
         config.base_dir = base_dir.to_owned();
         config.origin = origin.to_owned();
         config.validate()?;
@@ -260,12 +261,14 @@ impl Config {
             ));
         }
         for (i, svc) in self.services.iter().enumerate() {
-            svc.validate()
-                .map_err(|(field, reason)| self.invalid(format!("services[{i}].{field}"), reason))?;
+            svc.validate().map_err(|(field, reason)| {
+                self.invalid(format!("services[{i}].{field}"), reason)
+            })?;
         }
         for (i, wl) in self.workloads.iter().enumerate() {
-            wl.validate()
-                .map_err(|(field, reason)| self.invalid(format!("workloads[{i}].{field}"), reason))?;
+            wl.validate().map_err(|(field, reason)| {
+                self.invalid(format!("workloads[{i}].{field}"), reason)
+            })?;
             for key in wl.services.keys() {
                 let known = self
                     .services
@@ -376,7 +379,7 @@ namespaces:
             ("listeners: { http: nope }", "invalid socket address"),
             (
                 "namespaces: { a: { plugins: [ { name: p, url: 'http://x/p.wasm' } ] } }",
-                "namespaces.a.plugins[0].url",
+                "namespaces.a.plugins[0]: plugin url `http://x/p.wasm`",
             ),
             (
                 "namespaces: { a: { plugins: [ { name: p, url: 'file:///p.wasm', sha256: xyz } ] } }",
@@ -405,7 +408,10 @@ namespaces:
         ];
         for (yaml, expect) in cases {
             let err = parse(yaml).expect_err(yaml).to_string();
-            assert!(err.contains(expect), "{yaml}: error `{err}` lacks `{expect}`");
+            assert!(
+                err.contains(expect),
+                "{yaml}: error `{err}` lacks `{expect}`"
+            );
             assert!(err.contains("test.yaml"), "{err} does not name the file");
         }
     }

@@ -126,7 +126,7 @@ impl TryFrom<String> for PluginUrl {
     fn try_from(s: String) -> Result<Self, String> {
         if let Some(rest) = s.strip_prefix("file://") {
             if rest.is_empty() {
-                return Err(format!("`{s}` has no path"));
+                return Err(format!("plugin url `{s}` has no path"));
             }
             return Ok(PluginUrl::File(rest.to_owned()));
         }
@@ -134,7 +134,7 @@ impl TryFrom<String> for PluginUrl {
             return Ok(PluginUrl::Builtin(rest.to_owned()));
         }
         Err(format!(
-            "`{s}`: only file:// and builtin:// plugin URLs are supported"
+            "plugin url `{s}`: only file:// and builtin:// plugin URLs are supported"
         ))
     }
 }
@@ -184,19 +184,19 @@ impl PluginSpec {
         {
             return err(
                 "name",
-                format!("`{}` may only use letters, digits, `-`, `_` and `.`", self.name),
+                format!(
+                    "`{}` may only use letters, digits, `-`, `_` and `.`",
+                    self.name
+                ),
             );
         }
-        if let Some(sum) = &self.sha256 {
-            if sum.len() != 64 || !sum.chars().all(|c| c.is_ascii_hexdigit()) {
-                return err("sha256", format!("`{sum}` is not 64 hex digits"));
-            }
+        if let Some(sum) = &self.sha256
+            && (sum.len() != 64 || !sum.chars().all(|c| c.is_ascii_hexdigit()))
+        {
+            return err("sha256", format!("`{sum}` is not 64 hex digits"));
         }
         if self.plugin_type == PluginType::Network {
-            return err(
-                "type",
-                "NETWORK plugins are not supported; use HTTP".into(),
-            );
+            return err("type", "NETWORK plugins are not supported; use HTTP".into());
         }
         for (i, e) in self.vm_config.env.iter().enumerate() {
             if e.name.is_empty() || e.name.contains('=') || e.name.contains('\0') {

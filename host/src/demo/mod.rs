@@ -21,7 +21,10 @@ pub fn builtins() -> Builtins {
     BTreeMap::from([
         (
             "header-allowlist",
-            &include_bytes!(concat!(env!("OUT_DIR"), "/demo/header_allowlist_proxywasm.wasm"))[..],
+            &include_bytes!(concat!(
+                env!("OUT_DIR"),
+                "/demo/header_allowlist_proxywasm.wasm"
+            ))[..],
         ),
         (
             "add-headers",
@@ -85,7 +88,11 @@ pub async fn start_echo() -> std::io::Result<SocketAddr> {
             tokio::spawn(async move {
                 let service = service_fn(|req: Request<hyper::body::Incoming>| async move {
                     let (parts, body) = req.into_parts();
-                    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    let body = body
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
                     let mut text = format!("{} {}\n", parts.method, parts.uri);
                     for (k, v) in &parts.headers {
                         text.push_str(&format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())));

@@ -76,7 +76,7 @@ impl Discovery {
         for svc in &config.services {
             let key = format!("{}/{}", svc.namespace, svc.hostname);
             let mut ports: HashMap<u16, Vec<Endpoint>> = HashMap::new();
-            for (sport, _) in &svc.ports {
+            for sport in svc.ports.keys() {
                 ports.entry(*sport).or_default();
             }
             for wl in &config.workloads {
@@ -120,7 +120,11 @@ impl Discovery {
 
     /// Resolves an HTTP authority (`host[:port]`, a VIP literal, or a
     /// bracketed IPv6 literal); the port defaults to `default_port`.
-    pub fn resolve_authority(&self, authority: &str, default_port: u16) -> Result<Destination, Error> {
+    pub fn resolve_authority(
+        &self,
+        authority: &str,
+        default_port: u16,
+    ) -> Result<Destination, Error> {
         let (host, port) = split_authority(authority, default_port)
             .ok_or_else(|| Error::UnknownHost(authority.to_owned()))?;
         let service = match host.parse::<IpAddr>() {
@@ -214,7 +218,10 @@ workloads:
         assert_ne!(a, b);
         assert_eq!(a.port() + b.port(), 8080 + 8081);
         let empty = d.resolve_authority("b.ns2.svc", 80).unwrap();
-        assert!(matches!(empty.pick_endpoint(), Err(Error::NoEndpoints { .. })));
+        assert!(matches!(
+            empty.pick_endpoint(),
+            Err(Error::NoEndpoints { .. })
+        ));
     }
 
     #[test]

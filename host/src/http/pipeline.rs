@@ -27,7 +27,9 @@ use http_body_util::BodyExt;
 
 use super::Error;
 use super::body::{self, BoxError, Holding, ProxyBody};
-use super::exchange::{Exchange, LocalResponse, PeerIdentity, RequestHead, RequestInfo, ResponseHead};
+use super::exchange::{
+    Exchange, LocalResponse, PeerIdentity, RequestHead, RequestInfo, ResponseHead,
+};
 use super::upstream::Upstream;
 use crate::config::FailStrategy;
 use crate::discovery::{Destination, Discovery};
@@ -97,8 +99,12 @@ impl Drop for Filters {
         }
         let status = self.status.unwrap_or(0);
         let names: Vec<&str> = self.slots.iter().map(|s| s.plugin.name()).collect();
-        self.metrics
-            .request(&self.namespace, status, &names, self.start.elapsed().as_secs_f64());
+        self.metrics.request(
+            &self.namespace,
+            status,
+            &names,
+            self.start.elapsed().as_secs_f64(),
+        );
         let info = &self.exchange.info;
         let st = self.exchange.lock();
         tracing::info!(
@@ -125,7 +131,10 @@ enum Outcome {
     Continue,
     /// Answer with this instead; `upto` is the index of the last filter
     /// whose response callbacks still run on it.
-    Respond { response: LocalResponse, upto: Option<usize> },
+    Respond {
+        response: LocalResponse,
+        upto: Option<usize>,
+    },
     Reset,
 }
 
@@ -172,9 +181,18 @@ fn error_response(err: &Error, by: &str) -> LocalResponse {
     }
 }
 
+// The error side is an outcome built at most once per request; boxing it
+// would only add an allocation.
+#[allow(clippy::result_large_err)]
 /// Runs one callback of filter `i` and applies its fail strategy. `Err`
 /// carries the outcome when the callback did not produce a status.
-fn run_callback(filters: &SharedFilters, exchange: &Exchange, i: usize, dir: Dir, phase: Phase) -> Result<(Arc<Plugin>, FilterStatus), Outcome> {
+fn run_callback(
+    filters: &SharedFilters,
+    exchange: &Exchange,
+    i: usize,
+    dir: Dir,
+    phase: Phase,
+) -> Result<(Arc<Plugin>, FilterStatus), Outcome> {
     let mut f = lock(filters);
     let slot = &mut f.slots[i];
     let plugin = slot.plugin.clone();
@@ -222,7 +240,14 @@ fn run_callback(filters: &SharedFilters, exchange: &Exchange, i: usize, dir: Dir
 
 /// Runs one callback of filter `i`, then waits out a pause. The filters
 /// lock is never held across an await.
-async fn step(filters: &SharedFilters, exchange: &Exchange, limits: &Limits, i: usize, dir: Dir, phase: Phase) -> Outcome {
+async fn step(
+    filters: &SharedFilters,
+    exchange: &Exchange,
+    limits: &Limits,
+    i: usize,
+    dir: Dir,
+    phase: Phase,
+) -> Outcome {
     match run_callback(filters, exchange, i, dir, phase) {
         Ok((plugin, status)) => settle(exchange, limits, &plugin, filters, i, dir, status).await,
         Err(outcome) => outcome,
@@ -265,7 +290,10 @@ async fn settle(
                 return Outcome::Continue;
             }
         }
-        if tokio::time::timeout_at(deadline, exchange.woken()).await.is_err() {
+        if tokio::time::timeout_at(deadline, exchange.woken())
+            .await
+            .is_err()
+        {
             let failure = PluginFailure::PausedTooLong(limits.paused_request_timeout);
             return fail(filters, plugin, i, failure);
         }
@@ -313,14 +341,21 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 fn new_request_id() -> String {
     let mut b = [0u8; 16];
     if getrandom::fill(&mut b).is_err() {
-        let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        let t = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
         b = t.as_nanos().to_le_bytes();
     }
     hex::encode(b)
 }
 
 impl Pipeline {
-    pub fn new(discovery: Discovery, registry: Arc<Registry>, metrics: Arc<Metrics>, limits: Limits) -> Pipeline {
+    pub fn new(
+        discovery: Discovery,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        limits: Limits,
+    ) -> Pipeline {
         Pipeline {
             discovery: ArcSwap::from_pointee(discovery),
             registry,
@@ -344,7 +379,11 @@ impl Pipeline {
 
     /// Handles one request. `Err` means the stream must be reset (a plugin
     /// closed it); every other outcome is a response.
-    pub async fn handle<B>(&self, req: Request<B>, conn: &ConnInfo) -> Result<Response<ProxyBody>, StreamReset>
+    pub async fn handle<B>(
+        &self,
+        req: Request<B>,
+        conn: &ConnInfo,
+    ) -> Result<Response<ProxyBody>, StreamReset>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -353,17 +392,13 @@ impl Pipeline {
         let (parts, body) = req.into_parts();
 
         // Phase 1: context.
-        let authority = parts
-            .uri
-            .authority()
-            .map(|a| a.to_string())
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(header::HOST)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-            });
+        let authority = parts.uri.authority().map(|a| a.to_string()).or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        });
         let Some(authority) = authority else {
             return Ok(self.early_error(Error::MissingAuthority));
         };
@@ -384,7 +419,10 @@ impl Pipeline {
             Some(id) if !id.is_empty() => id.to_owned(),
             _ => {
                 let id = new_request_id();
-                headers.insert("x-request-id", HeaderValue::from_str(&id).expect("hex is a valid header"));
+                headers.insert(
+                    "x-request-id",
+                    HeaderValue::from_str(&id).expect("hex is a valid header"),
+                );
                 id
             }
         };
@@ -429,34 +467,62 @@ impl Pipeline {
         }));
 
         // Phase 2: request headers.
-        let outcome = self.request_headers(&filters, &exchange, &plugins, body.is_end_stream()).await;
+        let outcome = self
+            .request_headers(&filters, &exchange, &plugins, body.is_end_stream())
+            .await;
         match outcome {
             Outcome::Continue => {}
-            Outcome::Respond { response, upto } => return Ok(self.local(&filters, &exchange, response, upto).await),
+            Outcome::Respond { response, upto } => {
+                return Ok(self.local(&filters, &exchange, response, upto).await);
+            }
             Outcome::Reset => return Err(StreamReset),
         }
 
         // Phase 3: upstream.
         let endpoint = match destination.pick_endpoint() {
             Ok(e) => e,
-            Err(e) => return Ok(self.local(&filters, &exchange, error_response(&e.into(), ""), last(&filters)).await),
+            Err(e) => {
+                return Ok(self
+                    .local(
+                        &filters,
+                        &exchange,
+                        error_response(&e.into(), ""),
+                        last(&filters),
+                    )
+                    .await);
+            }
         };
         let n = plugins.len();
         let (req_body, exact_len) = if n == 0 || body.is_end_stream() {
             let passthrough = body.map_err(|e| -> BoxError { e.into() }).boxed_unsync();
             (passthrough, None)
         } else {
-            let mut pump = Pump::new(body.map_err(|e| -> BoxError { e.into() }).boxed_unsync(), filters.clone(), Dir::Request, (0..n).collect(), self.limits.clone());
+            let mut pump = Pump::new(
+                body.map_err(|e| -> BoxError { e.into() }).boxed_unsync(),
+                filters.clone(),
+                Dir::Request,
+                (0..n).collect(),
+                self.limits.clone(),
+            );
             match pump.prefetch().await {
                 Ok(PrefetchResult::Complete(bytes, trailers)) => {
                     let len = bytes.len();
                     (complete_body(bytes, trailers), Some(len))
                 }
                 Ok(PrefetchResult::Streaming) => (pump.into_body(), None),
-                Err(PumpError::Respond(response, upto)) => return Ok(self.local(&filters, &exchange, response, upto).await),
+                Err(PumpError::Respond(response, upto)) => {
+                    return Ok(self.local(&filters, &exchange, response, upto).await);
+                }
                 Err(PumpError::Reset) => return Err(StreamReset),
                 Err(PumpError::Source(e)) => {
-                    return Ok(self.local(&filters, &exchange, error_response(&Error::Downstream(e.to_string()), ""), last(&filters)).await);
+                    return Ok(self
+                        .local(
+                            &filters,
+                            &exchange,
+                            error_response(&Error::Downstream(e.to_string()), ""),
+                            last(&filters),
+                        )
+                        .await);
                 }
             }
         };
@@ -467,12 +533,14 @@ impl Pipeline {
             let mut builder = Request::builder()
                 .method(head.method.clone())
                 .uri(format!("http://{}{}", endpoint.address, head.path))
-                .version(if h2 { Version::HTTP_2 } else { Version::HTTP_11 });
+                .version(if h2 {
+                    Version::HTTP_2
+                } else {
+                    Version::HTTP_11
+                });
             let mut headers = head.headers.clone();
-            if !h2 {
-                if let Ok(v) = HeaderValue::from_str(&head.authority) {
-                    headers.insert(header::HOST, v);
-                }
+            if !h2 && let Ok(v) = HeaderValue::from_str(&head.authority) {
+                headers.insert(header::HOST, v);
             }
             if let Some(len) = exact_len {
                 headers.remove(header::TRANSFER_ENCODING);
@@ -492,7 +560,14 @@ impl Pipeline {
                     endpoint: endpoint.address.to_string(),
                     reason: format!("a plugin left the request invalid: {e}"),
                 };
-                return Ok(self.local(&filters, &exchange, error_response(&err, ""), last(&filters)).await);
+                return Ok(self
+                    .local(
+                        &filters,
+                        &exchange,
+                        error_response(&err, ""),
+                        last(&filters),
+                    )
+                    .await);
             }
         };
         let response = match self.upstream.send(upstream_req, h2).await {
@@ -518,7 +593,14 @@ impl Pipeline {
                         reason: format!("{err:#}"),
                     }
                 };
-                return Ok(self.local(&filters, &exchange, error_response(&err, ""), last(&filters)).await);
+                return Ok(self
+                    .local(
+                        &filters,
+                        &exchange,
+                        error_response(&err, ""),
+                        last(&filters),
+                    )
+                    .await);
             }
         };
 
@@ -531,7 +613,9 @@ impl Pipeline {
             headers,
         });
         let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync();
-        Ok(self.respond(&filters, &exchange, body, last(&filters)).await)
+        Ok(self
+            .respond(&filters, &exchange, body, last(&filters))
+            .await)
     }
 
     fn early_error(&self, err: Error) -> Response<ProxyBody> {
@@ -541,13 +625,21 @@ impl Pipeline {
         build_local(resp)
     }
 
-    async fn request_headers(&self, filters: &SharedFilters, exchange: &Arc<Exchange>, plugins: &[Arc<Plugin>], eos: bool) -> Outcome {
+    async fn request_headers(
+        &self,
+        filters: &SharedFilters,
+        exchange: &Arc<Exchange>,
+        plugins: &[Arc<Plugin>],
+        eos: bool,
+    ) -> Outcome {
         for (i, plugin) in plugins.iter().enumerate() {
             // Contexts are created in chain order, so a plugin that fails to
             // get one is handled like a failing callback.
             let created = plugin.new_filter(exchange, false);
             let created = match created {
-                Err(_) if plugin.spec.fail_strategy == FailStrategy::FailReload => plugin.new_filter(exchange, true),
+                Err(_) if plugin.spec.fail_strategy == FailStrategy::FailReload => {
+                    plugin.new_filter(exchange, true)
+                }
                 other => other,
             };
             match created {
@@ -570,7 +662,16 @@ impl Pipeline {
                     };
                 }
             }
-            match step(filters, exchange, &self.limits, i, Dir::Request, Phase::Headers { eos }).await {
+            match step(
+                filters,
+                exchange,
+                &self.limits,
+                i,
+                Dir::Request,
+                Phase::Headers { eos },
+            )
+            .await
+            {
                 Outcome::Continue => {}
                 other => return other,
             }
@@ -580,10 +681,19 @@ impl Pipeline {
 
     /// Sends a local response through the response callbacks of filters
     /// `0..=upto`.
-    async fn local(&self, filters: &SharedFilters, exchange: &Arc<Exchange>, local: LocalResponse, upto: Option<usize>) -> Response<ProxyBody> {
+    async fn local(
+        &self,
+        filters: &SharedFilters,
+        exchange: &Arc<Exchange>,
+        local: LocalResponse,
+        upto: Option<usize>,
+    ) -> Response<ProxyBody> {
         let mut headers = HeaderMap::new();
         for (k, v) in &local.headers {
-            if let (Ok(k), Ok(v)) = (header::HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_bytes(v)) {
+            if let (Ok(k), Ok(v)) = (
+                header::HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_bytes(v),
+            ) {
                 headers.append(k, v);
             }
         }
@@ -599,7 +709,10 @@ impl Pipeline {
             });
             st.local_response = None;
             // Remember who answered, for the access log.
-            st.properties.insert("wayplug.local_response_by".into(), local.plugin.clone().into_bytes());
+            st.properties.insert(
+                "wayplug.local_response_by".into(),
+                local.plugin.clone().into_bytes(),
+            );
         }
         tracing::debug!(plugin = %local.plugin, status = local.status.as_u16(), details = %local.details, "local response");
         self.respond(filters, exchange, body, upto).await
@@ -607,7 +720,13 @@ impl Pipeline {
 
     /// Runs the response phase over filters `upto..=0` and builds the
     /// response the client gets.
-    async fn respond(&self, filters: &SharedFilters, exchange: &Arc<Exchange>, body: ProxyBody, upto: Option<usize>) -> Response<ProxyBody> {
+    async fn respond(
+        &self,
+        filters: &SharedFilters,
+        exchange: &Arc<Exchange>,
+        body: ProxyBody,
+        upto: Option<usize>,
+    ) -> Response<ProxyBody> {
         let order: Vec<usize> = match upto {
             Some(u) => (0..=u).rev().collect(),
             None => Vec::new(),
@@ -617,14 +736,28 @@ impl Pipeline {
         let mut k = 0;
         while k < order_left.len() {
             let i = order_left[k];
-            match step(filters, exchange, &self.limits, i, Dir::Response, Phase::Headers { eos: body.is_end_stream() }).await {
+            match step(
+                filters,
+                exchange,
+                &self.limits,
+                i,
+                Dir::Response,
+                Phase::Headers {
+                    eos: body.is_end_stream(),
+                },
+            )
+            .await
+            {
                 Outcome::Continue => k += 1,
                 Outcome::Respond { response, .. } => {
                     // A plugin replaced the response: the filters after it
                     // (towards the client) see the replacement.
                     let mut headers = HeaderMap::new();
                     for (name, v) in &response.headers {
-                        if let (Ok(name), Ok(v)) = (header::HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(v)) {
+                        if let (Ok(name), Ok(v)) = (
+                            header::HeaderName::from_bytes(name.as_bytes()),
+                            HeaderValue::from_bytes(v),
+                        ) {
                             headers.append(name, v);
                         }
                     }
@@ -657,7 +790,13 @@ impl Pipeline {
         let (out_body, exact_len) = if order_left.is_empty() || body.is_end_stream() {
             (body, None)
         } else {
-            let mut pump = Pump::new(body, filters.clone(), Dir::Response, order_left, self.limits.clone());
+            let mut pump = Pump::new(
+                body,
+                filters.clone(),
+                Dir::Response,
+                order_left,
+                self.limits.clone(),
+            );
             match pump.prefetch().await {
                 Ok(PrefetchResult::Complete(bytes, trailers)) => {
                     let len = bytes.len();
@@ -689,7 +828,11 @@ impl Pipeline {
                 }
             }
         };
-        let head = exchange.lock().response.clone().expect("set before the response phase");
+        let head = exchange
+            .lock()
+            .response
+            .clone()
+            .expect("set before the response phase");
         let mut headers = head.headers;
         if let Some(len) = exact_len {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
@@ -697,7 +840,10 @@ impl Pipeline {
             headers.remove(header::CONTENT_LENGTH);
         }
         lock(filters).status = Some(head.status.as_u16());
-        let mut resp = Response::new(body::ProxyBody::new(Holding::new(out_body, filters.clone())));
+        let mut resp = Response::new(body::ProxyBody::new(Holding::new(
+            out_body,
+            filters.clone(),
+        )));
         *resp.status_mut() = head.status;
         *resp.headers_mut() = headers;
         resp
@@ -712,7 +858,10 @@ fn build_local(local: LocalResponse) -> Response<ProxyBody> {
     let mut resp = Response::new(body::full(local.body));
     *resp.status_mut() = local.status;
     for (k, v) in local.headers {
-        if let (Ok(k), Ok(v)) = (header::HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_bytes(&v)) {
+        if let (Ok(k), Ok(v)) = (
+            header::HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_bytes(&v),
+        ) {
             resp.headers_mut().append(k, v);
         }
     }
@@ -723,7 +872,10 @@ fn complete_body(bytes: Bytes, trailers: Option<HeaderMap>) -> ProxyBody {
     match trailers {
         None => body::full(bytes),
         Some(t) => {
-            let frames = vec![Ok::<_, BoxError>(Frame::data(bytes)), Ok(Frame::trailers(t))];
+            let frames = vec![
+                Ok::<_, BoxError>(Frame::data(bytes)),
+                Ok(Frame::trailers(t)),
+            ];
             http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
         }
     }
@@ -776,7 +928,13 @@ struct Pump {
 }
 
 impl Pump {
-    fn new(source: ProxyBody, filters: SharedFilters, dir: Dir, order: Vec<usize>, limits: Limits) -> Pump {
+    fn new(
+        source: ProxyBody,
+        filters: SharedFilters,
+        dir: Dir,
+        order: Vec<usize>,
+        limits: Limits,
+    ) -> Pump {
         let exchange = lock(&filters).exchange.clone();
         let held = order.iter().map(|_| BytesMut::new()).collect();
         Pump {
@@ -869,14 +1027,27 @@ impl Pump {
             let buffered = std::mem::take(&mut self.held[pos]);
             let size = buffered.len();
             self.set_buffer(buffered);
-            let status = step_body(&self.filters, &self.exchange, &self.limits, i, self.dir, size, eos).await;
+            let status = step_body(
+                &self.filters,
+                &self.exchange,
+                &self.limits,
+                i,
+                self.dir,
+                size,
+                eos,
+            )
+            .await;
             let buffered = self.take_buffer();
             match status {
                 BodyStep::Pass => chunk = buffered,
                 BodyStep::Hold => {
                     if buffered.len() > self.limits.max_buffered_body {
                         let err = Error::BodyTooLarge {
-                            which: if self.dir == Dir::Request { "request" } else { "response" },
+                            which: if self.dir == Dir::Request {
+                                "request"
+                            } else {
+                                "response"
+                            },
                             limit: self.limits.max_buffered_body,
                         };
                         return Err(PumpError::Respond(error_response(&err, ""), Some(i)));
@@ -901,9 +1072,20 @@ impl Pump {
         };
         set(&mut self.exchange.lock(), trailers);
         for &i in &self.order {
-            match step(&self.filters, &self.exchange, &self.limits, i, self.dir, Phase::Trailers).await {
+            match step(
+                &self.filters,
+                &self.exchange,
+                &self.limits,
+                i,
+                self.dir,
+                Phase::Trailers,
+            )
+            .await
+            {
                 Outcome::Continue => {}
-                Outcome::Respond { response, upto } => return Err(PumpError::Respond(response, upto)),
+                Outcome::Respond { response, upto } => {
+                    return Err(PumpError::Respond(response, upto));
+                }
                 Outcome::Reset => return Err(PumpError::Reset),
             }
         }
@@ -946,7 +1128,15 @@ enum BodyStep {
 
 /// A body callback. Pausing before the end of the body buffers; pausing at
 /// the end holds the stream until the plugin resumes it.
-async fn step_body(filters: &SharedFilters, exchange: &Exchange, limits: &Limits, i: usize, dir: Dir, size: usize, eos: bool) -> BodyStep {
+async fn step_body(
+    filters: &SharedFilters,
+    exchange: &Exchange,
+    limits: &Limits,
+    i: usize,
+    dir: Dir,
+    size: usize,
+    eos: bool,
+) -> BodyStep {
     if !eos {
         // Run the callback without waiting: a pause here means "buffer".
         let paused = match run_callback(filters, exchange, i, dir, Phase::Body { size, eos }) {
@@ -962,7 +1152,11 @@ async fn step_body(filters: &SharedFilters, exchange: &Exchange, limits: &Limits
         if st.reset {
             return BodyStep::Reset;
         }
-        return if paused { BodyStep::Hold } else { BodyStep::Pass };
+        return if paused {
+            BodyStep::Hold
+        } else {
+            BodyStep::Pass
+        };
     }
     match step(filters, exchange, limits, i, dir, Phase::Body { size, eos }).await {
         Outcome::Continue => BodyStep::Pass,

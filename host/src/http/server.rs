@@ -15,8 +15,14 @@ use super::{ConnInfo, Pipeline};
 
 /// Accepts connections until `shutdown` turns true, then stops accepting
 /// and lets open connections finish.
-pub async fn serve(listener: TcpListener, pipeline: Arc<Pipeline>, mut shutdown: watch::Receiver<bool>) {
-    let local = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+pub async fn serve(
+    listener: TcpListener,
+    pipeline: Arc<Pipeline>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let local = listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     loop {
         let (stream, source) = tokio::select! {
             r = listener.accept() => match r {

@@ -40,7 +40,15 @@ impl Upstream {
         Upstream { h1, h2 }
     }
 
-    pub async fn send(&self, req: Request<ProxyBody>, h2: bool) -> Result<Response<Incoming>, Error> {
-        if h2 { self.h2.request(req).await } else { self.h1.request(req).await }
+    pub async fn send(
+        &self,
+        req: Request<ProxyBody>,
+        h2: bool,
+    ) -> Result<Response<Incoming>, Error> {
+        if h2 {
+            self.h2.request(req).await
+        } else {
+            self.h1.request(req).await
+        }
     }
 }

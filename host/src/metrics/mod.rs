@@ -73,7 +73,11 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("wayplug");
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register("requests", "Requests answered, by destination namespace and status code", requests.clone());
+        registry.register(
+            "requests",
+            "Requests answered, by destination namespace and status code",
+            requests.clone(),
+        );
         let plugin_requests = Family::<PluginRequestLabels, Counter>::default();
         registry.register(
             "plugin_requests",
@@ -86,18 +90,32 @@ impl Metrics {
             "Plugin traps, timeouts and memory exhaustion",
             plugin_failures.clone(),
         );
-        let request_duration: HistogramFamily<NamespaceLabels> = Family::new_with_constructor(duration_histogram);
+        let request_duration: HistogramFamily<NamespaceLabels> =
+            Family::new_with_constructor(duration_histogram);
         registry.register(
             "request_duration_seconds",
             "Time from request head to response head",
             request_duration.clone(),
         );
         let plugin_counters = Family::<PluginMetricLabels, Counter>::default();
-        registry.register("plugin_counter", "Counters defined by plugins", plugin_counters.clone());
+        registry.register(
+            "plugin_counter",
+            "Counters defined by plugins",
+            plugin_counters.clone(),
+        );
         let plugin_gauges = Family::<PluginMetricLabels, Gauge>::default();
-        registry.register("plugin_gauge", "Gauges defined by plugins", plugin_gauges.clone());
-        let plugin_histograms: HistogramFamily<PluginMetricLabels> = Family::new_with_constructor(plugin_histogram);
-        registry.register("plugin_histogram", "Histograms defined by plugins", plugin_histograms.clone());
+        registry.register(
+            "plugin_gauge",
+            "Gauges defined by plugins",
+            plugin_gauges.clone(),
+        );
+        let plugin_histograms: HistogramFamily<PluginMetricLabels> =
+            Family::new_with_constructor(plugin_histogram);
+        registry.register(
+            "plugin_histogram",
+            "Histograms defined by plugins",
+            plugin_histograms.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             requests,
@@ -229,18 +247,29 @@ impl PluginMetrics {
 
     fn lookup(&self, id: u32) -> Result<(Kind, PluginMetricLabels), PluginMetricError> {
         let defs = self.defs.lock().unwrap_or_else(|e| e.into_inner());
-        let i = (id as usize).checked_sub(1).ok_or(PluginMetricError::NotFound)?;
-        defs.by_id.get(i).cloned().ok_or(PluginMetricError::NotFound)
+        let i = (id as usize)
+            .checked_sub(1)
+            .ok_or(PluginMetricError::NotFound)?;
+        defs.by_id
+            .get(i)
+            .cloned()
+            .ok_or(PluginMetricError::NotFound)
     }
 
     pub fn increment(&self, id: u32, offset: i64) -> Result<(), PluginMetricError> {
         let (kind, labels) = self.lookup(id)?;
         match kind {
             Kind::Counter if offset >= 0 => {
-                self.metrics.plugin_counters.get_or_create(&labels).inc_by(offset as u64);
+                self.metrics
+                    .plugin_counters
+                    .get_or_create(&labels)
+                    .inc_by(offset as u64);
             }
             Kind::Gauge => {
-                self.metrics.plugin_gauges.get_or_create(&labels).inc_by(offset);
+                self.metrics
+                    .plugin_gauges
+                    .get_or_create(&labels)
+                    .inc_by(offset);
             }
             _ => return Err(PluginMetricError::BadArgument),
         }
@@ -259,9 +288,16 @@ impl PluginMetrics {
                 }
             }
             Kind::Gauge => {
-                self.metrics.plugin_gauges.get_or_create(&labels).set(value as i64);
+                self.metrics
+                    .plugin_gauges
+                    .get_or_create(&labels)
+                    .set(value as i64);
             }
-            Kind::Histogram => self.metrics.plugin_histograms.get_or_create(&labels).observe(value as f64),
+            Kind::Histogram => self
+                .metrics
+                .plugin_histograms
+                .get_or_create(&labels)
+                .observe(value as f64),
         }
         Ok(())
     }

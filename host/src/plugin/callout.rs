@@ -44,7 +44,13 @@ const MAX_CALLOUT_BODY: usize = 4 << 20;
 impl CalloutRequest {
     /// `None` when the headers lack `:method`, `:path` or `:authority`, or
     /// hold something that is not a valid header.
-    pub fn new(target: CalloutTarget, headers: Pairs, body: Vec<u8>, _trailers: Pairs, timeout_ms: u32) -> Option<Self> {
+    pub fn new(
+        target: CalloutTarget,
+        headers: Pairs,
+        body: Vec<u8>,
+        _trailers: Pairs,
+        timeout_ms: u32,
+    ) -> Option<Self> {
         let find = |name: &[u8]| {
             headers
                 .iter()
@@ -105,13 +111,20 @@ impl Callouts {
     pub async fn call(&self, req: CalloutRequest) -> CalloutResponse {
         let name = req.target.name.clone();
         let fut = async {
-            let resp = self.client.request(req.request).await.map_err(|e| e.to_string())?;
+            let resp = self
+                .client
+                .request(req.request)
+                .await
+                .map_err(|e| e.to_string())?;
             let (parts, body) = resp.into_parts();
             let limited = http_body_util::Limited::new(body, MAX_CALLOUT_BODY);
             let collected = limited.collect().await.map_err(|e| e.to_string())?;
             let trailers = collected.trailers().cloned();
             let body = collected.to_bytes();
-            let mut headers: Pairs = vec![(b":status".to_vec(), parts.status.as_str().as_bytes().to_vec())];
+            let mut headers: Pairs = vec![(
+                b":status".to_vec(),
+                parts.status.as_str().as_bytes().to_vec(),
+            )];
             headers.extend(
                 parts
                     .headers

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use wasmtime::{Config, InstanceAllocationStrategy, Linker, OptLevel, PoolingAllocationConfig};
 
-use super::{Error, Limits};
 use super::proxywasm::{self, HostState};
+use super::{Error, Limits};
 use crate::config::SandboxConfig;
 
 pub const TICK: Duration = Duration::from_millis(5);
@@ -47,7 +47,8 @@ impl Engine {
             .wasm_component_model(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let wasm = wasmtime::Engine::new(&config).map_err(|e| Error::Engine(format!("{e:#}")))?;
-        let proxy_wasm_linker = proxywasm::linker(&wasm).map_err(|e| Error::Engine(format!("{e:#}")))?;
+        let proxy_wasm_linker =
+            proxywasm::linker(&wasm).map_err(|e| Error::Engine(format!("{e:#}")))?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = wasm.clone();

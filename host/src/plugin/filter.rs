@@ -22,7 +22,11 @@ pub trait HttpFilter: Send {
         Ok(FilterStatus::Continue)
     }
     /// The exchange's `request_body` holds the bytes this filter sees.
-    fn on_request_body(&mut self, size: usize, end_of_stream: bool) -> Result<FilterStatus, PluginFailure> {
+    fn on_request_body(
+        &mut self,
+        size: usize,
+        end_of_stream: bool,
+    ) -> Result<FilterStatus, PluginFailure> {
         let _ = (size, end_of_stream);
         Ok(FilterStatus::Continue)
     }
@@ -33,7 +37,11 @@ pub trait HttpFilter: Send {
         let _ = end_of_stream;
         Ok(FilterStatus::Continue)
     }
-    fn on_response_body(&mut self, size: usize, end_of_stream: bool) -> Result<FilterStatus, PluginFailure> {
+    fn on_response_body(
+        &mut self,
+        size: usize,
+        end_of_stream: bool,
+    ) -> Result<FilterStatus, PluginFailure> {
         let _ = (size, end_of_stream);
         Ok(FilterStatus::Continue)
     }

@@ -42,14 +42,18 @@ pub enum Error {
         expected: String,
         actual: String,
     },
-    #[error("plugin `{plugin}` in namespace `{namespace}`: no builtin plugin named `{name}` (available: {available})")]
+    #[error(
+        "plugin `{plugin}` in namespace `{namespace}`: no builtin plugin named `{name}` (available: {available})"
+    )]
     UnknownBuiltin {
         plugin: String,
         namespace: String,
         name: String,
         available: String,
     },
-    #[error("plugin `{plugin}` in namespace `{namespace}`: not a loadable WebAssembly module: {reason}")]
+    #[error(
+        "plugin `{plugin}` in namespace `{namespace}`: not a loadable WebAssembly module: {reason}"
+    )]
     Compile {
         plugin: String,
         namespace: String,
@@ -137,7 +141,9 @@ impl PluginShared {
     pub fn log(&self, level: i32, msg: &str) {
         let (plugin, ns) = (&self.name, &self.namespace);
         match level {
-            i32::MIN..=0 => tracing::trace!(target: "wayplug::plugin", plugin, namespace = ns, "{msg}"),
+            i32::MIN..=0 => {
+                tracing::trace!(target: "wayplug::plugin", plugin, namespace = ns, "{msg}")
+            }
             1 => tracing::debug!(target: "wayplug::plugin", plugin, namespace = ns, "{msg}"),
             2 => tracing::info!(target: "wayplug::plugin", plugin, namespace = ns, "{msg}"),
             3 => tracing::warn!(target: "wayplug::plugin", plugin, namespace = ns, "{msg}"),
@@ -168,7 +174,10 @@ impl PluginShared {
 
     pub fn last_critical_log(&self) -> Option<String> {
         let tail = self.log_tail.lock().unwrap_or_else(|e| e.into_inner());
-        tail.iter().rev().find(|(l, _)| *l >= 4).map(|(_, m)| m.clone())
+        tail.iter()
+            .rev()
+            .find(|(l, _)| *l >= 4)
+            .map(|(_, m)| m.clone())
     }
 
     fn take_log_tail(&self) -> Vec<String> {
@@ -215,7 +224,11 @@ impl Plugin {
 
     /// A filter for one request. `fresh` forces a new instance (the
     /// FAIL_RELOAD retry).
-    pub fn new_filter(&self, exchange: &Arc<Exchange>, fresh: bool) -> Result<Box<dyn HttpFilter>, PluginFailure> {
+    pub fn new_filter(
+        &self,
+        exchange: &Arc<Exchange>,
+        fresh: bool,
+    ) -> Result<Box<dyn HttpFilter>, PluginFailure> {
         match &self.kind {
             PluginKind::ProxyWasm(p) => p.new_filter(exchange, fresh),
         }

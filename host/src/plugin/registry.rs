@@ -86,13 +86,20 @@ impl Registry {
 
     /// Builds every namespace's chain, then installs them all at once. On
     /// any error nothing changes.
-    pub async fn apply(&self, namespaces: &BTreeMap<String, NamespaceConfig>, base_dir: &Path) -> Result<(), Error> {
+    pub async fn apply(
+        &self,
+        namespaces: &BTreeMap<String, NamespaceConfig>,
+        base_dir: &Path,
+    ) -> Result<(), Error> {
         let mut built = HashMap::new();
         for (ns, cfg) in namespaces {
             if cfg.plugins.is_empty() {
                 continue;
             }
-            built.insert(ns.clone(), Arc::new(self.build_chain(ns, &cfg.plugins, base_dir).await?));
+            built.insert(
+                ns.clone(),
+                Arc::new(self.build_chain(ns, &cfg.plugins, base_dir).await?),
+            );
         }
         let _guard = self.install.lock().unwrap_or_else(|e| e.into_inner());
         self.chains.store(Arc::new(built));
@@ -112,7 +119,12 @@ impl Registry {
 
     /// Loads every plugin of a namespace and orders them: by phase (AUTHN,
     /// AUTHZ, STATS, unspecified), then higher priority first, then name.
-    pub async fn build_chain(&self, namespace: &str, specs: &[PluginSpec], base_dir: &Path) -> Result<Chain, Error> {
+    pub async fn build_chain(
+        &self,
+        namespace: &str,
+        specs: &[PluginSpec],
+        base_dir: &Path,
+    ) -> Result<Chain, Error> {
         let mut plugins = Vec::with_capacity(specs.len());
         for spec in specs {
             plugins.push(Arc::new(self.load(namespace, spec, base_dir).await?));
@@ -130,7 +142,12 @@ impl Registry {
         })
     }
 
-    async fn load(&self, namespace: &str, spec: &PluginSpec, base_dir: &Path) -> Result<Plugin, Error> {
+    async fn load(
+        &self,
+        namespace: &str,
+        spec: &PluginSpec,
+        base_dir: &Path,
+    ) -> Result<Plugin, Error> {
         let plugin = spec.name.clone();
         let ns = namespace.to_owned();
         let bytes: Vec<u8> = match &spec.url {
@@ -155,15 +172,15 @@ impl Registry {
                 })?,
         };
         let sha256 = hex::encode(Sha256::digest(&bytes));
-        if let Some(expected) = &spec.sha256 {
-            if !expected.eq_ignore_ascii_case(&sha256) {
-                return Err(Error::Checksum {
-                    plugin,
-                    namespace: ns,
-                    expected: expected.clone(),
-                    actual: sha256,
-                });
-            }
+        if let Some(expected) = &spec.sha256
+            && !expected.eq_ignore_ascii_case(&sha256)
+        {
+            return Err(Error::Checksum {
+                plugin,
+                namespace: ns,
+                expected: expected.clone(),
+                actual: sha256,
+            });
         }
         if bytes.len() >= 8 && bytes[0..4] == *b"\0asm" && bytes[4..8] != [1, 0, 0, 0] {
             return Err(Error::Abi {
@@ -196,10 +213,14 @@ impl Registry {
         let size = bytes.len();
         let shared2 = shared.clone();
         let kind = tokio::task::spawn_blocking(move || -> Result<PluginKind, LoadFailure> {
-            let module = Module::new(&engine.wasm, &bytes).map_err(|e| LoadFailure::Compile(format!("{e:#}")))?;
-            let module = ProxyWasmModule::new(&engine.proxy_wasm_linker, &module).map_err(LoadFailure::Abi)?;
+            let module = Module::new(&engine.wasm, &bytes)
+                .map_err(|e| LoadFailure::Compile(format!("{e:#}")))?;
+            let module = ProxyWasmModule::new(&engine.proxy_wasm_linker, &module)
+                .map_err(LoadFailure::Abi)?;
             let plugin = ProxyWasmPlugin::new(module, shared2, instances).map_err(|e| match e {
-                StartError::BadExport { .. } | StartError::MissingContextCreate => LoadFailure::Abi(e.to_string()),
+                StartError::BadExport { .. } | StartError::MissingContextCreate => {
+                    LoadFailure::Abi(e.to_string())
+                }
                 other => LoadFailure::Start(other.to_string()),
             })?;
             Ok(PluginKind::ProxyWasm(plugin))

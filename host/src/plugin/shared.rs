@@ -46,7 +46,11 @@ pub enum QueueError {
 impl NamespaceShared {
     /// The value and its CAS token.
     pub fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        self.data.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
+        self.data
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
     }
 
     /// Stores `value`; with a non-zero `cas` only if it still matches.

@@ -58,6 +58,7 @@ const STREAM_HTTP_REQUEST: i32 = 0;
 const STREAM_HTTP_RESPONSE: i32 = 1;
 
 type C<'a> = Caller<'a, HostState>;
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Turns a failure to hand data to the guest into a status or a trap.
 fn given(r: Result<(), GiveError>) -> wasmtime::Result<i32> {
@@ -78,32 +79,44 @@ macro_rules! read_or_status {
 }
 
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap("env", "proxy_log", |mut c: C<'_>, level: i32, ptr: i32, len: i32| {
-        let msg = read_or_status!(&mut c, ptr, len);
-        c.data().plugin.log(level, &String::from_utf8_lossy(&msg));
-        Ok(OK)
-    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_log",
+        |mut c: C<'_>, level: i32, ptr: i32, len: i32| {
+            let msg = read_or_status!(&mut c, ptr, len);
+            c.data().plugin.log(level, &String::from_utf8_lossy(&msg));
+            Ok(OK)
+        },
+    )?;
     linker.func_wrap("env", "proxy_get_log_level", |mut c: C<'_>, ret: i32| {
         let level = c.data().plugin.log_level();
         Ok(status_of(memory::write_u32(&mut c, ret, level)))
     })?;
-    linker.func_wrap("env", "proxy_get_current_time_nanoseconds", |mut c: C<'_>, ret: i32| {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos() as u64;
-        Ok(status_of(memory::write_u64(&mut c, ret, now)))
-    })?;
-    linker.func_wrap("env", "proxy_set_tick_period_milliseconds", |mut c: C<'_>, period: i32| {
-        let data = c.data_mut();
-        data.tick_period = match period as u32 {
-            0 => None,
-            // Ticks faster than 1ms would let a plugin monopolise its instance.
-            ms => Some(Duration::from_millis(ms.max(1) as u64)),
-        };
-        data.tick_changed = true;
-        Ok(OK)
-    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_current_time_nanoseconds",
+        |mut c: C<'_>, ret: i32| {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos() as u64;
+            Ok(status_of(memory::write_u64(&mut c, ret, now)))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_tick_period_milliseconds",
+        |mut c: C<'_>, period: i32| {
+            let data = c.data_mut();
+            data.tick_period = match period as u32 {
+                0 => None,
+                // Ticks faster than 1ms would let a plugin monopolise its instance.
+                ms => Some(Duration::from_millis(ms.max(1) as u64)),
+            };
+            data.tick_changed = true;
+            Ok(OK)
+        },
+    )?;
 
     // Buffers.
     linker.func_wrap(
@@ -111,7 +124,11 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "proxy_get_buffer_bytes",
         |mut c: C<'_>, kind: i32, start: i32, max: i32, ret_ptr: i32, ret_len: i32| {
             let Some(bytes) = read_buffer(&c, kind) else {
-                return Ok(if known_buffer(kind) { NOT_FOUND } else { BAD_ARGUMENT });
+                return Ok(if known_buffer(kind) {
+                    NOT_FOUND
+                } else {
+                    BAD_ARGUMENT
+                });
             };
             let start = (start as u32 as usize).min(bytes.len());
             let end = start.saturating_add(max as u32 as usize).min(bytes.len());
@@ -299,12 +316,15 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_dequeue_shared_queue",
-        |mut c: C<'_>, id: i32, ret_ptr: i32, ret_len: i32| {
-            match c.data().plugin.shared.dequeue(id as u32) {
-                Ok(Some(item)) => given(memory::give(&mut c, &item, ret_ptr, ret_len)),
-                Ok(None) => Ok(EMPTY),
-                Err(_) => Ok(NOT_FOUND),
-            }
+        |mut c: C<'_>, id: i32, ret_ptr: i32, ret_len: i32| match c
+            .data()
+            .plugin
+            .shared
+            .dequeue(id as u32)
+        {
+            Ok(Some(item)) => given(memory::give(&mut c, &item, ret_ptr, ret_len)),
+            Ok(None) => Ok(EMPTY),
+            Err(_) => Ok(NOT_FOUND),
         },
     )?;
     linker.func_wrap(
@@ -409,17 +429,20 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         let headers = read_or_status!(&mut c, hptr, hlen);
         let body = read_or_status!(&mut c, bptr, blen);
         let trailers = read_or_status!(&mut c, tptr, tlen);
-        let (Some(headers), Some(trailers)) = (maps::decode(&headers), maps::decode(&trailers)) else {
+        let (Some(headers), Some(trailers)) = (maps::decode(&headers), maps::decode(&trailers))
+        else {
             return Ok(BAD_ARGUMENT);
         };
         let upstream = String::from_utf8_lossy(&upstream).into_owned();
         let Some(target) = c.data().plugin.callouts.upstream(&upstream) else {
-            c.data()
-                .plugin
-                .log(3, &format!("dispatch_http_call: no upstream named `{upstream}` is configured"));
+            c.data().plugin.log(
+                3,
+                &format!("dispatch_http_call: no upstream named `{upstream}` is configured"),
+            );
             return Ok(BAD_ARGUMENT);
         };
-        let Some(req) = CalloutRequest::new(target, headers, body, trailers, timeout_ms as u32) else {
+        let Some(req) = CalloutRequest::new(target, headers, body, trailers, timeout_ms as u32)
+        else {
             return Ok(BAD_ARGUMENT);
         };
         let data = c.data_mut();
@@ -442,8 +465,22 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_grpc_call",
-        |c: C<'_>, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| {
-            c.data().plugin.log(3, "gRPC callouts are not supported by this waypoint");
+        |c: C<'_>,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32| {
+            c.data()
+                .plugin
+                .log(3, "gRPC callouts are not supported by this waypoint");
             Ok(INTERNAL_FAILURE)
         },
     )?;
@@ -451,12 +488,20 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "env",
         "proxy_grpc_stream",
         |c: C<'_>, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| {
-            c.data().plugin.log(3, "gRPC streams are not supported by this waypoint");
+            c.data()
+                .plugin
+                .log(3, "gRPC streams are not supported by this waypoint");
             Ok(INTERNAL_FAILURE)
         },
     )?;
-    linker.func_wrap("env", "proxy_grpc_send", |_c: C<'_>, _: i32, _: i32, _: i32, _: i32| Ok(NOT_FOUND))?;
-    linker.func_wrap("env", "proxy_grpc_cancel", |_c: C<'_>, _: i32| Ok(NOT_FOUND))?;
+    linker.func_wrap(
+        "env",
+        "proxy_grpc_send",
+        |_c: C<'_>, _: i32, _: i32, _: i32, _: i32| Ok(NOT_FOUND),
+    )?;
+    linker.func_wrap("env", "proxy_grpc_cancel", |_c: C<'_>, _: i32| {
+        Ok(NOT_FOUND)
+    })?;
     linker.func_wrap("env", "proxy_grpc_close", |_c: C<'_>, _: i32| Ok(NOT_FOUND))?;
     linker.func_wrap(
         "env",
@@ -470,15 +515,19 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         },
     )?;
 
-    linker.func_wrap("env", "proxy_set_effective_context", |mut c: C<'_>, ctx: i32| {
-        let data = c.data_mut();
-        if data.contexts.contains_key(&(ctx as u32)) {
-            data.current = ctx as u32;
-            Ok(OK)
-        } else {
-            Ok(BAD_ARGUMENT)
-        }
-    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_effective_context",
+        |mut c: C<'_>, ctx: i32| {
+            let data = c.data_mut();
+            if data.contexts.contains_key(&(ctx as u32)) {
+                data.current = ctx as u32;
+                Ok(OK)
+            } else {
+                Ok(BAD_ARGUMENT)
+            }
+        },
+    )?;
     linker.func_wrap(
         "env",
         "proxy_call_foreign_function",
@@ -486,7 +535,10 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let name = read_or_status!(&mut c, nptr, nlen);
             c.data().plugin.log(
                 2,
-                &format!("foreign function `{}` is not provided", String::from_utf8_lossy(&name)),
+                &format!(
+                    "foreign function `{}` is not provided",
+                    String::from_utf8_lossy(&name)
+                ),
             );
             Ok(NOT_FOUND)
         },
@@ -506,18 +558,32 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             }
         },
     )?;
-    linker.func_wrap("env", "proxy_increment_metric", |c: C<'_>, id: i32, offset: i64| {
-        Ok(metric_status(c.data().plugin.metrics.increment(id as u32, offset)))
-    })?;
-    linker.func_wrap("env", "proxy_record_metric", |c: C<'_>, id: i32, value: i64| {
-        Ok(metric_status(c.data().plugin.metrics.record(id as u32, value as u64)))
-    })?;
-    linker.func_wrap("env", "proxy_get_metric", |mut c: C<'_>, id: i32, ret: i32| {
-        match c.data().plugin.metrics.get(id as u32) {
+    linker.func_wrap(
+        "env",
+        "proxy_increment_metric",
+        |c: C<'_>, id: i32, offset: i64| {
+            Ok(metric_status(
+                c.data().plugin.metrics.increment(id as u32, offset),
+            ))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_record_metric",
+        |c: C<'_>, id: i32, value: i64| {
+            Ok(metric_status(
+                c.data().plugin.metrics.record(id as u32, value as u64),
+            ))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_metric",
+        |mut c: C<'_>, id: i32, ret: i32| match c.data().plugin.metrics.get(id as u32) {
             Ok(v) => Ok(status_of(memory::write_u64(&mut c, ret, v))),
             Err(e) => Ok(metric_status(Err(e))),
-        }
-    })?;
+        },
+    )?;
     Ok(())
 }
 
@@ -567,16 +633,19 @@ fn read_buffer(c: &C<'_>, kind: i32) -> Option<Vec<u8>> {
 /// Reads a map as pairs; `None` for an unknown map type. A map that does
 /// not exist (yet) reads as empty: the SDKs treat any other status from
 /// this call as fatal.
-fn read_map(c: &C<'_>, kind: i32) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+fn read_map(c: &C<'_>, kind: i32) -> Option<Pairs> {
     let data = c.data();
-    let from_headers = |h: &HeaderMap| -> Vec<(Vec<u8>, Vec<u8>)> {
+    let from_headers = |h: &HeaderMap| -> Pairs {
         h.iter()
             .map(|(k, v)| (k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()))
             .collect()
     };
     let exchange = data.current_exchange();
-    let with_ex = |f: &dyn Fn(&ExchangeState) -> Vec<(Vec<u8>, Vec<u8>)>| -> Vec<(Vec<u8>, Vec<u8>)> {
-        exchange.as_ref().map(|ex| f(&ex.lock())).unwrap_or_default()
+    let with_ex = |f: &dyn Fn(&ExchangeState) -> Pairs| -> Pairs {
+        exchange
+            .as_ref()
+            .map(|ex| f(&ex.lock()))
+            .unwrap_or_default()
     };
     Some(match kind {
         HTTP_REQUEST_HEADERS => with_ex(&|st| {
@@ -590,7 +659,12 @@ fn read_map(c: &C<'_>, kind: i32) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
             out.extend(from_headers(&r.headers));
             out
         }),
-        HTTP_REQUEST_TRAILERS => with_ex(&|st| st.request_trailers.as_ref().map(from_headers).unwrap_or_default()),
+        HTTP_REQUEST_TRAILERS => with_ex(&|st| {
+            st.request_trailers
+                .as_ref()
+                .map(from_headers)
+                .unwrap_or_default()
+        }),
         HTTP_RESPONSE_HEADERS => with_ex(&|st| match &st.response {
             Some(r) => {
                 let mut out = vec![(b":status".to_vec(), r.status.as_str().as_bytes().to_vec())];
@@ -599,7 +673,12 @@ fn read_map(c: &C<'_>, kind: i32) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
             }
             None => Vec::new(),
         }),
-        HTTP_RESPONSE_TRAILERS => with_ex(&|st| st.response_trailers.as_ref().map(from_headers).unwrap_or_default()),
+        HTTP_RESPONSE_TRAILERS => with_ex(&|st| {
+            st.response_trailers
+                .as_ref()
+                .map(from_headers)
+                .unwrap_or_default()
+        }),
         GRPC_RECEIVE_INITIAL_METADATA | GRPC_RECEIVE_TRAILING_METADATA => Vec::new(),
         HTTP_CALL_RESPONSE_HEADERS => data
             .call_response
@@ -637,10 +716,18 @@ impl MapRef<'_> {
     fn set_pseudo(&mut self, key: &[u8], value: &[u8]) -> Result<(), BadValue> {
         let v = std::str::from_utf8(value).map_err(|_| BadValue)?;
         match (self, key) {
-            (MapRef::Request(st), b":path") if v.starts_with('/') || v == "*" => st.request.path = v.to_owned(),
-            (MapRef::Request(st), b":method") => st.request.method = Method::from_bytes(value).map_err(|_| BadValue)?,
-            (MapRef::Request(st), b":authority") if !v.is_empty() => st.request.authority = v.to_owned(),
-            (MapRef::Request(st), b":scheme") if matches!(v, "http" | "https") => st.request.scheme = v.to_owned(),
+            (MapRef::Request(st), b":path") if v.starts_with('/') || v == "*" => {
+                st.request.path = v.to_owned()
+            }
+            (MapRef::Request(st), b":method") => {
+                st.request.method = Method::from_bytes(value).map_err(|_| BadValue)?
+            }
+            (MapRef::Request(st), b":authority") if !v.is_empty() => {
+                st.request.authority = v.to_owned()
+            }
+            (MapRef::Request(st), b":scheme") if matches!(v, "http" | "https") => {
+                st.request.scheme = v.to_owned()
+            }
             (MapRef::Response(st), b":status") => {
                 let code: u16 = v.parse().map_err(|_| BadValue)?;
                 let status = StatusCode::from_u16(code).map_err(|_| BadValue)?;
@@ -699,8 +786,12 @@ fn edit_map(c: &C<'_>, kind: i32, f: impl FnOnce(&mut MapRef<'_>) -> Result<(), 
         HTTP_REQUEST_HEADERS => MapRef::Request(st),
         HTTP_RESPONSE_HEADERS if st.response.is_some() => MapRef::Response(st),
         HTTP_RESPONSE_HEADERS => return NOT_FOUND,
-        HTTP_REQUEST_TRAILERS => MapRef::Plain(st.request_trailers.get_or_insert_with(HeaderMap::new)),
-        HTTP_RESPONSE_TRAILERS => MapRef::Plain(st.response_trailers.get_or_insert_with(HeaderMap::new)),
+        HTTP_REQUEST_TRAILERS => {
+            MapRef::Plain(st.request_trailers.get_or_insert_with(HeaderMap::new))
+        }
+        HTTP_RESPONSE_TRAILERS => {
+            MapRef::Plain(st.response_trailers.get_or_insert_with(HeaderMap::new))
+        }
         HTTP_CALL_RESPONSE_HEADERS | HTTP_CALL_RESPONSE_TRAILERS => {
             // Editing a callout's answer changes nothing anyone reads.
             scratch = HeaderMap::new();

@@ -71,7 +71,12 @@ pub struct MemoryLimiter {
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.max_bytes {
             self.refused = true;
             return Ok(false);
@@ -79,10 +84,18 @@ impl ResourceLimiter for MemoryLimiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 }
+
+/// `proxy_on_http_call_response(context, token, headers, body size, trailers)`.
+type CallResponseFn = TypedFunc<(i32, i32, i32, i32, i32), ()>;
 
 struct Exports {
     on_context_create: TypedFunc<(i32, i32), ()>,
@@ -98,7 +111,7 @@ struct Exports {
     on_log: Option<TypedFunc<i32, ()>>,
     on_done: Option<TypedFunc<i32, i32>>,
     on_delete: Option<TypedFunc<i32, ()>>,
-    on_http_call_response: Option<TypedFunc<(i32, i32, i32, i32, i32), ()>>,
+    on_http_call_response: Option<CallResponseFn>,
     on_queue_ready: Option<TypedFunc<(i32, i32), ()>>,
 }
 
@@ -161,7 +174,10 @@ const ROOT_CONTEXT_ID: u32 = 1;
 impl Instance {
     /// Instantiates the module and runs the plugin's start-up: its
     /// initializer, the root context, `on_vm_start` and `on_configure`.
-    pub fn start(module: &ProxyWasmModule, shared: Arc<PluginShared>) -> Result<Arc<Instance>, StartError> {
+    pub fn start(
+        module: &ProxyWasmModule,
+        shared: Arc<PluginShared>,
+    ) -> Result<Arc<Instance>, StartError> {
         let state = HostState {
             limiter: MemoryLimiter {
                 max_bytes: shared.limits.memory_limit_bytes,
@@ -203,7 +219,8 @@ impl Instance {
                 }
             };
         }
-        let on_context_create = opt!("proxy_on_context_create").ok_or(StartError::MissingContextCreate)?;
+        let on_context_create =
+            opt!("proxy_on_context_create").ok_or(StartError::MissingContextCreate)?;
         let exports = Exports {
             on_context_create,
             on_vm_start: opt!("proxy_on_vm_start"),
@@ -263,7 +280,9 @@ impl Instance {
                     return Ok((false, false));
                 }
                 let configured = match &inner.exports.on_configure {
-                    Some(f) => f.call(&mut *store, (ROOT_CONTEXT_ID as i32, plugin_config_len))? != 0,
+                    Some(f) => {
+                        f.call(&mut *store, (ROOT_CONTEXT_ID as i32, plugin_config_len))? != 0
+                    }
                     None => true,
                 };
                 Ok((vm_ok, configured))
@@ -339,7 +358,11 @@ impl Instance {
             let id = inner.next_id;
             // Skip ids still in use after the counter wraps.
             inner.next_id = inner.next_id.checked_add(1).unwrap_or(ROOT_CONTEXT_ID + 1);
-            inner.store.data_mut().contexts.insert(id, ContextKind::Http(exchange));
+            inner
+                .store
+                .data_mut()
+                .contexts
+                .insert(id, ContextKind::Http(exchange));
             id
         };
         self.call(id, |inner| {
@@ -362,22 +385,26 @@ impl Instance {
                     .on_request_headers
                     .as_ref()
                     .map(|f| f.call(s, (c, headers as i32, eos as i32))),
-                Callback::RequestBody { size, eos } => {
-                    e.on_request_body.as_ref().map(|f| f.call(s, (c, size as i32, eos as i32)))
-                }
-                Callback::RequestTrailers { trailers } => {
-                    e.on_request_trailers.as_ref().map(|f| f.call(s, (c, trailers as i32)))
-                }
+                Callback::RequestBody { size, eos } => e
+                    .on_request_body
+                    .as_ref()
+                    .map(|f| f.call(s, (c, size as i32, eos as i32))),
+                Callback::RequestTrailers { trailers } => e
+                    .on_request_trailers
+                    .as_ref()
+                    .map(|f| f.call(s, (c, trailers as i32))),
                 Callback::ResponseHeaders { headers, eos } => e
                     .on_response_headers
                     .as_ref()
                     .map(|f| f.call(s, (c, headers as i32, eos as i32))),
-                Callback::ResponseBody { size, eos } => {
-                    e.on_response_body.as_ref().map(|f| f.call(s, (c, size as i32, eos as i32)))
-                }
-                Callback::ResponseTrailers { trailers } => {
-                    e.on_response_trailers.as_ref().map(|f| f.call(s, (c, trailers as i32)))
-                }
+                Callback::ResponseBody { size, eos } => e
+                    .on_response_body
+                    .as_ref()
+                    .map(|f| f.call(s, (c, size as i32, eos as i32))),
+                Callback::ResponseTrailers { trailers } => e
+                    .on_response_trailers
+                    .as_ref()
+                    .map(|f| f.call(s, (c, trailers as i32))),
             };
             r.unwrap_or(Ok(0))
         })
@@ -433,7 +460,13 @@ impl Instance {
         let result = self.call(ctx, |inner| match &inner.exports.on_http_call_response {
             Some(f) => f.call(
                 &mut inner.store,
-                (ctx as i32, token as i32, counts.0 as i32, counts.1 as i32, counts.2 as i32),
+                (
+                    ctx as i32,
+                    token as i32,
+                    counts.0 as i32,
+                    counts.1 as i32,
+                    counts.2 as i32,
+                ),
             ),
             None => Ok(()),
         });
@@ -474,7 +507,8 @@ impl Instance {
             loop {
                 interval.tick().await;
                 let Some(inst) = weak.upgrade() else { return };
-                if inst.is_poisoned() || inst.tick_generation.load(Ordering::Acquire) != generation {
+                if inst.is_poisoned() || inst.tick_generation.load(Ordering::Acquire) != generation
+                {
                     return;
                 }
                 let root = inst.lock().store.data().root_id;
@@ -508,7 +542,11 @@ fn classify(e: &wasmtime::Error, memory_refused: bool, shared: &PluginShared) ->
     PluginFailure::Trap(msg)
 }
 
-fn classify_start(store: &Store<HostState>, e: wasmtime::Error, shared: &PluginShared) -> StartError {
+fn classify_start(
+    store: &Store<HostState>,
+    e: wasmtime::Error,
+    shared: &PluginShared,
+) -> StartError {
     let refused = store.data().limiter.refused;
     if refused || e.downcast_ref::<Trap>().is_some() {
         StartError::Failed(classify(&e, refused, shared))

@@ -91,12 +91,18 @@ mod tests {
         let cases: Vec<Vec<(&[u8], &[u8])>> = vec![
             vec![(b"k", b"")],
             vec![(b"", b"v")],
-            vec![(b"x-a", b"1"), (b"x-a", b"2"), (b"bin", &[0xff, 0x00, 0x01])],
+            vec![
+                (b"x-a", b"1"),
+                (b"x-a", b"2"),
+                (b"bin", &[0xff, 0x00, 0x01]),
+            ],
         ];
         for pairs in cases {
             let back = decode(&encode(pairs.iter().copied())).unwrap();
-            let back: Vec<(&[u8], &[u8])> =
-                back.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+            let back: Vec<(&[u8], &[u8])> = back
+                .iter()
+                .map(|(k, v)| (k.as_slice(), v.as_slice()))
+                .collect();
             assert_eq!(back, pairs);
         }
     }

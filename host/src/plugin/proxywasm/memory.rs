@@ -24,7 +24,11 @@ pub fn memory(caller: &mut Caller<'_, HostState>) -> Result<Memory, OutOfBounds>
     }
 }
 
-pub fn read(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Result<Vec<u8>, OutOfBounds> {
+pub fn read(
+    caller: &mut Caller<'_, HostState>,
+    ptr: i32,
+    len: i32,
+) -> Result<Vec<u8>, OutOfBounds> {
     let mem = memory(caller)?;
     let (start, end) = range(ptr, len)?;
     mem.data(&*caller)
@@ -33,7 +37,11 @@ pub fn read(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Result<Ve
         .ok_or(OutOfBounds)
 }
 
-pub fn write(caller: &mut Caller<'_, HostState>, ptr: i32, bytes: &[u8]) -> Result<(), OutOfBounds> {
+pub fn write(
+    caller: &mut Caller<'_, HostState>,
+    ptr: i32,
+    bytes: &[u8],
+) -> Result<(), OutOfBounds> {
     let mem = memory(caller)?;
     let (start, end) = range(ptr, bytes.len() as i32)?;
     mem.data_mut(&mut *caller)

@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 
 use wasmtime::{InstancePre, Linker, Module};
 
-pub use instance::{HostState, Instance, StartError};
 use instance::Callback;
+pub use instance::{HostState, Instance, StartError};
 
 use super::filter::{FilterStatus, HttpFilter};
 use super::{PluginFailure, PluginShared};
@@ -42,9 +42,12 @@ impl ProxyWasmModule {
     /// Checks that the module speaks Proxy-Wasm 0.2.x and that every import
     /// is one this host provides.
     pub fn new(linker: &Linker<HostState>, module: &Module) -> Result<ProxyWasmModule, String> {
-        let speaks = module
-            .exports()
-            .any(|e| matches!(e.name(), "proxy_abi_version_0_2_1" | "proxy_abi_version_0_2_0"));
+        let speaks = module.exports().any(|e| {
+            matches!(
+                e.name(),
+                "proxy_abi_version_0_2_1" | "proxy_abi_version_0_2_0"
+            )
+        });
         if !speaks {
             return Err(
                 "not a Proxy-Wasm module: it exports neither proxy_abi_version_0_2_1 nor proxy_abi_version_0_2_0"
@@ -72,9 +75,14 @@ pub struct ProxyWasmPlugin {
 impl ProxyWasmPlugin {
     /// Starts the first instance now, so a plugin that cannot start or
     /// rejects its configuration never gets loaded.
-    pub fn new(module: ProxyWasmModule, shared: Arc<PluginShared>, instances: usize) -> Result<Self, StartError> {
+    pub fn new(
+        module: ProxyWasmModule,
+        shared: Arc<PluginShared>,
+        instances: usize,
+    ) -> Result<Self, StartError> {
         let first = Instance::start(&module, shared.clone())?;
-        let mut slots: Vec<Mutex<Option<Arc<Instance>>>> = (0..instances.max(1)).map(|_| Mutex::new(None)).collect();
+        let mut slots: Vec<Mutex<Option<Arc<Instance>>>> =
+            (0..instances.max(1)).map(|_| Mutex::new(None)).collect();
         slots[0] = Mutex::new(Some(first));
         Ok(ProxyWasmPlugin {
             module,
@@ -99,7 +107,11 @@ impl ProxyWasmPlugin {
         }
     }
 
-    pub fn new_filter(&self, exchange: &Arc<Exchange>, fresh: bool) -> Result<Box<dyn HttpFilter>, PluginFailure> {
+    pub fn new_filter(
+        &self,
+        exchange: &Arc<Exchange>,
+        fresh: bool,
+    ) -> Result<Box<dyn HttpFilter>, PluginFailure> {
         let instance = self.checkout(fresh)?;
         let ctx = instance.create_http_context(exchange.clone())?;
         Ok(Box::new(ProxyWasmFilter {
@@ -163,12 +175,23 @@ impl HttpFilter for ProxyWasmFilter {
     }
 
     fn on_request_trailers(&mut self) -> Result<FilterStatus, PluginFailure> {
-        let trailers = self.exchange.lock().request_trailers.as_ref().map_or(0, |t| t.len());
+        let trailers = self
+            .exchange
+            .lock()
+            .request_trailers
+            .as_ref()
+            .map_or(0, |t| t.len());
         self.run(Callback::RequestTrailers { trailers })
     }
 
     fn on_response_headers(&mut self, eos: bool) -> Result<FilterStatus, PluginFailure> {
-        let headers = self.exchange.lock().response.as_ref().map_or(0, |r| r.headers.len()) + RESPONSE_PSEUDO;
+        let headers = self
+            .exchange
+            .lock()
+            .response
+            .as_ref()
+            .map_or(0, |r| r.headers.len())
+            + RESPONSE_PSEUDO;
         self.run(Callback::ResponseHeaders { headers, eos })
     }
 
@@ -177,7 +200,12 @@ impl HttpFilter for ProxyWasmFilter {
     }
 
     fn on_response_trailers(&mut self) -> Result<FilterStatus, PluginFailure> {
-        let trailers = self.exchange.lock().response_trailers.as_ref().map_or(0, |t| t.len());
+        let trailers = self
+            .exchange
+            .lock()
+            .response_trailers
+            .as_ref()
+            .map_or(0, |t| t.len());
         self.run(Callback::ResponseTrailers { trailers })
     }
 

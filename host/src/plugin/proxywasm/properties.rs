@@ -33,10 +33,10 @@ pub fn get(state: &HostState, path: &[u8]) -> Option<Vec<u8>> {
     // Values the plugin set take precedence, as in Envoy's filter state.
     let key = dotted(path);
     let exchange = state.current_exchange();
-    if let Some(ex) = &exchange {
-        if let Some(v) = ex.lock().properties.get(&key) {
-            return Some(v.clone());
-        }
+    if let Some(ex) = &exchange
+        && let Some(v) = ex.lock().properties.get(&key)
+    {
+        return Some(v.clone());
     }
     if let Some(v) = state.root_properties.get(&key) {
         return Some(v.clone());
@@ -71,13 +71,14 @@ pub fn get(state: &HostState, path: &[u8]) -> Option<Vec<u8>> {
         ("request", Some("method"), None) => string(req.method.as_str()),
         ("request", Some("id"), None) => string(info.id.clone()),
         ("request", Some("protocol"), None) => string(info.protocol),
-        ("request", Some("time"), None) => int(
-            info.start
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos() as i64)
-                .unwrap_or(0),
-        ),
-        ("request", Some("headers"), Some(name)) => header(&req.headers, &name.to_ascii_lowercase())?,
+        ("request", Some("time"), None) => int(info
+            .start
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0)),
+        ("request", Some("headers"), Some(name)) => {
+            header(&req.headers, &name.to_ascii_lowercase())?
+        }
         ("request", Some("useragent"), None) => header(&req.headers, "user-agent")?,
         ("request", Some("referer"), None) => header(&req.headers, "referer")?,
         ("response", Some("code"), None) => int(st.response.as_ref()?.status.as_u16() as i64),

@@ -57,46 +57,73 @@ const PROVIDED: &[&str] = &[
 ];
 
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap(MODULE, "args_sizes_get", |mut c: C<'_>, argc: i32, size: i32| {
-        let r = memory::write_u32(&mut c, argc, 0).and_then(|_| memory::write_u32(&mut c, size, 0));
-        Ok(fault(r))
-    })?;
-    linker.func_wrap(MODULE, "args_get", |_c: C<'_>, _argv: i32, _buf: i32| Ok(SUCCESS))?;
-    linker.func_wrap(MODULE, "environ_sizes_get", |mut c: C<'_>, count: i32, size: i32| {
-        let env = &c.data().env;
-        let n = env.len() as u32;
-        let bytes: usize = env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
-        let r = memory::write_u32(&mut c, count, n).and_then(|_| memory::write_u32(&mut c, size, bytes as u32));
-        Ok(fault(r))
-    })?;
-    linker.func_wrap(MODULE, "environ_get", |mut c: C<'_>, ptrs: i32, buf: i32| {
-        let env = c.data().env.clone();
-        let mut at = buf as u32;
-        for (i, (k, v)) in env.iter().enumerate() {
-            let entry = format!("{k}={v}\0");
-            if memory::write_u32(&mut c, ptrs.wrapping_add(4 * i as i32), at).is_err()
-                || memory::write(&mut c, at as i32, entry.as_bytes()).is_err()
-            {
-                return Ok(EFAULT);
-            }
-            at = at.wrapping_add(entry.len() as u32);
-        }
+    linker.func_wrap(
+        MODULE,
+        "args_sizes_get",
+        |mut c: C<'_>, argc: i32, size: i32| {
+            let r =
+                memory::write_u32(&mut c, argc, 0).and_then(|_| memory::write_u32(&mut c, size, 0));
+            Ok(fault(r))
+        },
+    )?;
+    linker.func_wrap(MODULE, "args_get", |_c: C<'_>, _argv: i32, _buf: i32| {
         Ok(SUCCESS)
     })?;
-    linker.func_wrap(MODULE, "clock_time_get", |mut c: C<'_>, id: i32, _precision: i64, ret: i32| {
-        let ns = match id {
-            0 => SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64,
-            1..=3 => process_start().elapsed().as_nanos() as u64,
-            _ => return Ok(EINVAL),
-        };
-        Ok(fault(memory::write_u64(&mut c, ret, ns)))
-    })?;
-    linker.func_wrap(MODULE, "clock_res_get", |mut c: C<'_>, id: i32, ret: i32| {
-        if !(0..=3).contains(&id) {
-            return Ok(EINVAL);
-        }
-        Ok(fault(memory::write_u64(&mut c, ret, 1)))
-    })?;
+    linker.func_wrap(
+        MODULE,
+        "environ_sizes_get",
+        |mut c: C<'_>, count: i32, size: i32| {
+            let env = &c.data().env;
+            let n = env.len() as u32;
+            let bytes: usize = env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+            let r = memory::write_u32(&mut c, count, n)
+                .and_then(|_| memory::write_u32(&mut c, size, bytes as u32));
+            Ok(fault(r))
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        "environ_get",
+        |mut c: C<'_>, ptrs: i32, buf: i32| {
+            let env = c.data().env.clone();
+            let mut at = buf as u32;
+            for (i, (k, v)) in env.iter().enumerate() {
+                let entry = format!("{k}={v}\0");
+                if memory::write_u32(&mut c, ptrs.wrapping_add(4 * i as i32), at).is_err()
+                    || memory::write(&mut c, at as i32, entry.as_bytes()).is_err()
+                {
+                    return Ok(EFAULT);
+                }
+                at = at.wrapping_add(entry.len() as u32);
+            }
+            Ok(SUCCESS)
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        "clock_time_get",
+        |mut c: C<'_>, id: i32, _precision: i64, ret: i32| {
+            let ns = match id {
+                0 => SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos() as u64,
+                1..=3 => process_start().elapsed().as_nanos() as u64,
+                _ => return Ok(EINVAL),
+            };
+            Ok(fault(memory::write_u64(&mut c, ret, ns)))
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        "clock_res_get",
+        |mut c: C<'_>, id: i32, ret: i32| {
+            if !(0..=3).contains(&id) {
+                return Ok(EINVAL);
+            }
+            Ok(fault(memory::write_u64(&mut c, ret, 1)))
+        },
+    )?;
     linker.func_wrap(MODULE, "random_get", |mut c: C<'_>, ptr: i32, len: i32| {
         let mut buf = vec![0u8; len as u32 as usize];
         if getrandom::fill(&mut buf).is_err() {
@@ -127,31 +154,59 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             Ok(fault(memory::write_u32(&mut c, written, total)))
         },
     )?;
-    linker.func_wrap(MODULE, "fd_read", |_c: C<'_>, _: i32, _: i32, _: i32, _: i32| Ok(EBADF))?;
+    linker.func_wrap(
+        MODULE,
+        "fd_read",
+        |_c: C<'_>, _: i32, _: i32, _: i32, _: i32| Ok(EBADF),
+    )?;
     linker.func_wrap(MODULE, "fd_close", |_c: C<'_>, fd: i32| {
-        Ok(if (0..=2).contains(&fd) { SUCCESS } else { EBADF })
+        Ok(if (0..=2).contains(&fd) {
+            SUCCESS
+        } else {
+            EBADF
+        })
     })?;
-    linker.func_wrap(MODULE, "fd_seek", |_c: C<'_>, fd: i32, _: i64, _: i32, _: i32| {
-        Ok(if (0..=2).contains(&fd) { ESPIPE } else { EBADF })
-    })?;
-    linker.func_wrap(MODULE, "fd_fdstat_get", |mut c: C<'_>, fd: i32, ret: i32| {
-        if !(0..=2).contains(&fd) {
-            return Ok(EBADF);
-        }
-        // filetype character device, no flags, all rights.
-        let mut stat = [0u8; 24];
-        stat[0] = 2;
-        stat[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
-        stat[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
-        Ok(fault(memory::write(&mut c, ret, &stat)))
-    })?;
+    linker.func_wrap(
+        MODULE,
+        "fd_seek",
+        |_c: C<'_>, fd: i32, _: i64, _: i32, _: i32| {
+            Ok(if (0..=2).contains(&fd) { ESPIPE } else { EBADF })
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        "fd_fdstat_get",
+        |mut c: C<'_>, fd: i32, ret: i32| {
+            if !(0..=2).contains(&fd) {
+                return Ok(EBADF);
+            }
+            // filetype character device, no flags, all rights.
+            let mut stat = [0u8; 24];
+            stat[0] = 2;
+            stat[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+            stat[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+            Ok(fault(memory::write(&mut c, ret, &stat)))
+        },
+    )?;
     // No preopened directories: the plugin has no file system.
-    linker.func_wrap(MODULE, "fd_prestat_get", |_c: C<'_>, _: i32, _: i32| Ok(EBADF))?;
-    linker.func_wrap(MODULE, "fd_prestat_dir_name", |_c: C<'_>, _: i32, _: i32, _: i32| Ok(EBADF))?;
-    linker.func_wrap(MODULE, "sched_yield", |_c: C<'_>| Ok(SUCCESS))?;
-    linker.func_wrap(MODULE, "proc_exit", |_c: C<'_>, code: i32| -> wasmtime::Result<()> {
-        Err(wasmtime::Error::msg(format!("the plugin called proc_exit({code})")))
+    linker.func_wrap(MODULE, "fd_prestat_get", |_c: C<'_>, _: i32, _: i32| {
+        Ok(EBADF)
     })?;
+    linker.func_wrap(
+        MODULE,
+        "fd_prestat_dir_name",
+        |_c: C<'_>, _: i32, _: i32, _: i32| Ok(EBADF),
+    )?;
+    linker.func_wrap(MODULE, "sched_yield", |_c: C<'_>| Ok(SUCCESS))?;
+    linker.func_wrap(
+        MODULE,
+        "proc_exit",
+        |_c: C<'_>, code: i32| -> wasmtime::Result<()> {
+            Err(wasmtime::Error::msg(format!(
+                "the plugin called proc_exit({code})"
+            )))
+        },
+    )?;
     Ok(())
 }
 
@@ -180,7 +235,10 @@ pub fn define_missing(linker: &mut Linker<HostState>, module: &Module) -> Result
             continue;
         }
         let ExternType::Func(ty) = import.ty() else {
-            return Err(format!("imports {MODULE}.{}, which is not a function", import.name()));
+            return Err(format!(
+                "imports {MODULE}.{}, which is not a function",
+                import.name()
+            ));
         };
         if PROVIDED.contains(&import.name()) {
             continue;
