@@ -143,9 +143,9 @@ pub fn parse_config<T: DeserializeOwned>(json: &str) -> Result<T, ConfigError> {
     let json = if json.trim().is_empty() { "null" } else { json };
     let mut deserializer = serde_json::Deserializer::from_str(json);
     let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
-        let path = err.path().to_string();
+        let path = known_path(err.path());
         let inner = err.into_inner();
-        let message = if path == "." {
+        let message = if path.is_empty() {
             format!("invalid configuration: {inner}")
         } else {
             format!("invalid configuration at `{path}`: {inner}")
@@ -156,6 +156,27 @@ pub fn parse_config<T: DeserializeOwned>(json: &str) -> Result<T, ConfigError> {
         message: format!("invalid configuration: {err}"),
     })?;
     Ok(value)
+}
+
+/// The path as `a.b[2].c`, up to the first segment serde could not name
+/// (a syntax error inside a map is reported before its key is known).
+fn known_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Unknown => break,
+        }
+    }
+    out
 }
 
 /// Parses `json` into `P::Config` and calls [`Policy::configure`]: what the
@@ -202,11 +223,15 @@ mod tests {
             ),
             (
                 r#"{"header": "h", "extra": 1}"#,
-                "invalid configuration at `extra`: unknown field `extra`, expected `header` or `backends` at line 1 column 24",
+                "invalid configuration at `extra`: unknown field `extra`, expected `header` or `backends` at line 1 column 23",
             ),
             (
                 r#"{}"#,
                 "invalid configuration: missing field `header` at line 1 column 2",
+            ),
+            (
+                r#"{"header": "h", "backends": {"a": "#,
+                "invalid configuration at `backends`: EOF while parsing a value at line 1 column 34",
             ),
             (
                 r#"{"header": "h"} trailing"#,

@@ -64,6 +64,12 @@ pub fn configure<P: Policy>(config_json: &str) -> Result<P, String> {
     configure_policy::<P>(config_json)
 }
 
+/// Sets what [`config::plugin_name`](crate::config::plugin_name) returns
+/// (`"test-plugin"` by default).
+pub fn set_plugin_name(name: &str) {
+    native::set_plugin_name(name);
+}
+
 /// Runs `policy` on `req` and checks the decision with
 /// [`Decision::validate`].
 ///
@@ -231,10 +237,10 @@ mod tests {
         );
         assert_eq!(metric("requests_total"), Some(MetricValue::Counter(2)));
         assert_eq!(kv::get("seen").unwrap().value, vec![2]);
-        let logs = take_logs();
-        assert_eq!(logs.len(), 2);
+        let taken = take_logs();
+        assert_eq!(taken.len(), 2);
         assert_eq!(
-            logs[1],
+            taken[1],
             LogRecord {
                 level: Level::Debug,
                 message: "request 2 to /a".to_string()
@@ -275,6 +281,9 @@ mod tests {
         let _: Counting = configure("null").unwrap();
         assert_eq!(crate::config::raw(), "null");
         assert_eq!(crate::config::get::<()>(), Ok(()));
+        assert_eq!(crate::config::plugin_name(), "test-plugin");
+        set_plugin_name("allow-users");
+        assert_eq!(crate::config::plugin_name(), "allow-users");
     }
 
     #[test]

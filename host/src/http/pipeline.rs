@@ -539,7 +539,7 @@ impl Pipeline {
                     Version::HTTP_11
                 });
             let mut headers = head.headers.clone();
-            if !h2 && let Ok(v) = HeaderValue::from_str(&head.authority) {
+            if let Ok(v) = HeaderValue::from_str(&head.authority) {
                 headers.insert(header::HOST, v);
             }
             if let Some(len) = exact_len {

@@ -8,7 +8,7 @@
 pub(crate) mod native;
 #[cfg(not(target_arch = "wasm32"))]
 pub(crate) use native::{
-    clock_monotonic, clock_now, config_get, kv_delete, kv_get, kv_set, log_enabled, log_write,
+    clock_monotonic, clock_now, config_get, config_plugin_name, kv_delete, kv_get, kv_set, log_enabled, log_write,
     metric_define, metric_get, metric_increment, metric_record,
 };
 
@@ -16,6 +16,6 @@ pub(crate) use native::{
 mod wasm;
 #[cfg(target_arch = "wasm32")]
 pub(crate) use wasm::{
-    clock_monotonic, clock_now, config_get, kv_delete, kv_get, kv_set, log_enabled, log_write,
+    clock_monotonic, clock_now, config_get, config_plugin_name, kv_delete, kv_get, kv_set, log_enabled, log_write,
     metric_define, metric_get, metric_increment, metric_record,
 };

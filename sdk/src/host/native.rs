@@ -31,6 +31,7 @@ struct State {
     kv: HashMap<String, (Vec<u8>, u64)>,
     last_cas: u64,
     config: String,
+    plugin_name: String,
 }
 
 impl Default for State {
@@ -45,9 +46,13 @@ impl Default for State {
             kv: HashMap::new(),
             last_cas: 0,
             config: String::new(),
+            plugin_name: DEFAULT_PLUGIN_NAME.to_string(),
         }
     }
 }
+
+/// What `config::plugin_name` returns in native tests unless set.
+pub(crate) const DEFAULT_PLUGIN_NAME: &str = "test-plugin";
 
 thread_local! {
     static STATE: RefCell<State> = RefCell::new(State::default());
@@ -253,6 +258,14 @@ pub(crate) fn config_get() -> String {
 
 pub(crate) fn set_config(config: &str) {
     with(|state| state.config = config.to_string());
+}
+
+pub(crate) fn config_plugin_name() -> String {
+    with(|state| state.plugin_name.clone())
+}
+
+pub(crate) fn set_plugin_name(name: &str) {
+    with(|state| state.plugin_name = name.to_string());
 }
 
 #[cfg(test)]

@@ -82,3 +82,7 @@ pub(crate) fn kv_delete(key: &str, cas: Option<u64>) -> Result<(), KvError> {
 pub(crate) fn config_get() -> String {
     config::get()
 }
+
+pub(crate) fn config_plugin_name() -> String {
+    config::plugin_name()
+}
