@@ -11,3 +11,4 @@ pub mod discovery;
 pub mod http;
 pub mod metrics;
 pub mod plugin;
+pub mod tls;

@@ -115,3 +115,174 @@ pub fn set(state: &mut HostState, path: &[u8], value: Vec<u8>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex, Weak};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use super::*;
+    use crate::http::exchange::{Exchange, PeerIdentity, RequestHead, RequestInfo, ResponseHead};
+    use crate::metrics::Metrics;
+    use crate::plugin::proxywasm::instance::{ContextKind, MemoryLimiter};
+    use crate::plugin::{Limits, PluginShared, callout::Callouts, shared::NamespaceShared};
+
+    fn state(peer: Option<PeerIdentity>) -> (HostState, Arc<Exchange>) {
+        let metrics = Arc::new(Metrics::new());
+        let plugin = Arc::new(PluginShared {
+            name: "authz".into(),
+            namespace: "shop".into(),
+            root_id: "root".into(),
+            vm_id: String::new(),
+            plugin_config: Vec::new(),
+            vm_config: Vec::new(),
+            env: Vec::new(),
+            limits: Limits {
+                deadline_ticks: 1,
+                call_timeout: Duration::from_millis(1),
+                memory_limit_bytes: 1 << 20,
+            },
+            shared: Arc::new(NamespaceShared::default()),
+            callouts: Arc::new(Callouts::new(Default::default())),
+            metrics: metrics.plugin_metrics("shop", "authz"),
+            global_metrics: metrics,
+            log_tail: Mutex::new(Default::default()),
+        });
+        let mut headers = http::HeaderMap::new();
+        headers.insert("user-agent", "curl/8".parse().unwrap());
+        headers.insert("x-tenant", "acme".parse().unwrap());
+        let exchange = Arc::new(Exchange::new(
+            RequestInfo {
+                id: "req-1".into(),
+                namespace: "shop".into(),
+                service_hostname: "cart.shop.svc".into(),
+                service_name: "cart".into(),
+                source: "10.0.0.5:43210".parse::<SocketAddr>().unwrap(),
+                destination: "10.96.0.1:80".parse().unwrap(),
+                protocol: "HTTP/2",
+                peer,
+                start: UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789),
+            },
+            RequestHead {
+                method: http::Method::POST,
+                scheme: "http".into(),
+                authority: "cart.shop.svc".into(),
+                path: "/items/7?color=red".into(),
+                headers,
+            },
+        ));
+        let state = HostState {
+            limiter: MemoryLimiter {
+                max_bytes: 1 << 20,
+                refused: false,
+            },
+            plugin,
+            memory: None,
+            allocator: None,
+            contexts: HashMap::from([
+                (1, ContextKind::Root),
+                (2, ContextKind::Http(exchange.clone())),
+            ]),
+            current: 2,
+            root_id: 1,
+            tick_period: None,
+            tick_changed: false,
+            pending_callouts: Vec::new(),
+            next_callout_token: 0,
+            call_response: None,
+            self_ref: Weak::new(),
+            root_properties: HashMap::new(),
+            stdio_line: Vec::new(),
+            env: Vec::new(),
+        };
+        (state, exchange)
+    }
+
+    fn path(p: &str) -> Vec<u8> {
+        p.replace('.', "\0").into_bytes()
+    }
+
+    #[test]
+    fn encodes_strings_integers_and_booleans() {
+        let peer = PeerIdentity {
+            trust_domain: "cluster.local".into(),
+            namespace: "web".into(),
+            service_account: "frontend".into(),
+        };
+        let (st, ex) = state(Some(peer));
+        let s = |v: &str| Some(v.as_bytes().to_vec());
+        let cases: Vec<(&str, Option<Vec<u8>>)> = vec![
+            ("request.path", s("/items/7?color=red")),
+            ("request.url_path", s("/items/7")),
+            ("request.query", s("color=red")),
+            ("request.method", s("POST")),
+            ("request.host", s("cart.shop.svc")),
+            ("request.scheme", s("http")),
+            ("request.id", s("req-1")),
+            ("request.protocol", s("HTTP/2")),
+            ("request.useragent", s("curl/8")),
+            ("request.headers.X-Tenant", s("acme")),
+            ("request.headers.missing", None),
+            (
+                "request.time",
+                Some(1_700_000_000_123_456_789i64.to_le_bytes().to_vec()),
+            ),
+            ("source.address", s("10.0.0.5:43210")),
+            ("source.port", Some(43210i64.to_le_bytes().to_vec())),
+            ("destination.port", Some(80i64.to_le_bytes().to_vec())),
+            ("source.principal", s("cluster.local/ns/web/sa/frontend")),
+            ("source.namespace", s("web")),
+            ("connection.mtls", Some(vec![1])),
+            (
+                "connection.uri_san_peer_certificate",
+                s("spiffe://cluster.local/ns/web/sa/frontend"),
+            ),
+            ("plugin_name", s("authz")),
+            ("plugin_root_id", s("root")),
+            ("wayplug.namespace", s("shop")),
+            ("wayplug.service", s("cart.shop.svc")),
+            ("response.code", None),
+            ("no.such.thing", None),
+            ("", None),
+        ];
+        for (p, want) in cases {
+            assert_eq!(get(&st, &path(p)), want, "{p}");
+        }
+        ex.lock().response = Some(ResponseHead {
+            status: http::StatusCode::IM_A_TEAPOT,
+            headers: Default::default(),
+        });
+        assert_eq!(
+            get(&st, &path("response.code")),
+            Some(418i64.to_le_bytes().to_vec())
+        );
+        let _ = SystemTime::now();
+    }
+
+    #[test]
+    fn plaintext_callers_have_no_identity() {
+        let (st, _) = state(None);
+        assert_eq!(get(&st, &path("connection.mtls")), Some(vec![0]));
+        assert_eq!(get(&st, &path("source.principal")), None);
+        assert_eq!(get(&st, &path("connection.uri_san_peer_certificate")), None);
+    }
+
+    #[test]
+    fn set_property_is_per_request_and_read_back() {
+        let (mut st, ex) = state(None);
+        set(&mut st, &path("my.flag"), b"on".to_vec());
+        assert_eq!(get(&st, &path("my.flag")), Some(b"on".to_vec()));
+        assert_eq!(ex.lock().properties.get("my.flag"), Some(&b"on".to_vec()));
+        st.current = 1;
+        assert_eq!(
+            get(&st, &path("my.flag")),
+            None,
+            "the root context has its own properties"
+        );
+        set(&mut st, &path("my.flag"), b"root".to_vec());
+        assert_eq!(get(&st, &path("my.flag")), Some(b"root".to_vec()));
+        assert_eq!(get(&st, &path("plugin_name")), Some(b"authz".to_vec()));
+    }
+}
