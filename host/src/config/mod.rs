@@ -9,6 +9,7 @@
 //! dangling references are errors that name the file, the field and the reason.
 
 mod discovery;
+mod hbone;
 mod plugin;
 
 pub use discovery::{
@@ -19,6 +20,7 @@ pub use discovery::{
 pub fn discovery_address(s: &str) -> Result<std::net::IpAddr, String> {
     parse_network_address(s).map(|(_, ip)| ip)
 }
+pub use hbone::{HboneConfig, IdentityConfig, L4Authorization, L4Rule};
 pub use plugin::{
     EnvSource, EnvVar, FailStrategy, Phase, PluginSpec, PluginType, PluginUrl, VmConfig,
 };
@@ -68,6 +70,16 @@ pub struct Config {
     pub workloads: Vec<LocalWorkload>,
     #[serde(default)]
     pub namespaces: BTreeMap<String, NamespaceConfig>,
+    /// The waypoint's mesh certificate; needed by the HBONE listener and to
+    /// reach HBONE endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentityConfig>,
+    #[serde(default)]
+    pub hbone: HboneConfig,
+    /// On shutdown, how long open connections and tunnels may take to
+    /// finish before they are closed.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
     /// Where relative `file://` plugin URLs are resolved from: the config
     /// file's directory (not part of the file itself).
     #[serde(skip)]
@@ -86,6 +98,10 @@ pub struct Listeners {
     /// Admin listener: readiness, metrics, config dump. Keep it on loopback.
     #[serde(default = "default_admin_listener")]
     pub admin: Option<SocketAddr>,
+    /// HBONE (mTLS HTTP/2 CONNECT) listener for tunnels from ztunnel,
+    /// usually `0.0.0.0:15008`. Absent or `null`: no HBONE listener.
+    #[serde(default)]
+    pub hbone: Option<SocketAddr>,
 }
 
 fn default_http_listener() -> Option<SocketAddr> {
@@ -101,6 +117,7 @@ impl Default for Listeners {
         Listeners {
             http: default_http_listener(),
             admin: default_admin_listener(),
+            hbone: None,
         }
     }
 }
@@ -192,11 +209,18 @@ fn default_upstream_timeout_ms() -> u64 {
     5_000
 }
 
+fn default_drain_timeout_ms() -> u64 {
+    5_000
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NamespaceConfig {
     #[serde(default)]
     pub plugins: Vec<PluginSpec>,
+    /// Connection-level rules for HBONE tunnels into this namespace.
+    #[serde(default, skip_serializing_if = "L4Authorization::is_empty")]
+    pub authorization: L4Authorization,
 }
 
 impl Config {
@@ -234,7 +258,13 @@ impl Config {
         }
     }
 
+    /// How long shutdown waits for open connections.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+
     fn validate(&self) -> Result<(), Error> {
+        self.validate_hbone()?;
         let sb = &self.sandbox;
         if sb.call_timeout_ms == 0 || sb.call_timeout_ms > 60_000 {
             return Err(self.invalid(
@@ -286,6 +316,9 @@ impl Config {
             if ns.is_empty() {
                 return Err(self.invalid("namespaces", "namespace name is empty"));
             }
+            nsc.authorization.validate().map_err(|(f, reason)| {
+                self.invalid(format!("namespaces.{ns}.authorization.{f}"), reason)
+            })?;
             let mut names = std::collections::HashSet::new();
             for (i, p) in nsc.plugins.iter().enumerate() {
                 let field = format!("namespaces.{ns}.plugins[{i}]");
@@ -297,6 +330,45 @@ impl Config {
                         format!("plugin name `{}` is used twice in namespace `{ns}`", p.name),
                     ));
                 }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_hbone(&self) -> Result<(), Error> {
+        if let Some(id) = &self.identity {
+            id.validate()
+                .map_err(|(f, reason)| self.invalid(format!("identity.{f}"), reason))?;
+        }
+        self.hbone
+            .validate()
+            .map_err(|(f, reason)| self.invalid(format!("hbone.{f}"), reason))?;
+        if self.drain_timeout_ms > 600_000 {
+            return Err(self.invalid(
+                "drainTimeoutMs",
+                format!("{} is out of range (0..=600000)", self.drain_timeout_ms),
+            ));
+        }
+        if self.identity.is_none() {
+            if self.listeners.hbone.is_some() {
+                return Err(self.invalid(
+                    "listeners.hbone",
+                    "the HBONE listener needs the waypoint's certificate: add an `identity` \
+                     section with `certDir`",
+                ));
+            }
+            if let Some(i) = self
+                .workloads
+                .iter()
+                .position(|w| w.protocol == Protocol::Hbone)
+            {
+                return Err(self.invalid(
+                    format!("workloads[{i}].protocol"),
+                    "reaching an HBONE workload needs the waypoint's certificate: add an \
+                     `identity` section with `certDir`",
+                ));
             }
         }
         Ok(())
@@ -404,6 +476,84 @@ namespaces:
             (
                 "services: [ { name: s, namespace: a, hostname: '', ports: { 80: 80 } } ]",
                 "services[0].hostname",
+            ),
+        ];
+        for (yaml, expect) in cases {
+            let err = parse(yaml).expect_err(yaml).to_string();
+            assert!(
+                err.contains(expect),
+                "{yaml}: error `{err}` lacks `{expect}`"
+            );
+            assert!(err.contains("test.yaml"), "{err} does not name the file");
+        }
+    }
+
+    #[test]
+    fn hbone_sections_parse() {
+        let c = parse(
+            r#"
+listeners: { hbone: "127.0.0.1:0" }
+identity: { certDir: certs/waypoint, reloadIntervalMs: 500 }
+hbone: { destinationPort: 25008, sniffTimeoutMs: 200 }
+drainTimeoutMs: 1500
+namespaces:
+  shop:
+    authorization:
+      deny: [ { principals: ["cluster.local/ns/evil/sa/*"] } ]
+      allow: [ { namespaces: [web], ports: [80] } ]
+"#,
+        )
+        .unwrap();
+        let id = c.identity.as_ref().unwrap();
+        assert_eq!(
+            id.cert_dir(&c.base_dir),
+            PathBuf::from("/etc/wayplug/certs/waypoint")
+        );
+        assert_eq!(id.trust_domain, None);
+        assert_eq!(c.hbone.destination_port, 25008);
+        assert_eq!(c.hbone.max_streams_per_connection, 100);
+        assert_eq!(c.drain_timeout(), Duration::from_millis(1500));
+        let authz = &c.namespaces["shop"].authorization;
+        assert_eq!(authz.allow[0].ports, vec![80]);
+        // Defaults: no HBONE listener, no identity.
+        let d = parse("{}").unwrap();
+        assert_eq!(d.listeners.hbone, None);
+        assert!(d.identity.is_none());
+    }
+
+    #[test]
+    fn hbone_errors_name_the_field() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "listeners: { hbone: '127.0.0.1:0' }",
+                "field `listeners.hbone`: the HBONE listener needs the waypoint's certificate",
+            ),
+            (
+                "workloads: [ { uid: u, name: n, namespace: a, workloadIps: [127.0.0.1], protocol: HBONE } ]",
+                "workloads[0].protocol",
+            ),
+            ("identity: { certDir: '' }", "identity.certDir"),
+            (
+                "identity: { certDir: d, trustDomain: Cluster.Local }",
+                "identity.trustDomain`: the trust domain must be lowercase",
+            ),
+            ("identity: { certDir: d, reloadIntervalMs: 1 }", "identity.reloadIntervalMs"),
+            ("identity: { certDir: d, bogus: 1 }", "unknown field `bogus`"),
+            ("hbone: { handshakeTimeoutMs: 0 }", "hbone.handshakeTimeoutMs"),
+            ("hbone: { destinationPort: 0 }", "hbone.destinationPort"),
+            ("hbone: { maxStreamsPerConnection: 0 }", "hbone.maxStreamsPerConnection"),
+            ("drainTimeoutMs: 9999999", "drainTimeoutMs"),
+            (
+                "namespaces: { a: { authorization: { allow: [ { principals: ['spiffe://cluster.local/ns/a/sa/b'] } ] } } }",
+                "namespaces.a.authorization.allow[0].principals[0]`: `spiffe://cluster.local/ns/a/sa/b`: write principals without `spiffe://`",
+            ),
+            (
+                "namespaces: { a: { authorization: { deny: [ { ports: [0] } ] } } }",
+                "namespaces.a.authorization.deny[0].ports",
+            ),
+            (
+                "namespaces: { a: { authorization: { deny: [ { sourceIp: x } ] } } }",
+                "unknown field `sourceIp`",
             ),
         ];
         for (yaml, expect) in cases {

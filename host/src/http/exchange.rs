@@ -83,6 +83,18 @@ pub struct LocalResponse {
     pub plugin: String,
 }
 
+/// A plugin's choice of another backend for the request.
+#[derive(Debug, Clone)]
+pub struct RouteChoice {
+    /// The backend service's hostname.
+    pub service: String,
+    /// The service port; `None` keeps the port the caller used.
+    pub port: Option<u16>,
+    pub rewrite_path: Option<String>,
+    pub rewrite_host: Option<String>,
+    pub plugin: String,
+}
+
 #[derive(Debug)]
 pub struct ExchangeState {
     pub request: RequestHead,
@@ -105,6 +117,8 @@ pub struct ExchangeState {
     /// Set once the upstream request has been sent: request changes after
     /// that point reach nobody.
     pub request_sent: bool,
+    /// Where a plugin routed the request; the last choice wins.
+    pub route: Option<RouteChoice>,
 }
 
 #[derive(Debug)]
@@ -132,6 +146,7 @@ impl Exchange {
                 async_failure: None,
                 properties: HashMap::new(),
                 request_sent: false,
+                route: None,
             }),
             wake: tokio::sync::Notify::new(),
         }

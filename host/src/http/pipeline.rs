@@ -28,7 +28,7 @@ use http_body_util::BodyExt;
 use super::Error;
 use super::body::{self, BoxError, Holding, ProxyBody};
 use super::exchange::{
-    Exchange, LocalResponse, PeerIdentity, RequestHead, RequestInfo, ResponseHead,
+    Exchange, LocalResponse, PeerIdentity, RequestHead, RequestInfo, ResponseHead, RouteChoice,
 };
 use super::upstream::Upstream;
 use crate::config::FailStrategy;
@@ -478,6 +478,16 @@ impl Pipeline {
             Outcome::Reset => return Err(StreamReset),
         }
 
+        // A plugin may have routed the request to another service.
+        let route = exchange.lock().route.take();
+        let destination = match route {
+            None => destination,
+            Some(choice) => match self.apply_route(&exchange, &destination, choice) {
+                Ok(d) => d,
+                Err(resp) => return Ok(self.local(&filters, &exchange, resp, last(&filters)).await),
+            },
+        };
+
         // Phase 3: upstream.
         let endpoint = match destination.pick_endpoint() {
             Ok(e) => e,
@@ -616,6 +626,32 @@ impl Pipeline {
         Ok(self
             .respond(&filters, &exchange, body, last(&filters))
             .await)
+    }
+
+/// Resolves a plugin's route choice and applies its rewrites; an unknown
+    /// service is the plugin's failure.
+    fn apply_route(&self, exchange: &Exchange, current: &Destination, choice: RouteChoice) -> Result<Destination, LocalResponse> {
+        let port = choice.port.unwrap_or(current.port);
+        let authority = format!("{}:{port}", choice.service);
+        let dest = self.discovery.load().resolve_authority(&authority, port).map_err(|e| {
+            let err = Error::PluginFailed {
+                plugin: choice.plugin.clone(),
+                namespace: exchange.info.namespace.clone(),
+                failure: PluginFailure::BadDecision(format!("routed to {authority}: {e}")),
+            };
+            error_response(&err, &choice.plugin)
+        })?;
+        let mut st = exchange.lock();
+        if let Some(path) = choice.rewrite_path {
+            st.request.path = match st.request.path.split_once('?') {
+                Some((_, q)) => format!("{path}?{q}"),
+                None => path,
+            };
+        }
+        if let Some(host) = choice.rewrite_host {
+            st.request.authority = host;
+        }
+        Ok(dest)
     }
 
     fn early_error(&self, err: Error) -> Response<ProxyBody> {

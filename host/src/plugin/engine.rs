@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use wasmtime::{Config, InstanceAllocationStrategy, Linker, OptLevel, PoolingAllocationConfig};
 
+use super::component::{self, ComponentState};
 use super::proxywasm::{self, HostState};
 use super::{Error, Limits};
 use crate::config::SandboxConfig;
@@ -23,6 +24,7 @@ pub const TICK: Duration = Duration::from_millis(5);
 pub struct Engine {
     pub wasm: wasmtime::Engine,
     pub proxy_wasm_linker: Linker<HostState>,
+    pub component_linker: wasmtime::component::Linker<ComponentState>,
     pub limits: Limits,
     stop: Arc<AtomicBool>,
 }
@@ -49,6 +51,7 @@ impl Engine {
         let wasm = wasmtime::Engine::new(&config).map_err(|e| Error::Engine(format!("{e:#}")))?;
         let proxy_wasm_linker =
             proxywasm::linker(&wasm).map_err(|e| Error::Engine(format!("{e:#}")))?;
+        let component_linker = component::linker(&wasm).map_err(|e| Error::Engine(format!("{e:#}")))?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = wasm.clone();
@@ -69,6 +72,7 @@ impl Engine {
         Ok(Arc::new(Engine {
             wasm,
             proxy_wasm_linker,
+            component_linker,
             limits: Limits {
                 deadline_ticks,
                 call_timeout,

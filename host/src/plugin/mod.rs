@@ -7,10 +7,13 @@
 //! - `shared`, `callout`: services plugins reach through the ABI.
 
 pub mod callout;
+pub mod component;
 pub mod engine;
 pub mod filter;
 pub mod proxywasm;
+pub mod pool;
 pub mod registry;
+pub mod sandbox;
 pub mod shared;
 
 use std::collections::VecDeque;
@@ -92,6 +95,8 @@ pub enum PluginFailure {
     InstanceLost,
     #[error("could not start a fresh instance: {0}")]
     Start(String),
+    #[error("returned a decision the waypoint cannot apply: {0}")]
+    BadDecision(String),
 }
 
 impl PluginFailure {
@@ -104,6 +109,7 @@ impl PluginFailure {
             PluginFailure::PausedTooLong(_) => "paused_too_long",
             PluginFailure::InstanceLost => "instance_lost",
             PluginFailure::Start(_) => "start",
+            PluginFailure::BadDecision(_) => "bad_decision",
         }
     }
 }
@@ -200,6 +206,7 @@ impl PluginShared {
 /// The two plugin ABIs. Decided once, at load.
 pub enum PluginKind {
     ProxyWasm(proxywasm::ProxyWasmPlugin),
+    Component(component::ComponentPlugin),
 }
 
 /// A loaded plugin, ready to serve requests.
@@ -219,6 +226,7 @@ impl Plugin {
     pub fn kind_name(&self) -> &'static str {
         match self.kind {
             PluginKind::ProxyWasm(_) => "proxy-wasm",
+            PluginKind::Component(_) => "component",
         }
     }
 
@@ -231,18 +239,21 @@ impl Plugin {
     ) -> Result<Box<dyn HttpFilter>, PluginFailure> {
         match &self.kind {
             PluginKind::ProxyWasm(p) => p.new_filter(exchange, fresh),
+            PluginKind::Component(p) => p.new_filter(exchange, fresh),
         }
     }
 
     pub fn live_instances(&self) -> usize {
         match &self.kind {
             PluginKind::ProxyWasm(p) => p.live_instances(),
+            PluginKind::Component(p) => p.live_instances(),
         }
     }
 
     fn shared(&self) -> &PluginShared {
         match &self.kind {
             PluginKind::ProxyWasm(p) => p.shared(),
+            PluginKind::Component(p) => p.shared(),
         }
     }
 

@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::Module;
 
 use super::callout::Callouts;
+use super::component::{ComponentPlugin, LoadError as ComponentLoadError};
 use super::engine::Engine;
 use super::proxywasm::{ProxyWasmModule, ProxyWasmPlugin, StartError};
 use super::shared::NamespaceShared;
@@ -182,13 +183,9 @@ impl Registry {
                 actual: sha256,
             });
         }
-        if bytes.len() >= 8 && bytes[0..4] == *b"\0asm" && bytes[4..8] != [1, 0, 0, 0] {
-            return Err(Error::Abi {
-                plugin,
-                namespace: ns,
-                reason: "this is a WebAssembly component; only Proxy-Wasm core modules can be loaded so far".into(),
-            });
-        }
+        // A core module's header is `\0asm` then version 1; a component's
+        // carries another version and layer. Decided once, here.
+        let is_component = bytes.len() >= 8 && bytes[0..4] == *b"\0asm" && bytes[4..8] != [1, 0, 0, 0];
 
         let shared = Arc::new(PluginShared {
             name: spec.name.clone(),
@@ -213,6 +210,14 @@ impl Registry {
         let size = bytes.len();
         let shared2 = shared.clone();
         let kind = tokio::task::spawn_blocking(move || -> Result<PluginKind, LoadFailure> {
+            if is_component {
+                let plugin = ComponentPlugin::new(&engine.wasm, &engine.component_linker, &bytes, shared2, instances)
+                    .map_err(|e| match e {
+                        ComponentLoadError::Abi(m) => LoadFailure::Abi(m),
+                        ComponentLoadError::Start(m) => LoadFailure::Start(m),
+                    })?;
+                return Ok(PluginKind::Component(plugin));
+            }
             let module = Module::new(&engine.wasm, &bytes)
                 .map_err(|e| LoadFailure::Compile(format!("{e:#}")))?;
             let module = ProxyWasmModule::new(&engine.proxy_wasm_linker, &module)

@@ -19,6 +19,62 @@ pub enum CasError {
 pub struct NamespaceShared {
     data: Mutex<HashMap<String, (Vec<u8>, u32)>>,
     queues: Mutex<Queues>,
+    /// Component plugins' key-value stores, one per plugin name.
+    kv: Mutex<HashMap<String, std::sync::Arc<KvStore>>>,
+}
+
+/// The component world's key-value store: 64-bit version tokens, where a
+/// token of 0 means "only if absent".
+#[derive(Default)]
+pub struct KvStore {
+    map: Mutex<HashMap<String, (Vec<u8>, u64)>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvError {
+    CasMismatch,
+    TooLarge,
+}
+
+const MAX_KV_KEY: usize = 1024;
+const MAX_KV_VALUE: usize = 1 << 20;
+
+impl KvStore {
+    pub fn get(&self, key: &str) -> Option<(Vec<u8>, u64)> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
+    }
+
+    fn check(current: Option<u64>, cas: Option<u64>) -> Result<(), KvError> {
+        match (cas, current) {
+            (None, _) => Ok(()),
+            (Some(0), None) => Ok(()),
+            (Some(want), Some(have)) if want == have => Ok(()),
+            _ => Err(KvError::CasMismatch),
+        }
+    }
+
+    pub fn set(&self, key: &str, value: Vec<u8>, cas: Option<u64>) -> Result<u64, KvError> {
+        if key.len() > MAX_KV_KEY || value.len() > MAX_KV_VALUE {
+            return Err(KvError::TooLarge);
+        }
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        Self::check(map.get(key).map(|(_, c)| *c), cas)?;
+        let token = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        map.insert(key.to_owned(), (value, token));
+        Ok(token)
+    }
+
+    pub fn delete(&self, key: &str, cas: Option<u64>) -> Result<(), KvError> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let current = map.get(key).map(|(_, c)| *c);
+        if current.is_none() && cas.is_none_or(|c| c == 0) {
+            return Ok(());
+        }
+        Self::check(current, cas)?;
+        map.remove(key);
+        Ok(())
+    }
 }
 
 #[derive(Default)]
@@ -44,6 +100,17 @@ pub enum QueueError {
 }
 
 impl NamespaceShared {
+    /// The key-value store of the component plugin named `plugin`; it
+    /// outlives reloads of the plugin.
+    pub fn plugin_kv(&self, plugin: &str) -> std::sync::Arc<KvStore> {
+        self.kv
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(plugin.to_owned())
+            .or_default()
+            .clone()
+    }
+
     /// The value and its CAS token.
     pub fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
         self.data
@@ -130,6 +197,22 @@ mod tests {
         assert_eq!(s.set("k", b"3".to_vec(), cas), Err(CasError::Mismatch));
         s.set("k", b"4".to_vec(), 0).unwrap();
         assert_eq!(s.get("k").unwrap().0, b"4");
+    }
+
+    #[test]
+    fn kv_tokens() {
+        let kv = KvStore::default();
+        let t1 = kv.set("k", b"a".to_vec(), Some(0)).unwrap();
+        assert_eq!(kv.set("k", b"b".to_vec(), Some(0)), Err(KvError::CasMismatch));
+        assert_eq!(kv.set("k", b"b".to_vec(), Some(t1 + 1)), Err(KvError::CasMismatch));
+        let t2 = kv.set("k", b"b".to_vec(), Some(t1)).unwrap();
+        assert_ne!(t1, t2);
+        assert_eq!(kv.get("k"), Some((b"b".to_vec(), t2)));
+        assert_eq!(kv.delete("k", Some(t1)), Err(KvError::CasMismatch));
+        kv.delete("k", Some(t2)).unwrap();
+        assert_eq!(kv.get("k"), None);
+        assert_eq!(kv.delete("absent", None), Ok(()));
+        assert_eq!(kv.set("big", vec![0; (1 << 20) + 1], None), Err(KvError::TooLarge));
     }
 
     #[test]

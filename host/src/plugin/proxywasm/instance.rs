@@ -17,11 +17,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use wasmtime::{Memory, ResourceLimiter, Store, Trap, TypedFunc};
+use wasmtime::{Memory, Store, Trap, TypedFunc};
 
 use super::ProxyWasmModule;
 use crate::http::exchange::Exchange;
 use crate::plugin::callout::{CalloutRequest, CalloutResponse};
+pub use crate::plugin::sandbox::MemoryLimiter;
+use crate::plugin::sandbox::classify;
 use crate::plugin::{PluginFailure, PluginShared};
 
 pub enum ContextKind {
@@ -60,37 +62,6 @@ impl HostState {
             Some(ContextKind::Http(ex)) => Some(ex.clone()),
             _ => None,
         }
-    }
-}
-
-/// Caps linear memory and remembers whether a growth was refused, so a
-/// resulting trap can be reported as what it is.
-pub struct MemoryLimiter {
-    pub max_bytes: usize,
-    pub refused: bool,
-}
-
-impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _max: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        if desired > self.max_bytes {
-            self.refused = true;
-            return Ok(false);
-        }
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _max: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
     }
 }
 
@@ -170,6 +141,12 @@ pub enum StartError {
 }
 
 const ROOT_CONTEXT_ID: u32 = 1;
+
+impl crate::plugin::pool::Poisonable for Instance {
+    fn is_poisoned(&self) -> bool {
+        Instance::is_poisoned(self)
+    }
+}
 
 impl Instance {
     /// Instantiates the module and runs the plugin's start-up: its
@@ -522,24 +499,6 @@ impl Instance {
             }
         });
     }
-}
-
-fn classify(e: &wasmtime::Error, memory_refused: bool, shared: &PluginShared) -> PluginFailure {
-    if memory_refused {
-        return PluginFailure::OutOfMemory(shared.limits.memory_limit_bytes >> 20);
-    }
-    if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
-        return PluginFailure::Timeout(shared.limits.call_timeout);
-    }
-    let mut msg = format!("{e}");
-    if let Some(Trap::UnreachableCodeReached) = e.downcast_ref::<Trap>() {
-        // Guests abort through `unreachable`; what they logged just before
-        // says why.
-        if let Some(last) = shared.last_critical_log() {
-            msg = format!("{msg} (plugin logged: {last})");
-        }
-    }
-    PluginFailure::Trap(msg)
 }
 
 fn classify_start(

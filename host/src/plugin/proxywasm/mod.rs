@@ -13,8 +13,7 @@ mod memory;
 mod properties;
 mod wasi;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use wasmtime::{InstancePre, Linker, Module};
 
@@ -22,6 +21,7 @@ use instance::Callback;
 pub use instance::{HostState, Instance, StartError};
 
 use super::filter::{FilterStatus, HttpFilter};
+use super::pool::InstancePool;
 use super::{PluginFailure, PluginShared};
 use crate::http::exchange::Exchange;
 
@@ -68,8 +68,7 @@ impl ProxyWasmModule {
 pub struct ProxyWasmPlugin {
     module: ProxyWasmModule,
     shared: Arc<PluginShared>,
-    slots: Vec<Mutex<Option<Arc<Instance>>>>,
-    next: AtomicUsize,
+    pool: InstancePool<Instance>,
 }
 
 impl ProxyWasmPlugin {
@@ -81,30 +80,18 @@ impl ProxyWasmPlugin {
         instances: usize,
     ) -> Result<Self, StartError> {
         let first = Instance::start(&module, shared.clone())?;
-        let mut slots: Vec<Mutex<Option<Arc<Instance>>>> =
-            (0..instances.max(1)).map(|_| Mutex::new(None)).collect();
-        slots[0] = Mutex::new(Some(first));
         Ok(ProxyWasmPlugin {
             module,
             shared,
-            slots,
-            next: AtomicUsize::new(0),
+            pool: InstancePool::new(first, instances),
         })
     }
 
     /// An instance for a new request; replaces a failed one first.
     fn checkout(&self, fresh: bool) -> Result<Arc<Instance>, PluginFailure> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let mut slot = self.slots[i].lock().unwrap_or_else(|e| e.into_inner());
-        match slot.as_ref() {
-            Some(inst) if !fresh && !inst.is_poisoned() => Ok(inst.clone()),
-            _ => {
-                let inst = Instance::start(&self.module, self.shared.clone())
-                    .map_err(|e| PluginFailure::Start(e.to_string()))?;
-                *slot = Some(inst.clone());
-                Ok(inst)
-            }
-        }
+        self.pool.checkout(fresh, || {
+            Instance::start(&self.module, self.shared.clone()).map_err(|e| PluginFailure::Start(e.to_string()))
+        })
     }
 
     pub fn new_filter(
@@ -128,15 +115,7 @@ impl ProxyWasmPlugin {
 
     /// Instances alive now (for the config dump and tests).
     pub fn live_instances(&self) -> usize {
-        self.slots
-            .iter()
-            .filter(|s| {
-                s.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .as_ref()
-                    .is_some_and(|i| !i.is_poisoned())
-            })
-            .count()
+        self.pool.live()
     }
 }
 

@@ -1,0 +1,266 @@
+//! The host side of the `wayplug:policy` imports, and the request and
+//! response resources plugins read through.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use wasmtime::component::{Resource, ResourceTable};
+
+use super::bindings::wayplug::policy::{clock, config, kv, log, metrics};
+use super::bindings::types;
+use crate::http::exchange::Exchange;
+use crate::metrics::PluginMetricError;
+use crate::plugin::PluginShared;
+use crate::plugin::sandbox::MemoryLimiter;
+use crate::plugin::shared::{KvError, KvStore};
+
+/// The request a call is about; valid for that call only.
+pub struct RequestRef {
+    pub exchange: Arc<Exchange>,
+}
+
+/// The response a call is about; valid for that call only.
+pub struct ResponseRef {
+    pub exchange: Arc<Exchange>,
+}
+
+pub struct ComponentState {
+    pub table: ResourceTable,
+    pub limiter: MemoryLimiter,
+    pub plugin: Arc<PluginShared>,
+    pub kv: Arc<KvStore>,
+}
+
+fn process_start() -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+fn joined(h: &http::HeaderMap, name: &str) -> Option<String> {
+    let mut values = h.get_all(name).iter().peekable();
+    values.peek()?;
+    Some(
+        values
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect::<Vec<_>>()
+            .join(","),
+    )
+}
+
+fn all(h: &http::HeaderMap, name: &str) -> Vec<String> {
+    h.get_all(name)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect()
+}
+
+fn pairs(h: &http::HeaderMap) -> Vec<(String, String)> {
+    h.iter()
+        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect()
+}
+
+impl ComponentState {
+    fn req(&self, r: &Resource<RequestRef>) -> wasmtime::Result<Arc<Exchange>> {
+        Ok(self.table.get(r)?.exchange.clone())
+    }
+    fn resp(&self, r: &Resource<ResponseRef>) -> wasmtime::Result<Arc<Exchange>> {
+        Ok(self.table.get(r)?.exchange.clone())
+    }
+}
+
+impl types::HostRequest for ComponentState {
+    fn method(&mut self, r: Resource<RequestRef>) -> wasmtime::Result<String> {
+        Ok(self.req(&r)?.lock().request.method.as_str().to_owned())
+    }
+    fn scheme(&mut self, r: Resource<RequestRef>) -> wasmtime::Result<String> {
+        Ok(self.req(&r)?.lock().request.scheme.clone())
+    }
+    fn authority(&mut self, r: Resource<RequestRef>) -> wasmtime::Result<String> {
+        Ok(self.req(&r)?.lock().request.authority.clone())
+    }
+    fn path(&mut self, r: Resource<RequestRef>) -> wasmtime::Result<String> {
+        let ex = self.req(&r)?;
+        let st = ex.lock();
+        Ok(st.request.path.split('?').next().unwrap_or("/").to_owned())
+    }
+    fn query(&mut self, r: Resource<RequestRef>) -> wasmtime::Result<Option<String>> {
+        let ex = self.req(&r)?;
+        let st = ex.lock();
+        Ok(st.request.path.split_once('?').map(|(_, q)| q.to_owned()))
+    }
+    fn header(&mut self, r: Resource<RequestRef>, name: String) -> wasmtime::Result<Option<String>> {
+        let ex = self.req(&r)?;
+        let name = name.to_ascii_lowercase();
+        let st = ex.lock();
+        if name == "host" {
+            return Ok(Some(st.request.authority.clone()));
+        }
+        Ok(joined(&st.request.headers, &name))
+    }
+    fn header_values(&mut self, r: Resource<RequestRef>, name: String) -> wasmtime::Result<Vec<String>> {
+        Ok(all(&self.req(&r)?.lock().request.headers, &name.to_ascii_lowercase()))
+    }
+    fn headers(&mut self, r: Resource<RequestRef>) -> wasmtime::Result<Vec<(String, String)>> {
+        Ok(pairs(&self.req(&r)?.lock().request.headers))
+    }
+    fn source(&mut self, r: Resource<RequestRef>) -> wasmtime::Result<types::Identity> {
+        let ex = self.req(&r)?;
+        let peer = ex.info.peer.as_ref();
+        Ok(types::Identity {
+            principal: peer.map(|p| p.principal()),
+            namespace: peer.map(|p| p.namespace.clone()),
+            service_account: peer.map(|p| p.service_account.clone()),
+            trust_domain: peer.map(|p| p.trust_domain.clone()),
+            address: ex.info.source.to_string(),
+        })
+    }
+    fn destination(&mut self, r: Resource<RequestRef>) -> wasmtime::Result<types::Destination> {
+        let ex = self.req(&r)?;
+        Ok(types::Destination {
+            service: ex.info.service_hostname.clone(),
+            namespace: ex.info.namespace.clone(),
+            port: ex.info.destination.port(),
+            address: ex.info.destination.to_string(),
+        })
+    }
+    fn drop(&mut self, r: Resource<RequestRef>) -> wasmtime::Result<()> {
+        self.table.delete(r)?;
+        Ok(())
+    }
+}
+
+impl types::HostResponse for ComponentState {
+    fn status(&mut self, r: Resource<ResponseRef>) -> wasmtime::Result<u16> {
+        let ex = self.resp(&r)?;
+        let st = ex.lock();
+        Ok(st.response.as_ref().map_or(0, |r| r.status.as_u16()))
+    }
+    fn header(&mut self, r: Resource<ResponseRef>, name: String) -> wasmtime::Result<Option<String>> {
+        let ex = self.resp(&r)?;
+        let st = ex.lock();
+        Ok(st
+            .response
+            .as_ref()
+            .and_then(|r| joined(&r.headers, &name.to_ascii_lowercase())))
+    }
+    fn header_values(&mut self, r: Resource<ResponseRef>, name: String) -> wasmtime::Result<Vec<String>> {
+        let ex = self.resp(&r)?;
+        let st = ex.lock();
+        Ok(st
+            .response
+            .as_ref()
+            .map(|r| all(&r.headers, &name.to_ascii_lowercase()))
+            .unwrap_or_default())
+    }
+    fn headers(&mut self, r: Resource<ResponseRef>) -> wasmtime::Result<Vec<(String, String)>> {
+        let ex = self.resp(&r)?;
+        let st = ex.lock();
+        Ok(st.response.as_ref().map(|r| pairs(&r.headers)).unwrap_or_default())
+    }
+    fn drop(&mut self, r: Resource<ResponseRef>) -> wasmtime::Result<()> {
+        self.table.delete(r)?;
+        Ok(())
+    }
+}
+
+impl types::Host for ComponentState {}
+
+impl log::Host for ComponentState {
+    fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        self.plugin.log(level_number(level), &message);
+        Ok(())
+    }
+    fn enabled(&mut self, level: log::Level) -> wasmtime::Result<bool> {
+        Ok(level_number(level) as u32 >= self.plugin.log_level())
+    }
+}
+
+fn level_number(level: log::Level) -> i32 {
+    match level {
+        log::Level::Trace => 0,
+        log::Level::Debug => 1,
+        log::Level::Info => 2,
+        log::Level::Warn => 3,
+        log::Level::Error => 4,
+    }
+}
+
+impl clock::Host for ComponentState {
+    fn now(&mut self) -> wasmtime::Result<u64> {
+        Ok(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64)
+    }
+    fn monotonic(&mut self) -> wasmtime::Result<u64> {
+        Ok(process_start().elapsed().as_nanos() as u64)
+    }
+}
+
+fn metric_error(e: PluginMetricError) -> metrics::MetricError {
+    match e {
+        PluginMetricError::NotFound => metrics::MetricError::UnknownMetric,
+        PluginMetricError::BadArgument => metrics::MetricError::KindMismatch,
+    }
+}
+
+fn valid_metric_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+impl metrics::Host for ComponentState {
+    fn define(&mut self, kind: metrics::MetricKind, name: String) -> wasmtime::Result<Result<u32, metrics::MetricError>> {
+        if !valid_metric_name(&name) {
+            return Ok(Err(metrics::MetricError::InvalidName));
+        }
+        let kind = match kind {
+            metrics::MetricKind::Counter => 0,
+            metrics::MetricKind::Gauge => 1,
+            metrics::MetricKind::Histogram => 2,
+        };
+        Ok(self
+            .plugin
+            .metrics
+            .define(kind, &name)
+            .ok_or(metrics::MetricError::KindMismatch))
+    }
+    fn increment(&mut self, metric: u32, delta: i64) -> wasmtime::Result<Result<(), metrics::MetricError>> {
+        Ok(self.plugin.metrics.increment(metric, delta).map_err(metric_error))
+    }
+    fn record(&mut self, metric: u32, value: u64) -> wasmtime::Result<Result<(), metrics::MetricError>> {
+        Ok(self.plugin.metrics.record(metric, value).map_err(metric_error))
+    }
+    fn get(&mut self, metric: u32) -> wasmtime::Result<Result<u64, metrics::MetricError>> {
+        Ok(self.plugin.metrics.get(metric).map_err(metric_error))
+    }
+}
+
+fn kv_error(e: KvError) -> kv::KvError {
+    match e {
+        KvError::CasMismatch => kv::KvError::CasMismatch,
+        KvError::TooLarge => kv::KvError::TooLarge,
+    }
+}
+
+impl kv::Host for ComponentState {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<kv::Entry>> {
+        Ok(self.kv.get(&key).map(|(value, cas)| kv::Entry { value, cas }))
+    }
+    fn set(&mut self, key: String, value: Vec<u8>, cas: Option<u64>) -> wasmtime::Result<Result<u64, kv::KvError>> {
+        Ok(self.kv.set(&key, value, cas).map_err(kv_error))
+    }
+    fn delete(&mut self, key: String, cas: Option<u64>) -> wasmtime::Result<Result<(), kv::KvError>> {
+        Ok(self.kv.delete(&key, cas).map_err(kv_error))
+    }
+}
+
+impl config::Host for ComponentState {
+    fn get(&mut self) -> wasmtime::Result<String> {
+        Ok(String::from_utf8_lossy(&self.plugin.plugin_config).into_owned())
+    }
+    fn plugin_name(&mut self) -> wasmtime::Result<String> {
+        Ok(self.plugin.name.clone())
+    }
+}
