@@ -1,20 +1,39 @@
-//! Compiles every fixture plugin under `fixtures/` to a core Wasm module
-//! before the tests build, so `cargo test` needs no separate step.
+//! Compiles the plugins the tests load before the tests build, so
+//! `cargo test` needs no separate step:
+//! - every Proxy-Wasm fixture under `fixtures/`, for wasm32-wasip1;
+//! - every component under `components/` and the SDK examples, for
+//!   wasm32-wasip2 (they are components).
 
 use std::path::PathBuf;
 
-use wayplug_wasm_build::{GuestBuild, WASIP1, discover, workspace_root};
+use wayplug_wasm_build::{GuestBuild, GuestPackage, WASIP1, WASIP2, discover, workspace_root};
+
+/// SDK examples the tests run through the waypoint.
+const SDK_EXAMPLES: &[&str] = &["header-allowlist", "tenant-routing", "response-header"];
 
 fn main() {
     let root = workspace_root();
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+
     let fixtures_dir = out_dir.join("fixtures");
-    let fixtures = discover(&root.join("tests").join("fixtures"));
     GuestBuild::new(&root, WASIP1)
-        .packages(fixtures)
+        .packages(discover(&root.join("tests").join("fixtures")))
         .run(&fixtures_dir);
     println!(
         "cargo:rustc-env=WAYPLUG_FIXTURES_DIR={}",
         fixtures_dir.display()
+    );
+
+    let components_dir = out_dir.join("components");
+    let examples = SDK_EXAMPLES
+        .iter()
+        .map(|name| GuestPackage::new(*name, root.join("examples").join(name)));
+    GuestBuild::new(&root, WASIP2)
+        .packages(discover(&root.join("tests").join("components")))
+        .packages(examples)
+        .run(&components_dir);
+    println!(
+        "cargo:rustc-env=WAYPLUG_COMPONENTS_DIR={}",
+        components_dir.display()
     );
 }

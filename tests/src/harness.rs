@@ -145,6 +145,11 @@ pub fn fixture_url(name: &str) -> String {
     format!("file://{}", crate::fixture(name).display())
 }
 
+/// `file://` URL of a component plugin.
+pub fn component_url(name: &str) -> String {
+    format!("file://{}", crate::component(name).display())
+}
+
 /// A waypoint config with two namespaces' services (`alpha.test` in
 /// `alpha`, `beta.test` in `beta`), both backed by `upstream`, plus the
 /// given extra top-level YAML (namespaces, sandbox, upstreams).

@@ -24,6 +24,22 @@ pub fn fixture(name: &str) -> PathBuf {
     path
 }
 
+/// Directory holding the component plugins (the SDK examples and
+/// `tests/components/*`), compiled by `build.rs`.
+pub const COMPONENTS_DIR: &str = env!("WAYPLUG_COMPONENTS_DIR");
+
+/// Path of a compiled component plugin, by crate name
+/// (`component("header-allowlist")`).
+pub fn component(name: &str) -> PathBuf {
+    let path = PathBuf::from(COMPONENTS_DIR).join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(
+        path.is_file(),
+        "component plugin {name:?} not found at {}",
+        path.display()
+    );
+    path
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -150,7 +150,12 @@ impl HboneConfig {
             ("handshakeTimeoutMs", self.handshake_timeout_ms, 1, 300_000),
             ("connectTimeoutMs", self.connect_timeout_ms, 1, 300_000),
             ("sniffTimeoutMs", self.sniff_timeout_ms, 1, 60_000),
-            ("poolIdleTimeoutMs", self.pool_idle_timeout_ms, 100, 3_600_000),
+            (
+                "poolIdleTimeoutMs",
+                self.pool_idle_timeout_ms,
+                100,
+                3_600_000,
+            ),
         ];
         for (field, value, lo, hi) in ranges {
             if !(lo..=hi).contains(&value) {

@@ -537,11 +537,23 @@ namespaces:
                 "identity: { certDir: d, trustDomain: Cluster.Local }",
                 "identity.trustDomain`: the trust domain must be lowercase",
             ),
-            ("identity: { certDir: d, reloadIntervalMs: 1 }", "identity.reloadIntervalMs"),
-            ("identity: { certDir: d, bogus: 1 }", "unknown field `bogus`"),
-            ("hbone: { handshakeTimeoutMs: 0 }", "hbone.handshakeTimeoutMs"),
+            (
+                "identity: { certDir: d, reloadIntervalMs: 1 }",
+                "identity.reloadIntervalMs",
+            ),
+            (
+                "identity: { certDir: d, bogus: 1 }",
+                "unknown field `bogus`",
+            ),
+            (
+                "hbone: { handshakeTimeoutMs: 0 }",
+                "hbone.handshakeTimeoutMs",
+            ),
             ("hbone: { destinationPort: 0 }", "hbone.destinationPort"),
-            ("hbone: { maxStreamsPerConnection: 0 }", "hbone.maxStreamsPerConnection"),
+            (
+                "hbone: { maxStreamsPerConnection: 0 }",
+                "hbone.maxStreamsPerConnection",
+            ),
             ("drainTimeoutMs: 9999999", "drainTimeoutMs"),
             (
                 "namespaces: { a: { authorization: { allow: [ { principals: ['spiffe://cluster.local/ns/a/sa/b'] } ] } } }",

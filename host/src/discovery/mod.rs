@@ -68,6 +68,18 @@ impl Destination {
 pub struct Discovery {
     by_host: HashMap<String, Arc<Service>>,
     by_vip: HashMap<IpAddr, Arc<Service>>,
+    /// Workloads by each of their addresses, for tunnels that name a pod
+    /// directly instead of a service VIP.
+    by_workload_ip: HashMap<IpAddr, Arc<WorkloadEntry>>,
+}
+
+#[derive(Debug)]
+struct WorkloadEntry {
+    name: String,
+    namespace: String,
+    protocol: Protocol,
+    service_account: String,
+    trust_domain: String,
 }
 
 impl Discovery {
@@ -115,7 +127,61 @@ impl Discovery {
                 d.by_vip.insert(vip, service.clone());
             }
         }
+        for wl in &config.workloads {
+            let entry = Arc::new(WorkloadEntry {
+                name: wl.name.clone(),
+                namespace: wl.namespace.clone(),
+                protocol: wl.protocol,
+                service_account: wl.service_account.clone(),
+                trust_domain: wl.trust_domain.clone(),
+            });
+            for ip in &wl.workload_ips {
+                d.by_workload_ip.entry(*ip).or_insert_with(|| entry.clone());
+            }
+        }
         d
+    }
+
+    /// Resolves the `ip:port` an HBONE tunnel names: a service VIP and one of
+    /// its ports, or else a workload address (any port; the workload is its
+    /// own single endpoint, and its namespace selects the plugin chain).
+    pub fn resolve_address(&self, addr: SocketAddr) -> Result<Destination, Error> {
+        if let Some(service) = self.by_vip.get(&addr.ip()) {
+            if !service.ports.contains_key(&addr.port()) {
+                return Err(Error::UnknownPort {
+                    service: service.hostname.clone(),
+                    port: addr.port(),
+                });
+            }
+            return Ok(Destination {
+                service: service.clone(),
+                port: addr.port(),
+            });
+        }
+        let wl = self
+            .by_workload_ip
+            .get(&addr.ip())
+            .ok_or_else(|| Error::UnknownHost(addr.to_string()))?;
+        let endpoint = Endpoint {
+            address: addr,
+            protocol: wl.protocol,
+            workload: wl.name.clone(),
+            namespace: wl.namespace.clone(),
+            service_account: wl.service_account.clone(),
+            trust_domain: wl.trust_domain.clone(),
+        };
+        let service = Service {
+            name: wl.name.clone(),
+            namespace: wl.namespace.clone(),
+            hostname: wl.name.clone(),
+            vips: vec![addr.ip()],
+            ports: HashMap::from([(addr.port(), vec![endpoint])]),
+            next: AtomicUsize::new(0),
+        };
+        Ok(Destination {
+            service: Arc::new(service),
+            port: addr.port(),
+        })
     }
 
     /// Resolves an HTTP authority (`host[:port]`, a VIP literal, or a
@@ -222,6 +288,27 @@ workloads:
             empty.pick_endpoint(),
             Err(Error::NoEndpoints { .. })
         ));
+    }
+
+    #[test]
+    fn resolves_tunnel_addresses() {
+        let d = discovery();
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let vip = d.resolve_address(addr("10.0.0.1:80")).unwrap();
+        assert_eq!(vip.service.hostname, "a.ns1.svc");
+        assert!(matches!(
+            d.resolve_address(addr("10.0.0.1:81")),
+            Err(Error::UnknownPort { port: 81, .. })
+        ));
+        // A workload address: any port, the workload itself is the endpoint.
+        let pod = d.resolve_address(addr("127.0.0.3:9999")).unwrap();
+        assert_eq!(pod.service.namespace, "ns1");
+        assert_eq!(pod.service.name, "a-2");
+        let ep = pod.pick_endpoint().unwrap();
+        assert_eq!(ep.address, addr("127.0.0.3:9999"));
+        assert_eq!(ep.service_account, "default");
+        let err = d.resolve_address(addr("10.9.9.9:80")).unwrap_err();
+        assert_eq!(err.to_string(), "no service matches host `10.9.9.9:80`");
     }
 
     #[test]

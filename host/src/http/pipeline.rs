@@ -484,7 +484,9 @@ impl Pipeline {
             None => destination,
             Some(choice) => match self.apply_route(&exchange, &destination, choice) {
                 Ok(d) => d,
-                Err(resp) => return Ok(self.local(&filters, &exchange, resp, last(&filters)).await),
+                Err(resp) => {
+                    return Ok(self.local(&filters, &exchange, resp, last(&filters)).await);
+                }
             },
         };
 
@@ -628,19 +630,28 @@ impl Pipeline {
             .await)
     }
 
-/// Resolves a plugin's route choice and applies its rewrites; an unknown
+    /// Resolves a plugin's route choice and applies its rewrites; an unknown
     /// service is the plugin's failure.
-    fn apply_route(&self, exchange: &Exchange, current: &Destination, choice: RouteChoice) -> Result<Destination, LocalResponse> {
+    fn apply_route(
+        &self,
+        exchange: &Exchange,
+        current: &Destination,
+        choice: RouteChoice,
+    ) -> Result<Destination, LocalResponse> {
         let port = choice.port.unwrap_or(current.port);
         let authority = format!("{}:{port}", choice.service);
-        let dest = self.discovery.load().resolve_authority(&authority, port).map_err(|e| {
-            let err = Error::PluginFailed {
-                plugin: choice.plugin.clone(),
-                namespace: exchange.info.namespace.clone(),
-                failure: PluginFailure::BadDecision(format!("routed to {authority}: {e}")),
-            };
-            error_response(&err, &choice.plugin)
-        })?;
+        let dest = self
+            .discovery
+            .load()
+            .resolve_authority(&authority, port)
+            .map_err(|e| {
+                let err = Error::PluginFailed {
+                    plugin: choice.plugin.clone(),
+                    namespace: exchange.info.namespace.clone(),
+                    failure: PluginFailure::BadDecision(format!("routed to {authority}: {e}")),
+                };
+                error_response(&err, &choice.plugin)
+            })?;
         let mut st = exchange.lock();
         if let Some(path) = choice.rewrite_path {
             st.request.path = match st.request.path.split_once('?') {

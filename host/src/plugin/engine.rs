@@ -51,7 +51,8 @@ impl Engine {
         let wasm = wasmtime::Engine::new(&config).map_err(|e| Error::Engine(format!("{e:#}")))?;
         let proxy_wasm_linker =
             proxywasm::linker(&wasm).map_err(|e| Error::Engine(format!("{e:#}")))?;
-        let component_linker = component::linker(&wasm).map_err(|e| Error::Engine(format!("{e:#}")))?;
+        let component_linker =
+            component::linker(&wasm).map_err(|e| Error::Engine(format!("{e:#}")))?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = wasm.clone();

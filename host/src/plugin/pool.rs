@@ -29,7 +29,11 @@ impl<T: Poisonable> InstancePool<T> {
 
     /// The next slot's instance; `fresh` (or a failed instance) starts a
     /// new one with `start`.
-    pub fn checkout<E>(&self, fresh: bool, start: impl FnOnce() -> Result<Arc<T>, E>) -> Result<Arc<T>, E> {
+    pub fn checkout<E>(
+        &self,
+        fresh: bool,
+        start: impl FnOnce() -> Result<Arc<T>, E>,
+    ) -> Result<Arc<T>, E> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         let mut slot = self.slots[i].lock().unwrap_or_else(|e| e.into_inner());
         match slot.as_ref() {

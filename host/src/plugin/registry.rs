@@ -185,7 +185,8 @@ impl Registry {
         }
         // A core module's header is `\0asm` then version 1; a component's
         // carries another version and layer. Decided once, here.
-        let is_component = bytes.len() >= 8 && bytes[0..4] == *b"\0asm" && bytes[4..8] != [1, 0, 0, 0];
+        let is_component =
+            bytes.len() >= 8 && bytes[0..4] == *b"\0asm" && bytes[4..8] != [1, 0, 0, 0];
 
         let shared = Arc::new(PluginShared {
             name: spec.name.clone(),
@@ -211,11 +212,17 @@ impl Registry {
         let shared2 = shared.clone();
         let kind = tokio::task::spawn_blocking(move || -> Result<PluginKind, LoadFailure> {
             if is_component {
-                let plugin = ComponentPlugin::new(&engine.wasm, &engine.component_linker, &bytes, shared2, instances)
-                    .map_err(|e| match e {
-                        ComponentLoadError::Abi(m) => LoadFailure::Abi(m),
-                        ComponentLoadError::Start(m) => LoadFailure::Start(m),
-                    })?;
+                let plugin = ComponentPlugin::new(
+                    &engine.wasm,
+                    &engine.component_linker,
+                    &bytes,
+                    shared2,
+                    instances,
+                )
+                .map_err(|e| match e {
+                    ComponentLoadError::Abi(m) => LoadFailure::Abi(m),
+                    ComponentLoadError::Start(m) => LoadFailure::Start(m),
+                })?;
                 return Ok(PluginKind::Component(plugin));
             }
             let module = Module::new(&engine.wasm, &bytes)

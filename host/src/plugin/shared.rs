@@ -42,7 +42,11 @@ const MAX_KV_VALUE: usize = 1 << 20;
 
 impl KvStore {
     pub fn get(&self, key: &str) -> Option<(Vec<u8>, u64)> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
     }
 
     fn check(current: Option<u64>, cas: Option<u64>) -> Result<(), KvError> {
@@ -203,8 +207,14 @@ mod tests {
     fn kv_tokens() {
         let kv = KvStore::default();
         let t1 = kv.set("k", b"a".to_vec(), Some(0)).unwrap();
-        assert_eq!(kv.set("k", b"b".to_vec(), Some(0)), Err(KvError::CasMismatch));
-        assert_eq!(kv.set("k", b"b".to_vec(), Some(t1 + 1)), Err(KvError::CasMismatch));
+        assert_eq!(
+            kv.set("k", b"b".to_vec(), Some(0)),
+            Err(KvError::CasMismatch)
+        );
+        assert_eq!(
+            kv.set("k", b"b".to_vec(), Some(t1 + 1)),
+            Err(KvError::CasMismatch)
+        );
         let t2 = kv.set("k", b"b".to_vec(), Some(t1)).unwrap();
         assert_ne!(t1, t2);
         assert_eq!(kv.get("k"), Some((b"b".to_vec(), t2)));
@@ -212,7 +222,10 @@ mod tests {
         kv.delete("k", Some(t2)).unwrap();
         assert_eq!(kv.get("k"), None);
         assert_eq!(kv.delete("absent", None), Ok(()));
-        assert_eq!(kv.set("big", vec![0; (1 << 20) + 1], None), Err(KvError::TooLarge));
+        assert_eq!(
+            kv.set("big", vec![0; (1 << 20) + 1], None),
+            Err(KvError::TooLarge)
+        );
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use wasmtime::component::{Resource, ResourceTable};
 
-use super::bindings::wayplug::policy::{clock, config, kv, log, metrics};
 use super::bindings::types;
+use super::bindings::wayplug::policy::{clock, config, kv, log, metrics};
 use crate::http::exchange::Exchange;
 use crate::metrics::PluginMetricError;
 use crate::plugin::PluginShared;
@@ -56,7 +56,12 @@ fn all(h: &http::HeaderMap, name: &str) -> Vec<String> {
 
 fn pairs(h: &http::HeaderMap) -> Vec<(String, String)> {
     h.iter()
-        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect()
 }
 
@@ -89,7 +94,11 @@ impl types::HostRequest for ComponentState {
         let st = ex.lock();
         Ok(st.request.path.split_once('?').map(|(_, q)| q.to_owned()))
     }
-    fn header(&mut self, r: Resource<RequestRef>, name: String) -> wasmtime::Result<Option<String>> {
+    fn header(
+        &mut self,
+        r: Resource<RequestRef>,
+        name: String,
+    ) -> wasmtime::Result<Option<String>> {
         let ex = self.req(&r)?;
         let name = name.to_ascii_lowercase();
         let st = ex.lock();
@@ -98,8 +107,15 @@ impl types::HostRequest for ComponentState {
         }
         Ok(joined(&st.request.headers, &name))
     }
-    fn header_values(&mut self, r: Resource<RequestRef>, name: String) -> wasmtime::Result<Vec<String>> {
-        Ok(all(&self.req(&r)?.lock().request.headers, &name.to_ascii_lowercase()))
+    fn header_values(
+        &mut self,
+        r: Resource<RequestRef>,
+        name: String,
+    ) -> wasmtime::Result<Vec<String>> {
+        Ok(all(
+            &self.req(&r)?.lock().request.headers,
+            &name.to_ascii_lowercase(),
+        ))
     }
     fn headers(&mut self, r: Resource<RequestRef>) -> wasmtime::Result<Vec<(String, String)>> {
         Ok(pairs(&self.req(&r)?.lock().request.headers))
@@ -136,7 +152,11 @@ impl types::HostResponse for ComponentState {
         let st = ex.lock();
         Ok(st.response.as_ref().map_or(0, |r| r.status.as_u16()))
     }
-    fn header(&mut self, r: Resource<ResponseRef>, name: String) -> wasmtime::Result<Option<String>> {
+    fn header(
+        &mut self,
+        r: Resource<ResponseRef>,
+        name: String,
+    ) -> wasmtime::Result<Option<String>> {
         let ex = self.resp(&r)?;
         let st = ex.lock();
         Ok(st
@@ -144,7 +164,11 @@ impl types::HostResponse for ComponentState {
             .as_ref()
             .and_then(|r| joined(&r.headers, &name.to_ascii_lowercase())))
     }
-    fn header_values(&mut self, r: Resource<ResponseRef>, name: String) -> wasmtime::Result<Vec<String>> {
+    fn header_values(
+        &mut self,
+        r: Resource<ResponseRef>,
+        name: String,
+    ) -> wasmtime::Result<Vec<String>> {
         let ex = self.resp(&r)?;
         let st = ex.lock();
         Ok(st
@@ -156,7 +180,11 @@ impl types::HostResponse for ComponentState {
     fn headers(&mut self, r: Resource<ResponseRef>) -> wasmtime::Result<Vec<(String, String)>> {
         let ex = self.resp(&r)?;
         let st = ex.lock();
-        Ok(st.response.as_ref().map(|r| pairs(&r.headers)).unwrap_or_default())
+        Ok(st
+            .response
+            .as_ref()
+            .map(|r| pairs(&r.headers))
+            .unwrap_or_default())
     }
     fn drop(&mut self, r: Resource<ResponseRef>) -> wasmtime::Result<()> {
         self.table.delete(r)?;
@@ -188,7 +216,10 @@ fn level_number(level: log::Level) -> i32 {
 
 impl clock::Host for ComponentState {
     fn now(&mut self) -> wasmtime::Result<u64> {
-        Ok(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64)
+        Ok(SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64)
     }
     fn monotonic(&mut self) -> wasmtime::Result<u64> {
         Ok(process_start().elapsed().as_nanos() as u64)
@@ -211,7 +242,11 @@ fn valid_metric_name(name: &str) -> bool {
 }
 
 impl metrics::Host for ComponentState {
-    fn define(&mut self, kind: metrics::MetricKind, name: String) -> wasmtime::Result<Result<u32, metrics::MetricError>> {
+    fn define(
+        &mut self,
+        kind: metrics::MetricKind,
+        name: String,
+    ) -> wasmtime::Result<Result<u32, metrics::MetricError>> {
         if !valid_metric_name(&name) {
             return Ok(Err(metrics::MetricError::InvalidName));
         }
@@ -226,11 +261,27 @@ impl metrics::Host for ComponentState {
             .define(kind, &name)
             .ok_or(metrics::MetricError::KindMismatch))
     }
-    fn increment(&mut self, metric: u32, delta: i64) -> wasmtime::Result<Result<(), metrics::MetricError>> {
-        Ok(self.plugin.metrics.increment(metric, delta).map_err(metric_error))
+    fn increment(
+        &mut self,
+        metric: u32,
+        delta: i64,
+    ) -> wasmtime::Result<Result<(), metrics::MetricError>> {
+        Ok(self
+            .plugin
+            .metrics
+            .increment(metric, delta)
+            .map_err(metric_error))
     }
-    fn record(&mut self, metric: u32, value: u64) -> wasmtime::Result<Result<(), metrics::MetricError>> {
-        Ok(self.plugin.metrics.record(metric, value).map_err(metric_error))
+    fn record(
+        &mut self,
+        metric: u32,
+        value: u64,
+    ) -> wasmtime::Result<Result<(), metrics::MetricError>> {
+        Ok(self
+            .plugin
+            .metrics
+            .record(metric, value)
+            .map_err(metric_error))
     }
     fn get(&mut self, metric: u32) -> wasmtime::Result<Result<u64, metrics::MetricError>> {
         Ok(self.plugin.metrics.get(metric).map_err(metric_error))
@@ -246,12 +297,24 @@ fn kv_error(e: KvError) -> kv::KvError {
 
 impl kv::Host for ComponentState {
     fn get(&mut self, key: String) -> wasmtime::Result<Option<kv::Entry>> {
-        Ok(self.kv.get(&key).map(|(value, cas)| kv::Entry { value, cas }))
+        Ok(self
+            .kv
+            .get(&key)
+            .map(|(value, cas)| kv::Entry { value, cas }))
     }
-    fn set(&mut self, key: String, value: Vec<u8>, cas: Option<u64>) -> wasmtime::Result<Result<u64, kv::KvError>> {
+    fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        cas: Option<u64>,
+    ) -> wasmtime::Result<Result<u64, kv::KvError>> {
         Ok(self.kv.set(&key, value, cas).map_err(kv_error))
     }
-    fn delete(&mut self, key: String, cas: Option<u64>) -> wasmtime::Result<Result<(), kv::KvError>> {
+    fn delete(
+        &mut self,
+        key: String,
+        cas: Option<u64>,
+    ) -> wasmtime::Result<Result<(), kv::KvError>> {
         Ok(self.kv.delete(&key, cas).map_err(kv_error))
     }
 }

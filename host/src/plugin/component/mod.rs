@@ -32,10 +32,10 @@ use host::{RequestRef, ResponseRef};
 /// visibly instead of being refused at load.
 pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<ComponentState>> {
     let mut linker = Linker::new(engine);
-    bindings::PolicyWithResponseAndBody::add_to_linker::<_, wasmtime::component::HasSelf<ComponentState>>(
-        &mut linker,
-        |s| s,
-    )?;
+    bindings::PolicyWithResponseAndBody::add_to_linker::<
+        _,
+        wasmtime::component::HasSelf<ComponentState>,
+    >(&mut linker, |s| s)?;
     Ok(linker)
 }
 
@@ -67,7 +67,8 @@ impl ComponentPlugin {
         shared: Arc<PluginShared>,
         instances: usize,
     ) -> Result<ComponentPlugin, LoadError> {
-        let component = Component::new(engine, bytes).map_err(|e| LoadError::Abi(format!("{e:#}")))?;
+        let component =
+            Component::new(engine, bytes).map_err(|e| LoadError::Abi(format!("{e:#}")))?;
         let mut linker = base.clone();
         linker
             .define_unknown_imports_as_traps(&component)
@@ -106,7 +107,11 @@ impl ComponentPlugin {
         self.pool.live()
     }
 
-    pub fn new_filter(&self, exchange: &Arc<Exchange>, fresh: bool) -> Result<Box<dyn HttpFilter>, PluginFailure> {
+    pub fn new_filter(
+        &self,
+        exchange: &Arc<Exchange>,
+        fresh: bool,
+    ) -> Result<Box<dyn HttpFilter>, PluginFailure> {
         let instance = self.pool.checkout(fresh, || {
             ComponentInstance::start(&self.pre, &self.exports, &self.shared).map_err(|e| match e {
                 LoadError::Abi(m) | LoadError::Start(m) => PluginFailure::Start(m),
@@ -141,7 +146,11 @@ impl Poisonable for ComponentInstance {
 }
 
 impl ComponentInstance {
-    fn start(pre: &InstancePre<ComponentState>, exports: &Exports, shared: &Arc<PluginShared>) -> Result<Arc<Self>, LoadError> {
+    fn start(
+        pre: &InstancePre<ComponentState>,
+        exports: &Exports,
+        shared: &Arc<PluginShared>,
+    ) -> Result<Arc<Self>, LoadError> {
         let state = ComponentState {
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(shared.limits.memory_limit_bytes),
@@ -159,19 +168,32 @@ impl ComponentInstance {
             Ok(i) => i,
             Err(e) => return Err(fail(&store, e)),
         };
-        let request = exports.request.load(&mut store, &instance).map_err(|e| LoadError::Abi(format!("{e:#}")))?;
+        let request = exports
+            .request
+            .load(&mut store, &instance)
+            .map_err(|e| LoadError::Abi(format!("{e:#}")))?;
         let response = match &exports.response {
-            Some(i) => Some(i.load(&mut store, &instance).map_err(|e| LoadError::Abi(format!("{e:#}")))?),
+            Some(i) => Some(
+                i.load(&mut store, &instance)
+                    .map_err(|e| LoadError::Abi(format!("{e:#}")))?,
+            ),
             None => None,
         };
         let body = match &exports.body {
-            Some(i) => Some(i.load(&mut store, &instance).map_err(|e| LoadError::Abi(format!("{e:#}")))?),
+            Some(i) => Some(
+                i.load(&mut store, &instance)
+                    .map_err(|e| LoadError::Abi(format!("{e:#}")))?,
+            ),
             None => None,
         };
         let config = String::from_utf8_lossy(&shared.plugin_config).into_owned();
         match request.call_configure(&mut store, &config) {
             Ok(Ok(())) => {}
-            Ok(Err(msg)) => return Err(LoadError::Start(format!("configure rejected the plugin configuration: {msg}"))),
+            Ok(Err(msg)) => {
+                return Err(LoadError::Start(format!(
+                    "configure rejected the plugin configuration: {msg}"
+                )));
+            }
             Err(e) => return Err(fail(&store, e)),
         }
         Ok(Arc::new(ComponentInstance {
@@ -188,12 +210,17 @@ impl ComponentInstance {
 
     /// One guest call under the deadline and memory limit; any failure
     /// poisons the instance.
-    fn call<R>(&self, f: impl FnOnce(&mut Inner) -> wasmtime::Result<R>) -> Result<R, PluginFailure> {
+    fn call<R>(
+        &self,
+        f: impl FnOnce(&mut Inner) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginFailure> {
         if self.is_poisoned() {
             return Err(PluginFailure::InstanceLost);
         }
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.store.set_epoch_deadline(self.shared.limits.deadline_ticks);
+        inner
+            .store
+            .set_epoch_deadline(self.shared.limits.deadline_ticks);
         inner.store.data_mut().limiter.refused = false;
         let result = f(&mut inner);
         match result {
@@ -223,8 +250,10 @@ fn bad(msg: impl Into<String>) -> PluginFailure {
 }
 
 fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), PluginFailure> {
-    let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad(format!("invalid header name `{name}`")))?;
-    let v = HeaderValue::from_str(value).map_err(|_| bad(format!("invalid value for header `{name}`")))?;
+    let n = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| bad(format!("invalid header name `{name}`")))?;
+    let v = HeaderValue::from_str(value)
+        .map_err(|_| bad(format!("invalid value for header `{name}`")))?;
     Ok((n, v))
 }
 
@@ -255,7 +284,11 @@ fn local(plugin: &str, r: types::LocalResponse) -> Result<LocalResponse, PluginF
     }
     Ok(LocalResponse {
         status,
-        headers: r.headers.into_iter().map(|(k, v)| (k, v.into_bytes())).collect(),
+        headers: r
+            .headers
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes()))
+            .collect(),
         body: r.body.into(),
         details: "component plugin response".into(),
         plugin: plugin.to_owned(),
@@ -348,14 +381,19 @@ impl ComponentFilter {
         for (k, v) in &changes.response_headers {
             self.response_headers.push(header(k, v)?);
         }
-        apply(&mut self.exchange.lock().request.headers, &changes.request_headers)?;
+        apply(
+            &mut self.exchange.lock().request.headers,
+            &changes.request_headers,
+        )?;
         self.let_through = true;
         Ok(())
     }
 
     fn body_hook(&mut self, body: Vec<u8>) -> Result<(), PluginFailure> {
         let decision = self.with_request(|inner, req| match &inner.body {
-            Some(g) => g.call_on_request_body(&mut inner.store, req, &body).map(Some),
+            Some(g) => g
+                .call_on_request_body(&mut inner.store, req, &body)
+                .map(Some),
             None => Ok(None),
         })?;
         match decision {
@@ -372,13 +410,18 @@ impl ComponentFilter {
     }
 
     fn has_body_hook(&self) -> bool {
-        self.instance.inner.lock().map(|i| i.body.is_some()).unwrap_or(false)
+        self.instance
+            .inner
+            .lock()
+            .map(|i| i.body.is_some())
+            .unwrap_or(false)
     }
 }
 
 impl HttpFilter for ComponentFilter {
     fn on_request_headers(&mut self, eos: bool) -> Result<FilterStatus, PluginFailure> {
-        let decision = self.with_request(|inner, req| inner.request.call_on_request(&mut inner.store, req))?;
+        let decision =
+            self.with_request(|inner, req| inner.request.call_on_request(&mut inner.store, req))?;
         self.decide(decision)?;
         if eos && self.let_through && self.has_body_hook() {
             self.body_hook(Vec::new())?;

@@ -90,7 +90,8 @@ impl ProxyWasmPlugin {
     /// An instance for a new request; replaces a failed one first.
     fn checkout(&self, fresh: bool) -> Result<Arc<Instance>, PluginFailure> {
         self.pool.checkout(fresh, || {
-            Instance::start(&self.module, self.shared.clone()).map_err(|e| PluginFailure::Start(e.to_string()))
+            Instance::start(&self.module, self.shared.clone())
+                .map_err(|e| PluginFailure::Start(e.to_string()))
         })
     }
 

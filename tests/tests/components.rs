@@ -1,0 +1,405 @@
+//! End-to-end: component plugins built with the SDK, through the real
+//! waypoint, alone and mixed with Proxy-Wasm plugins.
+
+use std::path::Path;
+
+use wayplug::app::Waypoint;
+use wayplug::config::Config;
+use wayplug_tests::harness::*;
+
+fn entry(name: &str, url: &str, extra: &str) -> String {
+    format!("      - name: {name}\n        url: {url}\n{extra}")
+}
+
+fn ns(name: &str, entries: &[String]) -> String {
+    format!("namespaces:\n  {name}:\n    plugins:\n{}", entries.join(""))
+}
+
+const ALLOWLIST: &str =
+    "        phase: AUTHZ\n        pluginConfig: { header: x-user, allow: [alice, bob] }\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_allowlist_allows_and_denies() {
+    let rig = rig(&ns(
+        "alpha",
+        &[entry(
+            "allow",
+            &component_url("header-allowlist"),
+            ALLOWLIST,
+        )],
+    ))
+    .await;
+    let ok = send(
+        rig.http,
+        "GET",
+        "alpha.test",
+        "/orders",
+        &[("x-user", "alice")],
+        "",
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(rig.upstream.last().headers["x-wayplug-user"], "alice");
+    let no = send(
+        rig.http,
+        "GET",
+        "alpha.test",
+        "/orders",
+        &[("x-user", "mallory")],
+        "",
+    )
+    .await;
+    assert_eq!(no.status, 403);
+    assert_eq!(no.body, "denied: x-user 'mallory' is not allowed");
+    assert_eq!(no.header("x-wayplug-denied-by"), Some("allow"));
+    let missing = send_h2(rig.http, "GET", "alpha.test", "/orders", &[], "").await;
+    assert_eq!(missing.status, 403);
+    assert_eq!(missing.body, "denied: missing x-user");
+    assert_eq!(rig.upstream.count(), 1);
+    let dump = admin_get(rig.admin, "/config_dump").await;
+    assert!(
+        dump.body.contains("\"kind\": \"component\""),
+        "{}",
+        dump.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn components_and_proxy_wasm_mix_in_one_chain() {
+    let chain = ns(
+        "alpha",
+        &[
+            // Listed first but runs last: unspecified phase.
+            entry("hdr", &fixture_url("headers"), ""),
+            entry("allow", &component_url("header-allowlist"), ALLOWLIST),
+            entry(
+                "stamp",
+                &component_url("response-header"),
+                "        phase: STATS\n        pluginConfig: { name: x-stamp, value: component }\n",
+            ),
+        ],
+    );
+    let rig = rig(&chain).await;
+    let ok = send(
+        rig.http,
+        "GET",
+        "alpha.test",
+        "/mix",
+        &[("x-user", "bob")],
+        "",
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(
+        ok.header("x-stamp"),
+        Some("component"),
+        "component response hook ran"
+    );
+    assert_eq!(
+        ok.header("x-fixture-response"),
+        Some("ok"),
+        "proxy-wasm response callback ran"
+    );
+    let seen = rig.upstream.last();
+    assert_eq!(seen.headers["x-wayplug-user"], "bob");
+    assert_eq!(seen.headers["x-fixture-headers"], "seen");
+    // The component denies before the Proxy-Wasm plugin ever sees the request.
+    let no = send(
+        rig.http,
+        "GET",
+        "alpha.test",
+        "/mix",
+        &[("x-user", "eve"), ("x-deny", "1")],
+        "",
+    )
+    .await;
+    assert_eq!(no.status, 403);
+    assert!(no.body.starts_with("denied: x-user 'eve'"), "{}", no.body);
+    assert_eq!(
+        no.header("x-fixture-response"),
+        None,
+        "later plugins never saw the request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_routing_sends_requests_to_the_chosen_service() {
+    let main = upstream().await;
+    let acme = upstream().await;
+    let yaml = format!(
+        r#"
+listeners: {{ http: "127.0.0.1:0", admin: "127.0.0.1:0" }}
+services:
+  - {{ name: api, namespace: shop, hostname: api.shop.test, ports: {{ 80: {m} }} }}
+  - {{ name: acme, namespace: shop, hostname: acme.shop.test, ports: {{ 80: {a} }} }}
+workloads:
+  - {{ uid: u1, name: main, namespace: shop, workloadIps: ["127.0.0.1"], services: {{ shop/api.shop.test: {{ 80: {m} }} }} }}
+  - {{ uid: u2, name: acme, namespace: shop, workloadIps: ["127.0.0.1"], services: {{ shop/acme.shop.test: {{ 80: {a} }} }} }}
+namespaces:
+  shop:
+    plugins:
+      - name: tenants
+        url: {url}
+        pluginConfig:
+          header: x-tenant
+          tenants: {{ acme: acme.shop.test, ghost: ghost.shop.test }}
+          default: api.shop.test
+"#,
+        m = main.addr.port(),
+        a = acme.addr.port(),
+        url = component_url("tenant-routing"),
+    );
+    let config = Config::from_yaml(&yaml, "t.yaml", Path::new(".")).unwrap();
+    let wp = Waypoint::start(config, Default::default()).await.unwrap();
+    let http = wp.http_addr.unwrap();
+    let r = send(
+        http,
+        "GET",
+        "api.shop.test",
+        "/x",
+        &[("x-tenant", "acme")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(acme.count(), 1);
+    assert_eq!(acme.last().headers["x-wayplug-tenant"], "acme");
+    let r = send(
+        http,
+        "GET",
+        "api.shop.test",
+        "/x",
+        &[("x-tenant", "other")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(main.count(), 1);
+    assert_eq!(main.last().headers["x-wayplug-tenant"], "default");
+    let r = send(
+        http,
+        "GET",
+        "api.shop.test",
+        "/x",
+        &[("x-tenant", "ghost")],
+        "",
+    )
+    .await;
+    assert_eq!(
+        r.status, 503,
+        "a route to an unknown service fails the plugin: {r:?}"
+    );
+    assert!(
+        r.body.contains("routed to ghost.shop.test:80"),
+        "{}",
+        r.body
+    );
+    wp.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn components_see_request_identity_and_destination_and_share_kv() {
+    let rig = rig(&ns(
+        "alpha",
+        &[entry(
+            "echo",
+            &component_url("component-misbehave"),
+            "        pluginConfig: { mode: echo }\n",
+        )],
+    ))
+    .await;
+    let mut counts = Vec::new();
+    for _ in 0..3 {
+        let r = send(rig.http, "GET", "alpha.test", "/p/q?x=1", &[], "").await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let seen = rig.upstream.last();
+        assert_eq!(seen.headers["x-c-destination"], "alpha/alpha.test:80");
+        assert_eq!(
+            seen.headers["x-c-principal"], "none",
+            "plaintext callers have no identity"
+        );
+        assert_eq!(seen.headers["x-c-path"], "/p/q");
+        assert_eq!(seen.headers["x-c-query"], "x=1");
+        assert_eq!(seen.headers["x-c-mode"], "echo");
+        counts.push(seen.headers["x-c-count"].to_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        counts,
+        ["1", "2", "3"],
+        "instances share one key-value store"
+    );
+}
+
+fn misbehave(strategy: &str) -> String {
+    format!(
+        "sandbox: {{ callTimeoutMs: 50, memoryLimitMiB: 16 }}\n{}",
+        ns(
+            "alpha",
+            &[entry(
+                "bad",
+                &component_url("component-misbehave"),
+                &format!("        failStrategy: {strategy}\n        pluginConfig: {{}}\n"),
+            )],
+        )
+    )
+}
+
+const KINDS: [(&str, &str); 4] = [
+    ("loop", "exceeded its time limit"),
+    ("alloc", "exceeded its memory limit of 16 MiB"),
+    ("trap", "trapped"),
+    (
+        "bad-decision",
+        "returned a decision the waypoint cannot apply: status 99",
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn component_sandbox_fail_close_and_recovery() {
+    let rig = rig(&misbehave("FAIL_CLOSE")).await;
+    for (kind, why) in KINDS {
+        let r = send(
+            rig.http,
+            "GET",
+            "alpha.test",
+            "/",
+            &[("x-misbehave", kind)],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, 503, "{kind}: {r:?}");
+        assert!(
+            r.body.contains("plugin `bad` in namespace `alpha`"),
+            "{}",
+            r.body
+        );
+        assert!(r.body.contains(why), "{kind}: `{}` lacks `{why}`", r.body);
+        let ok = send(rig.http, "GET", "alpha.test", "/", &[], "").await;
+        assert_eq!(ok.status, 200, "after {kind}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn component_sandbox_fail_open_and_reload() {
+    let open = rig(&misbehave("FAIL_OPEN")).await;
+    for (kind, _) in KINDS {
+        let r = send(
+            open.http,
+            "GET",
+            "alpha.test",
+            "/open",
+            &[("x-misbehave", kind)],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, 200, "{kind}: {r:?}");
+        assert!(
+            open.upstream.last().headers.get("x-c-mode").is_none(),
+            "the plugin was skipped"
+        );
+    }
+    let reload = rig(&misbehave("FAIL_RELOAD")).await;
+    let r = send(
+        reload.http,
+        "GET",
+        "alpha.test",
+        "/",
+        &[("x-misbehave", "trap")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 503);
+    let m = admin_get(reload.admin, "/metrics").await;
+    assert!(
+        m.body.contains(
+            r#"wayplug_plugin_failures_total{namespace="alpha",plugin="bad",reason="trap"} 2"#
+        ),
+        "the failure and its retry on a fresh instance:\n{}",
+        m.body
+    );
+    let ok = send(reload.http, "GET", "alpha.test", "/", &[], "").await;
+    assert_eq!(ok.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configure_rejection_fails_the_load_and_keeps_the_running_chain() {
+    let up = upstream().await;
+    let good = config_yaml(
+        up.addr,
+        &ns(
+            "alpha",
+            &[entry(
+                "c",
+                &component_url("component-misbehave"),
+                "        pluginConfig: { mode: good }\n",
+            )],
+        ),
+    );
+    let bad = config_yaml(
+        up.addr,
+        &ns(
+            "alpha",
+            &[entry(
+                "c",
+                &component_url("component-misbehave"),
+                "        pluginConfig: { reject: true }\n",
+            )],
+        ),
+    );
+    let typo = config_yaml(
+        up.addr,
+        &ns(
+            "alpha",
+            &[entry(
+                "c",
+                &component_url("component-misbehave"),
+                "        pluginConfig: { mdoe: x }\n",
+            )],
+        ),
+    );
+
+    let err = match Waypoint::start(
+        Config::from_yaml(&bad, "t.yaml", Path::new(".")).unwrap(),
+        Default::default(),
+    )
+    .await
+    {
+        Ok(_) => panic!("a rejected configuration must not load"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("plugin `c` in namespace `alpha` failed to start"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`reject` is set: this configuration is refused on purpose"),
+        "{err}"
+    );
+
+    let wp = Waypoint::start(
+        Config::from_yaml(&good, "t.yaml", Path::new(".")).unwrap(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let http = wp.http_addr.unwrap();
+    for yaml in [&bad, &typo] {
+        let err = wp
+            .reload(Config::from_yaml(yaml, "t.yaml", Path::new(".")).unwrap())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("configure rejected the plugin configuration"),
+            "{err}"
+        );
+        let r = send(http, "GET", "alpha.test", "/", &[], "").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            up.last().headers["x-c-mode"],
+            "good",
+            "the running chain is untouched"
+        );
+    }
+    wp.shutdown().await;
+}
