@@ -24,6 +24,18 @@ pub fn fixture(name: &str) -> PathBuf {
     path
 }
 
+/// Path of a compiled Proxy-Wasm example plugin, by crate name
+/// (`proxy_wasm_example("header-allowlist-proxywasm")`).
+pub fn proxy_wasm_example(name: &str) -> PathBuf {
+    let path = PathBuf::from(FIXTURES_DIR).join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(
+        path.is_file(),
+        "example plugin {name:?} not found at {}",
+        path.display()
+    );
+    path
+}
+
 /// Directory holding the component plugins (the SDK examples and
 /// `tests/components/*`), compiled by `build.rs`.
 pub const COMPONENTS_DIR: &str = env!("WAYPLUG_COMPONENTS_DIR");
