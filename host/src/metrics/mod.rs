@@ -266,10 +266,9 @@ impl PluginMetrics {
                     .inc_by(offset as u64);
             }
             Kind::Gauge => {
-                self.metrics
-                    .plugin_gauges
-                    .get_or_create(&labels)
-                    .inc_by(offset);
+                // Gauges saturate at 0: plugins see them as unsigned.
+                let g = self.metrics.plugin_gauges.get_or_create(&labels);
+                g.set(g.get().saturating_add(offset).max(0));
             }
             _ => return Err(PluginMetricError::BadArgument),
         }
@@ -330,14 +329,17 @@ mod tests {
         pm.increment(g, -5).unwrap();
         pm.record(h, 42).unwrap();
         assert_eq!(pm.get(c), Ok(3));
-        assert_eq!(pm.get(g), Ok((-5i64) as u64));
+        assert_eq!(pm.get(g), Ok(0), "gauges saturate at 0");
+        pm.increment(g, 7).unwrap();
+        pm.increment(g, -2).unwrap();
+        assert_eq!(pm.get(g), Ok(5));
         assert_eq!(pm.get(h), Err(PluginMetricError::BadArgument));
         assert_eq!(pm.get(99), Err(PluginMetricError::NotFound));
         m.request("ns", 403, &["p"], 0.001);
         let text = m.encode();
         for want in [
             r#"wayplug_plugin_counter_total{namespace="ns",plugin="p",name="hits"} 3"#,
-            r#"wayplug_plugin_gauge{namespace="ns",plugin="p",name="level"} -5"#,
+            r#"wayplug_plugin_gauge{namespace="ns",plugin="p",name="level"} 5"#,
             r#"wayplug_requests_total{namespace="ns",code="403"} 1"#,
             r#"wayplug_plugin_requests_total{namespace="ns",plugin="p",code="403"} 1"#,
         ] {
