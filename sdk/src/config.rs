@@ -20,7 +20,7 @@ pub fn plugin_name() -> String {
 }
 
 /// The configuration deserialized as `T`, with the errors of
-/// [`parse_config`](crate::parse_config).
+/// [`parse_config`].
 pub fn get<T: DeserializeOwned>() -> Result<T, ConfigError> {
     parse_config(&raw())
 }

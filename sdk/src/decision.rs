@@ -449,20 +449,21 @@ impl Decision {
                         "route backend {backend:?} has an empty service name"
                     )));
                 }
-                if let Some(path) = &route.rewrite_path {
-                    if !path.starts_with('/') || path.contains('?') || !is_valid_header_value(path)
-                    {
-                        return Err(InvalidDecision::new(format!(
-                            "path rewrite {path:?} must start with '/' and have no query or control characters"
-                        )));
-                    }
+                if let Some(path) = &route.rewrite_path
+                    && (!path.starts_with('/')
+                        || path.contains('?')
+                        || !is_valid_header_value(path))
+                {
+                    return Err(InvalidDecision::new(format!(
+                        "path rewrite {path:?} must start with '/' and have no query or control characters"
+                    )));
                 }
-                if let Some(host) = &route.rewrite_host {
-                    if host.is_empty() || !is_valid_header_value(host) {
-                        return Err(InvalidDecision::new(format!(
-                            "host rewrite {host:?} is empty or has control characters"
-                        )));
-                    }
+                if let Some(host) = &route.rewrite_host
+                    && (host.is_empty() || !is_valid_header_value(host))
+                {
+                    return Err(InvalidDecision::new(format!(
+                        "host rewrite {host:?} is empty or has control characters"
+                    )));
                 }
                 validate_request_changes(&route.changes)
             }

@@ -1,5 +1,6 @@
 //! A key-value store shared by the instances of one plugin entry (the same
-//! plugin in the same namespace), kept in the waypoint's memory.
+//! plugin in the same namespace), kept in the waypoint's memory; other
+//! plugins and namespaces cannot see it.
 //!
 //! Several instances may run at once, so writes that depend on what was
 //! read use compare-and-swap: [`get`] returns a [`Cas`] token and

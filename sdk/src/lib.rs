@@ -85,7 +85,7 @@
 //!
 //! # Host services
 //!
-//! [`log`] (and the [`info!`] family), [`clock`], [`metrics`], [`kv`] (shared
+//! [`log`](mod@log) (and the [`info!`] family), [`clock`], [`metrics`], [`kv`] (shared
 //! key-value store with compare-and-swap) and [`config`]. Natively these use
 //! the in-memory stand-in described in [`testing`].
 

@@ -231,7 +231,7 @@ mod tests {
             ),
             (
                 r#"{"header": "h", "backends": {"a": "#,
-                "invalid configuration at `backends`: EOF while parsing a value at line 1 column 34",
+                "invalid configuration at `backends.a`: EOF while parsing a value at line 1 column 34",
             ),
             (
                 r#"{"header": "h"} trailing"#,

@@ -246,9 +246,11 @@ impl Request {
     }
 
     /// The value of header `name`, matched case-insensitively. A header sent
-    /// several times yields its values joined with `,`.
+    /// several times yields its values joined with `,`. `host` yields the
+    /// [`authority`](Request::authority), as in the waypoint.
     pub fn header(&self, name: &str) -> Option<String> {
         match &self.inner {
+            Inner::Built(data) if name.eq_ignore_ascii_case("host") => Some(data.authority.clone()),
             Inner::Built(data) => joined_header(&data.headers, name),
             #[cfg(target_arch = "wasm32")]
             Inner::Live(live) => live.header(name),
@@ -570,6 +572,11 @@ mod tests {
         assert_eq!(req.header("X-USER").as_deref(), Some("alice,bob"));
         assert_eq!(req.header_values("x-user"), vec!["alice", "bob"]);
         assert_eq!(req.header("missing"), None);
+        assert_eq!(
+            req.header("Host").as_deref(),
+            Some("example.default.svc.cluster.local"),
+            "host is the authority"
+        );
         assert!(req.has_header("Accept"));
         assert_eq!(
             req.headers()[0],

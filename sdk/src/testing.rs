@@ -179,8 +179,8 @@ pub fn advance(by: Duration) {
     native::advance(by);
 }
 
-/// Forgets this thread's logs, metrics, keys, configuration and clock
-/// settings.
+/// Forgets this thread's logs, metrics, keys, configuration, plugin name,
+/// log level and clock settings.
 pub fn reset() {
     native::reset();
 }

@@ -69,13 +69,15 @@ impl Policy for HeaderAllowlist {
             None => format!("denied: missing {}", self.header),
         };
         wayplug_sdk::info!("header-allowlist: {body}");
-        Decision::deny(self.deny_status, body).with_response_header(DENIED_BY_HEADER, &self.plugin_name)
+        Decision::deny(self.deny_status, body)
+            .with_response_header(DENIED_BY_HEADER, &self.plugin_name)
     }
 }
 
 export_policy!(HeaderAllowlist);
 
-#[cfg(test)]
+// The tests use the SDK's native host stand-in (`wayplug_sdk::testing`).
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use wayplug_sdk::log::Level;
     use wayplug_sdk::{Request, testing};
@@ -103,10 +105,19 @@ mod tests {
             let decision = testing::run(&policy, &request(Some(user)));
             assert!(decision.is_allow(), "{user}: {decision:?}");
             let changes = decision.request_headers().unwrap();
-            assert_eq!(changes.set, vec![(USER_HEADER.to_string(), user.to_string())]);
-            assert!(changes.add.is_empty(), "the header is replaced, never appended");
+            assert_eq!(
+                changes.set,
+                vec![(USER_HEADER.to_string(), user.to_string())]
+            );
+            assert!(
+                changes.add.is_empty(),
+                "the header is replaced, never appended"
+            );
         }
-        assert!(testing::logs().is_empty(), "allowed requests are not logged");
+        assert!(
+            testing::logs().is_empty(),
+            "allowed requests are not logged"
+        );
     }
 
     #[test]
@@ -156,15 +167,24 @@ mod tests {
     fn deny_status_defaults_to_403() {
         let policy: HeaderAllowlist =
             testing::configure(r#"{"header": "x-user", "allow": []}"#).unwrap();
-        assert_eq!(testing::run(&policy, &request(Some("alice"))).status(), Some(403));
+        assert_eq!(
+            testing::run(&policy, &request(Some("alice"))).status(),
+            Some(403)
+        );
     }
 
     #[test]
     fn bad_configurations_are_rejected_with_the_reason() {
         let cases = [
-            ("", "invalid configuration: invalid type: null, expected struct Config"),
+            (
+                "",
+                "invalid configuration: invalid type: null, expected struct Config",
+            ),
             ("{", "invalid configuration: EOF while parsing an object"),
-            (r#"{"allow": []}"#, "invalid configuration: missing field `header`"),
+            (
+                r#"{"allow": []}"#,
+                "invalid configuration: missing field `header`",
+            ),
             (
                 r#"{"header": "x", "allow": [], "extra": 1}"#,
                 "invalid configuration at `extra`: unknown field `extra`",
@@ -173,7 +193,10 @@ mod tests {
                 r#"{"header": "x", "allow": ["a", 1]}"#,
                 "invalid configuration at `allow[1]`: invalid type: integer `1`, expected a string",
             ),
-            (r#"{"header": "", "allow": []}"#, "`header` must name a header"),
+            (
+                r#"{"header": "", "allow": []}"#,
+                "`header` must name a header",
+            ),
             (
                 r#"{"header": "x", "allow": [], "deny_status": 200}"#,
                 "`deny_status` must be an error status from 400 to 599, got 200",
