@@ -13,7 +13,12 @@ use wayplug_wasm_build::{GuestBuild, GuestPackage, WASIP1, WASIP2, discover, wor
 const PROXY_WASM_EXAMPLES: &[&str] = &["header-allowlist-proxywasm"];
 
 /// SDK examples the tests run through the waypoint.
-const SDK_EXAMPLES: &[&str] = &["header-allowlist", "tenant-routing", "response-header", "body-guard"];
+const SDK_EXAMPLES: &[&str] = &[
+    "header-allowlist",
+    "tenant-routing",
+    "response-header",
+    "body-guard",
+];
 
 fn main() {
     let root = workspace_root();

@@ -407,19 +407,49 @@ async fn configure_rejection_fails_the_load_and_keeps_the_running_chain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_hook_sees_whole_bodies_and_can_rewrite_or_refuse() {
     let cfg = "        pluginConfig: { max_bytes: 40000, forbidden: [DROP TABLE], replace: { secret: \"[hidden]\" } }\n";
-    let rig = rig(&ns("alpha", &[entry("guard", &component_url("body-guard"), cfg)])).await;
+    let rig = rig(&ns(
+        "alpha",
+        &[entry("guard", &component_url("body-guard"), cfg)],
+    ))
+    .await;
     let body = "the secret is out; ".repeat(1000);
     let r = send(rig.http, "POST", "alpha.test", "/echo", &[], &body).await;
     assert_eq!(r.status, 200, "{:?}", r.status);
     let want = body.replace("secret", "[hidden]");
     assert_eq!(String::from_utf8_lossy(&rig.upstream.last().body), want);
-    assert_eq!(rig.upstream.last().headers["content-length"], want.len().to_string().as_str());
-    let bad = send(rig.http, "POST", "alpha.test", "/echo", &[], "1; DROP TABLE users").await;
+    assert_eq!(
+        rig.upstream.last().headers["content-length"],
+        want.len().to_string().as_str()
+    );
+    let bad = send(
+        rig.http,
+        "POST",
+        "alpha.test",
+        "/echo",
+        &[],
+        "1; DROP TABLE users",
+    )
+    .await;
     assert_eq!(bad.status, 400);
     assert_eq!(bad.body, "body contains forbidden text");
-    let big = send(rig.http, "POST", "alpha.test", "/echo", &[], &"x".repeat(40001)).await;
+    let big = send(
+        rig.http,
+        "POST",
+        "alpha.test",
+        "/echo",
+        &[],
+        &"x".repeat(40001),
+    )
+    .await;
     assert_eq!(big.status, 413);
-    assert_eq!(rig.upstream.count(), 1, "refused bodies never reach the upstream");
+    assert_eq!(
+        rig.upstream.count(),
+        1,
+        "refused bodies never reach the upstream"
+    );
     let empty = send(rig.http, "GET", "alpha.test", "/nobody", &[], "").await;
-    assert_eq!(empty.status, 200, "requests without a body pass the hook with an empty body");
+    assert_eq!(
+        empty.status, 200,
+        "requests without a body pass the hook with an empty body"
+    );
 }
