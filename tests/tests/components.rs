@@ -299,16 +299,23 @@ async fn component_sandbox_fail_open_and_reload() {
         );
     }
     let reload = rig(&misbehave("FAIL_RELOAD")).await;
-    let r = send(
-        reload.http,
-        "GET",
-        "alpha.test",
-        "/",
-        &[("x-misbehave", "trap")],
-        "",
-    )
-    .await;
-    assert_eq!(r.status, 503);
+    for (kind, why) in KINDS {
+        // Deterministic misbehaviour fails the retry too: the request fails
+        // closed after exactly two attempts, and the plugin recovers.
+        let r = send(
+            reload.http,
+            "GET",
+            "alpha.test",
+            "/",
+            &[("x-misbehave", kind)],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, 503, "{kind}: {r:?}");
+        assert!(r.body.contains(why), "{kind}: {}", r.body);
+        let ok = send(reload.http, "GET", "alpha.test", "/", &[], "").await;
+        assert_eq!(ok.status, 200, "after {kind}");
+    }
     let m = admin_get(reload.admin, "/metrics").await;
     assert!(
         m.body.contains(
