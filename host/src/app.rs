@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use crate::admin::{self, Admin};
 use crate::config::{self, Config};
 use crate::discovery::Discovery;
+use crate::hbone::{self, drain::Drain};
 use crate::http::pipeline::Limits;
 use crate::http::{Pipeline, server};
 use crate::metrics::Metrics;
@@ -20,6 +21,7 @@ use crate::plugin::callout::Callouts;
 use crate::plugin::engine::Engine;
 use crate::plugin::registry::Builtins;
 use crate::plugin::{self, Registry};
+use crate::tls::{self, Acceptor, CertStore, CertWatcher, Connector};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -35,21 +37,53 @@ pub enum Error {
     Config(#[from] config::Error),
     #[error("{0}")]
     Reload(String),
+    #[error("waypoint identity: {0}")]
+    Identity(#[from] tls::Error),
 }
 
 /// A running waypoint.
 pub struct Waypoint {
     pub http_addr: Option<SocketAddr>,
     pub admin_addr: Option<SocketAddr>,
+    pub hbone_addr: Option<SocketAddr>,
     pipeline: Arc<Pipeline>,
     config: Arc<ArcSwap<Config>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    identity: Option<Identity>,
+    drain: Drain,
+}
+
+/// The waypoint's certificate, kept current by its watcher.
+struct Identity {
+    store: Arc<CertStore>,
+    _watcher: CertWatcher,
 }
 
 async fn bind(which: &'static str, addr: SocketAddr) -> Result<TcpListener, Error> {
     TcpListener::bind(addr).await.map_err(|source| Error::Bind {
         which,
+        addr,
+        source,
+    })
+}
+
+/// The HBONE listener's socket: keepalive set before listening, so accepted connections
+/// inherit it (dead ztunnel peers are noticed even between HTTP/2 pings).
+fn bind_hbone(addr: SocketAddr) -> Result<TcpListener, Error> {
+    let bind = || -> std::io::Result<TcpListener> {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_keepalive(true)?;
+        socket.set_nodelay(true)?;
+        socket.bind(addr)?;
+        socket.listen(1024)
+    };
+    bind().map_err(|source| Error::Bind {
+        which: "hbone",
         addr,
         source,
     })
@@ -80,7 +114,38 @@ impl Waypoint {
             },
         ));
 
+        // The identity is loaded before anything listens: a waypoint that cannot prove who it
+        // is must not accept tunnels.
+        let identity = match &config.identity {
+            Some(id) => {
+                let store = CertStore::load(id.cert_dir(&config.base_dir))?;
+                let watcher = store.spawn_watcher(id.reload_interval());
+                let client = hbone::Client::new(
+                    Connector::new(store.clone()),
+                    hbone::ClientSettings::from(&config.hbone),
+                );
+                pipeline.upstream().set_hbone(Arc::new(client));
+                Some(Identity {
+                    store,
+                    _watcher: watcher,
+                })
+            }
+            None => None,
+        };
+        let acceptor = match (&identity, &config.identity) {
+            (Some(id), Some(cfg)) => {
+                let ours = id.store.identity();
+                let trust_domain = cfg
+                    .trust_domain
+                    .clone()
+                    .unwrap_or_else(|| ours.trust_domain().to_owned());
+                Some(Acceptor::new(id.store.clone(), &trust_domain)?)
+            }
+            _ => None,
+        };
+
         let (shutdown, rx) = watch::channel(false);
+        let drain = Drain::new(rx.clone());
         let mut tasks = Vec::new();
         let http = match config.listeners.http {
             Some(addr) => Some(bind("http", addr).await?),
@@ -90,12 +155,31 @@ impl Waypoint {
             Some(addr) => Some(bind("admin", addr).await?),
             None => None,
         };
+        let hbone_listener = match (config.listeners.hbone, acceptor) {
+            (Some(addr), Some(acceptor)) => Some((bind_hbone(addr)?, acceptor)),
+            _ => None,
+        };
         let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
+        let hbone_addr = hbone_listener
+            .as_ref()
+            .and_then(|(l, _)| l.local_addr().ok());
         let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
         let config = Arc::new(ArcSwap::from_pointee(config));
         let ready = Arc::new(AtomicBool::new(false));
         if let Some(l) = http {
             tasks.push(tokio::spawn(server::serve(l, pipeline.clone(), rx.clone())));
+        }
+        if let Some((l, acceptor)) = hbone_listener {
+            let inbound = Arc::new(hbone::Inbound::new(
+                acceptor,
+                pipeline.clone(),
+                config.clone(),
+            ));
+            tasks.push(tokio::spawn(hbone::server::serve(
+                l,
+                inbound,
+                drain.watch(),
+            )));
         }
         if let Some(l) = admin_listener {
             let admin = Arc::new(Admin {
@@ -110,11 +194,19 @@ impl Waypoint {
         Ok(Waypoint {
             http_addr,
             admin_addr,
+            hbone_addr,
             pipeline,
             config,
             shutdown,
             tasks,
+            identity,
+            drain,
         })
+    }
+
+    /// The waypoint's certificate store, when it has an identity.
+    pub fn cert_store(&self) -> Option<&Arc<CertStore>> {
+        self.identity.as_ref().map(|i| &i.store)
     }
 
     pub fn pipeline(&self) -> &Arc<Pipeline> {
@@ -129,6 +221,7 @@ impl Waypoint {
         let current = self.config.load_full();
         if new.listeners.http != current.listeners.http
             || new.listeners.admin != current.listeners.admin
+            || new.listeners.hbone != current.listeners.hbone
         {
             return Err(Error::Reload(
                 "listener addresses changed: restart to apply them".into(),
@@ -146,6 +239,24 @@ impl Waypoint {
                 "callout upstreams changed: restart to apply them".into(),
             ));
         }
+        if new.identity != current.identity
+            || new.identity.as_ref().map(|i| i.cert_dir(&new.base_dir))
+                != current
+                    .identity
+                    .as_ref()
+                    .map(|i| i.cert_dir(&current.base_dir))
+        {
+            return Err(Error::Reload(
+                "identity changed: restart to apply it (rotated certificate files are picked \
+                 up without a restart)"
+                    .into(),
+            ));
+        }
+        if new.hbone != current.hbone {
+            return Err(Error::Reload(
+                "HBONE settings changed: restart to apply them".into(),
+            ));
+        }
         self.pipeline
             .registry()
             .apply(&new.namespaces, &new.base_dir)
@@ -155,11 +266,16 @@ impl Waypoint {
         Ok(())
     }
 
-    /// Stops accepting, lets open connections finish their requests.
+    /// Stops accepting, lets open connections finish their requests. HBONE tunnels get until
+    /// `drainTimeoutMs`; whatever is still open then is closed.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
+        }
+        let deadline = self.config.load().drain_timeout();
+        if self.drain.finish(deadline).await {
+            tracing::info!("drained");
         }
     }
 }

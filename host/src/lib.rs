@@ -8,6 +8,7 @@ pub mod app;
 pub mod config;
 pub mod demo;
 pub mod discovery;
+pub mod hbone;
 pub mod http;
 pub mod metrics;
 pub mod plugin;

@@ -1,4 +1,6 @@
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
@@ -6,6 +8,8 @@ use clap::{Parser, Subcommand};
 use wayplug::app::Waypoint;
 use wayplug::config::Config;
 use wayplug::demo;
+use wayplug::hbone;
+use wayplug::tls::{CertStore, Connector, DevCa, SpiffeId};
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +33,58 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Development certificates in Istio's file layout, for tests and demos.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Forwards a local TCP port through HBONE tunnels to a waypoint, as ztunnel would: each
+    /// connection to --listen becomes a CONNECT to --to over mTLS.
+    Tunnel {
+        /// Local address to accept connections on.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// The waypoint's HBONE listener.
+        #[arg(long)]
+        waypoint: SocketAddr,
+        /// What each tunnel asks for: a service VIP or workload address, as ip:port.
+        #[arg(long)]
+        to: SocketAddr,
+        /// Directory with our identity (cert-chain.pem, key.pem, root-cert.pem).
+        #[arg(long)]
+        identity: PathBuf,
+        /// The waypoint's SPIFFE id, e.g. spiffe://cluster.local/ns/demo/sa/waypoint.
+        #[arg(long)]
+        expect: SpiffeId,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Creates a development CA (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem).
+    Ca {
+        /// Directory to write the CA to.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+    },
+    /// Issues a workload certificate from a CA made by `certs ca`, written as Istio mounts
+    /// it: cert-chain.pem, key.pem, root-cert.pem.
+    Issue {
+        /// Directory of the CA.
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        service_account: String,
+        /// Directory to write the workload identity to.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 24)]
+        validity_hours: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,6 +106,14 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Run { config: None } => run_demo().await,
             Command::Run { config: Some(path) } => run_config(path).await,
+            Command::Certs { command } => certs(command),
+            Command::Tunnel {
+                listen,
+                waypoint,
+                to,
+                identity,
+                expect,
+            } => tunnel(listen, waypoint, to, identity, expect).await,
         }
     })
 }
@@ -58,21 +122,105 @@ async fn run_demo() -> anyhow::Result<()> {
     let echo = demo::start_echo()
         .await
         .context("starting the demo upstream")?;
-    let config = demo::config(echo)?;
+    let certs_dir = std::env::temp_dir().join(format!("wayplug-demo-{}", std::process::id()));
+    let certs = demo::write_certs(&certs_dir).context("writing the demo's certificates")?;
+    let config = demo::config(echo, &certs)?;
     let waypoint = Waypoint::start(config, demo::builtins()).await?;
     let http = waypoint
         .http_addr
         .context("the demo has an HTTP listener")?;
     println!("{}", demo::instructions(http, waypoint.admin_addr));
+    if let Some(hbone) = waypoint.hbone_addr {
+        let exe = std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "wayplug".into());
+        println!("{}", demo::hbone_instructions(hbone, &certs, &exe));
+    }
     wait_for_signal().await;
     waypoint.shutdown().await;
+    let _ = std::fs::remove_dir_all(&certs_dir);
+    Ok(())
+}
+
+fn certs(command: CertsCommand) -> anyhow::Result<()> {
+    match command {
+        CertsCommand::Ca { out, trust_domain } => {
+            DevCa::generate(&trust_domain)?.save(&out)?;
+            println!(
+                "development CA for trust domain {trust_domain} written to {}",
+                out.display()
+            );
+        }
+        CertsCommand::Issue {
+            ca,
+            namespace,
+            service_account,
+            out,
+            validity_hours,
+        } => {
+            let ca = DevCa::load(&ca).with_context(|| {
+                format!(
+                    "loading the CA in {} (made by `wayplug certs ca`)",
+                    ca.display()
+                )
+            })?;
+            let id = SpiffeId::new(ca.trust_domain(), &namespace, &service_account)?;
+            ca.issue(
+                &namespace,
+                &service_account,
+                Duration::from_secs(validity_hours * 3600),
+            )?
+            .write_to(&out)?;
+            println!(
+                "{id} (valid {validity_hours} h) written to {} as cert-chain.pem, key.pem, root-cert.pem",
+                out.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn tunnel(
+    listen: SocketAddr,
+    waypoint: SocketAddr,
+    to: SocketAddr,
+    identity: PathBuf,
+    expect: SpiffeId,
+) -> anyhow::Result<()> {
+    let store = CertStore::load(&identity)?;
+    let _watcher = store.spawn_watcher(wayplug::tls::DEFAULT_RELOAD_INTERVAL);
+    let client = hbone::Client::new(
+        Connector::new(store.clone()),
+        hbone::ClientSettings {
+            connect_timeout: Duration::from_secs(5),
+            max_streams_per_connection: 100,
+            idle_timeout: Duration::from_secs(60),
+            destination_port: waypoint.port(),
+        },
+    );
+    let target = hbone::Target {
+        dial: waypoint,
+        authority: to,
+        identity: expect,
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    println!(
+        "forwarding {listen} -> HBONE {waypoint} (as {}) -> {to}",
+        store.identity()
+    );
+    tokio::select! {
+        r = hbone::forward::forward(listener, Arc::new(client), target) => r?,
+        _ = wait_for_signal() => {}
+    }
     Ok(())
 }
 
 async fn run_config(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     let waypoint = Waypoint::start(config, demo::builtins()).await?;
-    tracing::info!(http = ?waypoint.http_addr, admin = ?waypoint.admin_addr, config = %path.display(), "waypoint running");
+    tracing::info!(http = ?waypoint.http_addr, admin = ?waypoint.admin_addr, hbone = ?waypoint.hbone_addr, config = %path.display(), "waypoint running");
     let mut seen = modified(&path);
     let mut poll = tokio::time::interval(Duration::from_secs(2));
     let signal = wait_for_signal();

@@ -1,9 +1,12 @@
 //! `wayplug run` with no config: a demo waypoint with two namespaces, each
-//! with its own plugin chain, in front of a built-in echo upstream.
+//! with its own plugin chain, in front of a built-in echo upstream, reachable
+//! over plaintext HTTP and over HBONE (with development certificates made at
+//! start).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -15,6 +18,37 @@ use tokio::net::TcpListener;
 
 use crate::config::{self, Config};
 use crate::plugin::registry::Builtins;
+use crate::tls::{self, DevCa, SpiffeId};
+
+/// The demo's development identities, in Istio's file layout.
+#[derive(Debug, Clone)]
+pub struct DemoCerts {
+    /// The development CA (`wayplug certs issue --ca DIR` makes more identities).
+    pub ca: PathBuf,
+    pub waypoint: PathBuf,
+    pub waypoint_id: SpiffeId,
+    /// `web/frontend`: admitted to `shop`, refused by `bank`'s L4 rules.
+    pub frontend: PathBuf,
+    /// `tellers/desk`: admitted to `bank`.
+    pub teller: PathBuf,
+}
+
+/// Makes a CA and the demo's identities under `dir`.
+pub fn write_certs(dir: &Path) -> Result<DemoCerts, tls::Error> {
+    let ca = DevCa::generate("cluster.local")?;
+    let certs = DemoCerts {
+        ca: dir.join("ca"),
+        waypoint: dir.join("waypoint"),
+        waypoint_id: SpiffeId::new("cluster.local", "demo", "waypoint")?,
+        frontend: dir.join("web-frontend"),
+        teller: dir.join("tellers-desk"),
+    };
+    ca.save(&certs.ca)?;
+    ca.write_workload_dir(&certs.waypoint, "demo", "waypoint")?;
+    ca.write_workload_dir(&certs.frontend, "web", "frontend")?;
+    ca.write_workload_dir(&certs.teller, "tellers", "desk")?;
+    Ok(certs)
+}
 
 /// Plugins compiled into the binary, usable as `builtin://NAME`.
 pub fn builtins() -> Builtins {
@@ -34,13 +68,17 @@ pub fn builtins() -> Builtins {
 }
 
 /// The demo config, pointing both services at the echo upstream.
-pub fn config(echo: SocketAddr) -> Result<Config, config::Error> {
+pub fn config(echo: SocketAddr, certs: &DemoCerts) -> Result<Config, config::Error> {
     let port = echo.port();
+    let cert_dir = certs.waypoint.display();
     let yaml = format!(
         r#"
 listeners:
   http: "127.0.0.1:15006"
   admin: "127.0.0.1:15000"
+  hbone: "127.0.0.1:15008"
+identity:
+  certDir: "{cert_dir}"
 services:
   - {{ name: shop, namespace: shop, hostname: shop.demo.svc, vips: ["/10.96.0.10"], ports: {{ 80: {port} }} }}
   - {{ name: bank, namespace: bank, hostname: bank.demo.svc, vips: ["/10.96.0.11"], ports: {{ 80: {port} }} }}
@@ -73,6 +111,8 @@ namespaces:
         phase: AUTHZ
         failStrategy: FAIL_CLOSE
         pluginConfig: {{ header: x-role, allow: [teller], deny_status: 401 }}
+    authorization:
+      allow: [ {{ namespaces: [tellers] }} ]
 "#
     );
     Config::from_yaml(&yaml, "<embedded demo config>", std::path::Path::new("."))
@@ -111,6 +151,34 @@ pub async fn start_echo() -> std::io::Result<SocketAddr> {
         }
     });
     Ok(addr)
+}
+
+/// How to reach the demo over HBONE; `exe` is how to invoke this binary.
+pub fn hbone_instructions(hbone: SocketAddr, certs: &DemoCerts, exe: &str) -> String {
+    let id = &certs.waypoint_id;
+    let (frontend, teller) = (certs.frontend.display(), certs.teller.display());
+    format!(
+        "HBONE (mTLS + HTTP/2 CONNECT, as from ztunnel) on {hbone}, as {id}.
+Development certificates: {dir} (CA in {ca}).
+`wayplug tunnel` plays ztunnel: each connection to its local port becomes a CONNECT to a VIP.
+
+  # as web/frontend, to the shop VIP: the plugins see source.principal, and the echo shows
+  # the traceparent and forwarded headers the tunnel carried
+  {exe} tunnel --listen 127.0.0.1:15101 --waypoint {hbone} --to 10.96.0.10:80 \\
+      --identity {frontend} --expect {id} &
+  curl -i -H 'x-user: alice' http://127.0.0.1:15101/cart
+  # bank admits tunnels only from namespace tellers: web/frontend is refused (401 in the logs)
+  {exe} tunnel --listen 127.0.0.1:15102 --waypoint {hbone} --to 10.96.0.11:80 \\
+      --identity {frontend} --expect {id} &
+  curl -i -H 'x-role: teller' http://127.0.0.1:15102/balance
+  # as tellers/desk it gets through
+  {exe} tunnel --listen 127.0.0.1:15103 --waypoint {hbone} --to 10.96.0.11:80 \\
+      --identity {teller} --expect {id} &
+  curl -i -H 'x-role: teller' http://127.0.0.1:15103/balance
+",
+        dir = certs.waypoint.parent().unwrap_or(&certs.waypoint).display(),
+        ca = certs.ca.display(),
+    )
 }
 
 /// What to try once the demo is up.

@@ -95,7 +95,12 @@ mod tests {
             ("{}", &web, 80, Ok(())),
             ("{}", &evil, 80, Ok(())),
             // Deny wins; an absent field matches anything.
-            ("deny: [ { namespaces: [evil] } ]", &evil, 80, Err("deny[0]")),
+            (
+                "deny: [ { namespaces: [evil] } ]",
+                &evil,
+                80,
+                Err("deny[0]"),
+            ),
             ("deny: [ { namespaces: [evil] } ]", &web, 80, Ok(())),
             // Fields are ANDed.
             (

@@ -9,6 +9,7 @@
 //! - [`authz`]: the connection-level (L4) authorization hook.
 //! - [`sniff`]: deciding whether a tunnel carries HTTP.
 //! - [`drain`]: letting open tunnels finish on shutdown, within a deadline.
+//! - [`forward`]: a local port forwarded through HBONE, to drive a waypoint by hand.
 //!
 //! Every error a tunnel can be refused with is an [`Error`]; its status is chosen in one place,
 //! [`Error::status`], with ztunnel's codes.
@@ -16,6 +17,7 @@
 pub mod authz;
 pub mod client;
 pub mod drain;
+pub mod forward;
 pub mod server;
 pub mod sniff;
 
@@ -69,7 +71,10 @@ pub enum Error {
         reason: String,
     },
     #[error("cannot reach {endpoint}: {reason}")]
-    Upstream { endpoint: SocketAddr, reason: String },
+    Upstream {
+        endpoint: SocketAddr,
+        reason: String,
+    },
 }
 
 impl Error {

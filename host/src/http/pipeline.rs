@@ -369,6 +369,10 @@ impl Pipeline {
         &self.registry
     }
 
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
     pub fn discovery(&self) -> Arc<Discovery> {
         self.discovery.load_full()
     }
@@ -582,7 +586,7 @@ impl Pipeline {
                     .await);
             }
         };
-        let response = match self.upstream.send(upstream_req, h2).await {
+        let response = match self.upstream.send(upstream_req, h2, &endpoint).await {
             Ok(r) => r,
             Err(err) => {
                 // A plugin that answered or failed mid-body ends the upload;

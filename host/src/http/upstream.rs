@@ -1,21 +1,132 @@
-//! The client side: requests to service endpoints, pooled per endpoint.
+//! The client side: requests to service endpoints, over plain TCP or, for workloads that speak
+//! HBONE, through a tunnel.
 //!
-//! The upstream protocol follows the downstream one: HTTP/2 clients are
-//! forwarded over h2c (prior knowledge), HTTP/1.1 clients over HTTP/1.1.
+//! The upstream protocol follows the downstream one: HTTP/2 clients are forwarded over h2c
+//! (prior knowledge), HTTP/1.1 clients over HTTP/1.1.
+//!
+//! Connections are pooled per (endpoint address, transport, protocol). An HTTP/1.1 connection
+//! carries one request at a time and goes back to the idle list as soon as its response head
+//! has arrived; it is only taken again once hyper reports it ready, i.e. after that response
+//! finished. An HTTP/2 connection is shared by every request to its endpoint. For an HBONE
+//! endpoint each such connection is one tunnel, riding the HBONE client's pooled mTLS
+//! connections. Idle connections are closed after [`IDLE_TIMEOUT`].
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use http::{Request, Response};
+use http::{HeaderMap, Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{Client, Error};
-use hyper_util::rt::TokioExecutor;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 use super::body::ProxyBody;
+use crate::config::Protocol;
+use crate::discovery::Endpoint;
+use crate::hbone::{self, Target, Tunnel};
+use crate::tls::SpiffeId;
+
+/// Budget of a plain TCP connect.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A pooled connection unused for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle HTTP/1.1 connections kept per endpoint.
+const MAX_IDLE_PER_ENDPOINT: usize = 64;
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Connect(String),
+    #[error("HTTP handshake failed: {0}")]
+    Handshake(hyper::Error),
+    #[error(transparent)]
+    Http(hyper::Error),
+}
+
+impl Error {
+    /// Whether the request never reached the endpoint because no connection could be made.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, Error::Connect(_) | Error::Handshake(_))
+    }
+}
+
+/// A byte stream to an endpoint.
+#[derive(Debug)]
+pub enum Conn {
+    Tcp(TcpStream),
+    Hbone(Tunnel),
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Hbone(t) => Pin::new(t).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Hbone(t) => Pin::new(t).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Conn::Hbone(t) => Pin::new(t).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Hbone(t) => Pin::new(t).poll_shutdown(cx),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    addr: SocketAddr,
+    /// The identity an HBONE endpoint must prove; `None` for plain TCP.
+    hbone: Option<SpiffeId>,
+    h2: bool,
+}
+
+struct IdleH1 {
+    sender: http1::SendRequest<ProxyBody>,
+    since: Instant,
+}
+
+struct SharedH2 {
+    sender: http2::SendRequest<ProxyBody>,
+    used: Instant,
+}
 
 pub struct Upstream {
-    h1: Client<HttpConnector, ProxyBody>,
-    h2: Client<HttpConnector, ProxyBody>,
+    hbone: OnceLock<Arc<hbone::Client>>,
+    h1: Mutex<HashMap<Key, Vec<IdleH1>>>,
+    h2: Mutex<HashMap<Key, SharedH2>>,
+    last_sweep: Mutex<Instant>,
 }
 
 impl Default for Upstream {
@@ -24,31 +135,266 @@ impl Default for Upstream {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The CONNECT headers worth carrying to an HBONE endpoint: the request's trace context.
+fn trace_context(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for name in [hbone::TRACEPARENT, hbone::BAGGAGE] {
+        if let Some(v) = headers.get(name) {
+            out.insert(name, v.clone());
+        }
+    }
+    out
+}
+
 impl Upstream {
     pub fn new() -> Upstream {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let h1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector.clone());
-        let h2 = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
-        Upstream { h1, h2 }
+        Upstream {
+            hbone: OnceLock::new(),
+            h1: Mutex::default(),
+            h2: Mutex::default(),
+            last_sweep: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Enables HBONE endpoints. Only the first call has an effect.
+    pub fn set_hbone(&self, client: Arc<hbone::Client>) {
+        let _ = self.hbone.set(client);
+    }
+
+    fn key(&self, endpoint: &Endpoint, h2: bool) -> Result<Key, Error> {
+        let hbone = match endpoint.protocol {
+            Protocol::Tcp => None,
+            Protocol::Hbone => Some(
+                self.target(endpoint)
+                    .map_err(|e| Error::Connect(e.to_string()))?
+                    .identity,
+            ),
+        };
+        Ok(Key {
+            addr: endpoint.address,
+            hbone,
+            h2,
+        })
+    }
+
+    fn target(&self, endpoint: &Endpoint) -> Result<Target, hbone::client::Error> {
+        let port = self
+            .hbone
+            .get()
+            .map_or(15008, |c| c.settings().destination_port);
+        Target::for_endpoint(endpoint, port)
+    }
+
+    /// Opens a byte stream to `endpoint`: plain TCP, or a tunnel for an HBONE workload (with
+    /// `headers` on its CONNECT).
+    pub async fn connect(&self, endpoint: &Endpoint, headers: &HeaderMap) -> Result<Conn, Error> {
+        match endpoint.protocol {
+            Protocol::Tcp => {
+                let addr = endpoint.address;
+                match tokio::time::timeout(CONNECT_TIMEOUT, hbone::client::tcp_connect(addr)).await
+                {
+                    Ok(Ok(s)) => Ok(Conn::Tcp(s)),
+                    Ok(Err(e)) => Err(Error::Connect(format!("TCP connect to {addr}: {e}"))),
+                    Err(_) => Err(Error::Connect(format!(
+                        "TCP connect to {addr}: no answer within {CONNECT_TIMEOUT:?}"
+                    ))),
+                }
+            }
+            Protocol::Hbone => {
+                let Some(client) = self.hbone.get() else {
+                    return Err(Error::Connect(format!(
+                        "{} is an HBONE workload, and reaching it needs the waypoint's \
+                         identity (config section `identity`)",
+                        endpoint.address
+                    )));
+                };
+                let target = self
+                    .target(endpoint)
+                    .map_err(|e| Error::Connect(e.to_string()))?;
+                client
+                    .connect(&target, headers)
+                    .await
+                    .map(Conn::Hbone)
+                    .map_err(|e| Error::Connect(e.to_string()))
+            }
+        }
+    }
+
+    /// Takes an already open stream to `endpoint` into the pool (a tunnel's upstream, opened
+    /// to check the endpoint is reachable before answering the tunnel).
+    pub async fn adopt(&self, endpoint: &Endpoint, conn: Conn, h2: bool) {
+        let Ok(key) = self.key(endpoint, h2) else {
+            return;
+        };
+        if h2 {
+            if lock(&self.h2)
+                .get(&key)
+                .is_some_and(|s| !s.sender.is_closed())
+            {
+                return;
+            }
+            if let Ok(mut sender) = handshake_h2(conn).await {
+                if !ready(sender.ready()).await {
+                    return;
+                }
+                lock(&self.h2).insert(
+                    key,
+                    SharedH2 {
+                        sender,
+                        used: Instant::now(),
+                    },
+                );
+            }
+        } else if let Ok(mut sender) = handshake_h1(conn).await {
+            // Pooled senders are only taken once ready; wait for the connection task to say so.
+            if ready(sender.ready()).await {
+                self.put_h1(key, sender);
+            }
+        }
     }
 
     pub async fn send(
         &self,
-        req: Request<ProxyBody>,
+        mut req: Request<ProxyBody>,
         h2: bool,
+        endpoint: &Endpoint,
     ) -> Result<Response<Incoming>, Error> {
+        self.maybe_sweep();
+        let key = self.key(endpoint, h2)?;
+        let trace = trace_context(req.headers());
         if h2 {
-            self.h2.request(req).await
-        } else {
-            self.h1.request(req).await
+            let mut pooled = self.shared_h2(&key);
+            loop {
+                let (mut sender, reused) = match pooled.take() {
+                    Some(s) => (s, true),
+                    None => {
+                        let conn = self.connect(endpoint, &trace).await?;
+                        let sender = handshake_h2(conn).await.map_err(Error::Handshake)?;
+                        lock(&self.h2).insert(
+                            key.clone(),
+                            SharedH2 {
+                                sender: sender.clone(),
+                                used: Instant::now(),
+                            },
+                        );
+                        (sender, false)
+                    }
+                };
+                match sender.try_send_request(req).await {
+                    Ok(resp) => return Ok(resp),
+                    Err(mut e) => match (reused, e.take_message()) {
+                        (true, Some(unsent)) => {
+                            lock(&self.h2).remove(&key);
+                            req = unsent;
+                        }
+                        _ => return Err(Error::Http(e.into_error())),
+                    },
+                }
+            }
+        }
+        // HTTP/1.1 on a connection of its own: the request target is origin-form.
+        if let Some(pq) = req.uri().path_and_query().cloned() {
+            *req.uri_mut() = Uri::from(pq);
+        }
+        loop {
+            let (mut sender, reused) = match self.take_h1(&key) {
+                Some(s) => (s, true),
+                None => {
+                    let conn = self.connect(endpoint, &trace).await?;
+                    (handshake_h1(conn).await.map_err(Error::Handshake)?, false)
+                }
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    self.put_h1(key, sender);
+                    return Ok(resp);
+                }
+                Err(mut e) => match (reused, e.take_message()) {
+                    // The idle connection closed under us before taking the request.
+                    (true, Some(unsent)) => req = unsent,
+                    _ => return Err(Error::Http(e.into_error())),
+                },
+            }
         }
     }
+
+    fn shared_h2(&self, key: &Key) -> Option<http2::SendRequest<ProxyBody>> {
+        let mut map = lock(&self.h2);
+        match map.get_mut(key) {
+            Some(s) if !s.sender.is_closed() => {
+                s.used = Instant::now();
+                Some(s.sender.clone())
+            }
+            Some(_) => {
+                map.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn take_h1(&self, key: &Key) -> Option<http1::SendRequest<ProxyBody>> {
+        let mut map = lock(&self.h1);
+        let list = map.get_mut(key)?;
+        list.retain(|i| !i.sender.is_closed() && i.since.elapsed() < IDLE_TIMEOUT);
+        let i = list.iter().position(|i| i.sender.is_ready())?;
+        Some(list.swap_remove(i).sender)
+    }
+
+    fn put_h1(&self, key: Key, sender: http1::SendRequest<ProxyBody>) {
+        let mut map = lock(&self.h1);
+        let list = map.entry(key).or_default();
+        if list.len() < MAX_IDLE_PER_ENDPOINT {
+            list.push(IdleH1 {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    fn maybe_sweep(&self) {
+        {
+            let mut last = lock(&self.last_sweep);
+            if last.elapsed() < SWEEP_EVERY {
+                return;
+            }
+            *last = Instant::now();
+        }
+        lock(&self.h1).retain(|_, list| {
+            list.retain(|i| !i.sender.is_closed() && i.since.elapsed() < IDLE_TIMEOUT);
+            !list.is_empty()
+        });
+        lock(&self.h2).retain(|_, s| !s.sender.is_closed() && s.used.elapsed() < IDLE_TIMEOUT);
+    }
+}
+
+async fn ready(f: impl std::future::Future<Output = Result<(), hyper::Error>>) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), f).await,
+        Ok(Ok(()))
+    )
+}
+
+async fn handshake_h1(conn: Conn) -> Result<http1::SendRequest<ProxyBody>, hyper::Error> {
+    let (sender, connection) = http1::handshake(TokioIo::new(conn)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+async fn handshake_h2(conn: Conn) -> Result<http2::SendRequest<ProxyBody>, hyper::Error> {
+    let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(conn)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+        }
+    });
+    Ok(sender)
 }
