@@ -3,6 +3,8 @@
 //!
 //! See ARCHITECTURE.md for how a request flows through these modules.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod app;
 pub mod config;

@@ -20,6 +20,8 @@ use wayplug::config::Config;
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub method: String,
+    /// The request target's authority (HTTP/2 `:authority`), if any.
+    pub authority: Option<String>,
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -73,6 +75,7 @@ pub async fn upstream() -> Upstream {
                             .unwrap_or_default();
                         record.lock().unwrap().push(Seen {
                             method: parts.method.to_string(),
+                            authority: parts.uri.authority().map(|a| a.to_string()),
                             path: path.clone(),
                             headers: parts.headers.clone(),
                             body: body.clone(),

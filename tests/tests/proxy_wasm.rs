@@ -101,6 +101,11 @@ async fn http2_prior_knowledge_goes_through_the_same_chain() {
     assert_eq!(ok.header("x-fixture-response"), Some("ok"));
     let seen = rig.upstream.last();
     assert_eq!(seen.headers["x-replace-me"], "replaced");
+    assert_eq!(
+        seen.authority.as_deref(),
+        Some("alpha.test"),
+        "the upstream sees the service's authority, not the endpoint address"
+    );
     let denied = send_h2(
         rig.http,
         "GET",

@@ -86,6 +86,9 @@ struct Slot {
 
 type SharedFilters = Arc<Mutex<Filters>>;
 
+/// Property naming the plugin that answered a request locally.
+const LOCAL_RESPONSE_BY: &str = "wayplug.local_response_by";
+
 fn lock(f: &SharedFilters) -> MutexGuard<'_, Filters> {
     f.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -119,7 +122,11 @@ impl Drop for Filters {
             path = %st.request.path,
             protocol = info.protocol,
             status,
-            local_by = st.local_response.as_ref().map(|l| l.plugin.as_str()).unwrap_or(""),
+            local_by = st
+                .properties
+                .get(LOCAL_RESPONSE_BY)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default(),
             duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
             "request"
         );
@@ -548,7 +555,7 @@ impl Pipeline {
             let head = &st.request;
             let mut builder = Request::builder()
                 .method(head.method.clone())
-                .uri(format!("http://{}{}", endpoint.address, head.path))
+                .uri(format!("http://{}{}", head.authority, head.path))
                 .version(if h2 {
                     Version::HTTP_2
                 } else {
@@ -739,15 +746,7 @@ impl Pipeline {
         local: LocalResponse,
         upto: Option<usize>,
     ) -> Response<ProxyBody> {
-        let mut headers = HeaderMap::new();
-        for (k, v) in &local.headers {
-            if let (Ok(k), Ok(v)) = (
-                header::HeaderName::from_bytes(k.as_bytes()),
-                HeaderValue::from_bytes(v),
-            ) {
-                headers.append(k, v);
-            }
-        }
+        let mut headers = header_map(&local.headers);
         if !local.body.is_empty() && !headers.contains_key(header::CONTENT_TYPE) {
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         }
@@ -760,10 +759,9 @@ impl Pipeline {
             });
             st.local_response = None;
             // Remember who answered, for the access log.
-            st.properties.insert(
-                "wayplug.local_response_by".into(),
-                local.plugin.clone().into_bytes(),
-            );
+            // Plugins can read it too, as property `wayplug.local_response_by`.
+            st.properties
+                .insert(LOCAL_RESPONSE_BY.into(), local.plugin.clone().into_bytes());
         }
         tracing::debug!(plugin = %local.plugin, status = local.status.as_u16(), details = %local.details, "local response");
         self.respond(filters, exchange, body, upto).await
@@ -803,15 +801,7 @@ impl Pipeline {
                 Outcome::Respond { response, .. } => {
                     // A plugin replaced the response: the filters after it
                     // (towards the client) see the replacement.
-                    let mut headers = HeaderMap::new();
-                    for (name, v) in &response.headers {
-                        if let (Ok(name), Ok(v)) = (
-                            header::HeaderName::from_bytes(name.as_bytes()),
-                            HeaderValue::from_bytes(v),
-                        ) {
-                            headers.append(name, v);
-                        }
-                    }
+                    let headers = header_map(&response.headers);
                     exchange.lock().response = Some(ResponseHead {
                         status: response.status,
                         headers,
@@ -905,17 +895,25 @@ fn last(filters: &SharedFilters) -> Option<usize> {
     lock(filters).slots.len().checked_sub(1)
 }
 
+/// A plugin's response headers as a header map. Plugins' values were
+/// checked when they were set; anything invalid is dropped.
+fn header_map(pairs: &[(String, Vec<u8>)]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (k, v) in pairs {
+        if let (Ok(k), Ok(v)) = (
+            header::HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_bytes(v),
+        ) {
+            headers.append(k, v);
+        }
+    }
+    headers
+}
+
 fn build_local(local: LocalResponse) -> Response<ProxyBody> {
     let mut resp = Response::new(body::full(local.body));
     *resp.status_mut() = local.status;
-    for (k, v) in local.headers {
-        if let (Ok(k), Ok(v)) = (
-            header::HeaderName::from_bytes(k.as_bytes()),
-            HeaderValue::from_bytes(&v),
-        ) {
-            resp.headers_mut().append(k, v);
-        }
-    }
+    *resp.headers_mut() = header_map(&local.headers);
     resp
 }
 
