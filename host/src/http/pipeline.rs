@@ -505,14 +505,7 @@ impl Pipeline {
         let endpoint = match destination.pick_endpoint() {
             Ok(e) => e,
             Err(e) => {
-                return Ok(self
-                    .local(
-                        &filters,
-                        &exchange,
-                        error_response(&e.into(), ""),
-                        last(&filters),
-                    )
-                    .await);
+                return Ok(self.answer_error(&filters, &exchange, e.into()).await);
             }
         };
         let n = plugins.len();
@@ -539,12 +532,7 @@ impl Pipeline {
                 Err(PumpError::Reset) => return Err(StreamReset),
                 Err(PumpError::Source(e)) => {
                     return Ok(self
-                        .local(
-                            &filters,
-                            &exchange,
-                            error_response(&Error::Downstream(e.to_string()), ""),
-                            last(&filters),
-                        )
+                        .answer_error(&filters, &exchange, Error::Downstream(e.to_string()))
                         .await);
                 }
             }
@@ -583,14 +571,7 @@ impl Pipeline {
                     endpoint: endpoint.address.to_string(),
                     reason: format!("a plugin left the request invalid: {e}"),
                 };
-                return Ok(self
-                    .local(
-                        &filters,
-                        &exchange,
-                        error_response(&err, ""),
-                        last(&filters),
-                    )
-                    .await);
+                return Ok(self.answer_error(&filters, &exchange, err).await);
             }
         };
         let response = match self.upstream.send(upstream_req, h2, &endpoint).await {
@@ -616,14 +597,7 @@ impl Pipeline {
                         reason: format!("{err:#}"),
                     }
                 };
-                return Ok(self
-                    .local(
-                        &filters,
-                        &exchange,
-                        error_response(&err, ""),
-                        last(&filters),
-                    )
-                    .await);
+                return Ok(self.answer_error(&filters, &exchange, err).await);
             }
         };
 
@@ -735,6 +709,18 @@ impl Pipeline {
             }
         }
         Outcome::Continue
+    }
+
+    /// Answers with a data-path error, through every plugin's response
+    /// callbacks.
+    async fn answer_error(
+        &self,
+        filters: &SharedFilters,
+        exchange: &Arc<Exchange>,
+        err: Error,
+    ) -> Response<ProxyBody> {
+        self.local(filters, exchange, error_response(&err, ""), last(filters))
+            .await
     }
 
     /// Sends a local response through the response callbacks of filters
