@@ -313,3 +313,38 @@ where
     }
     None
 }
+
+/// For each `(kind, why)`: a request to `alpha.test` with `x-misbehave:
+/// kind` must fail closed with a 503 that names plugin `bad` in namespace
+/// `alpha`, says `why` and the strategy `strategy` reports (FAIL_CLOSE, also
+/// for a FAIL_RELOAD whose retry failed), within 3 s; the next plain
+/// request must succeed again on a fresh instance.
+pub async fn assert_misbehaviour_fails_closed(rig: &Rig, kinds: &[(&str, &str)]) {
+    for (kind, why) in kinds {
+        let started = std::time::Instant::now();
+        let r = send(
+            rig.http,
+            "GET",
+            "alpha.test",
+            "/",
+            &[("x-misbehave", kind)],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, 503, "{kind}: {r:?}");
+        assert!(
+            r.body.contains("plugin `bad` in namespace `alpha`"),
+            "{kind}: {}",
+            r.body
+        );
+        assert!(r.body.contains(why), "{kind}: `{}` lacks `{why}`", r.body);
+        assert!(r.body.contains("FAIL_CLOSE"), "{kind}: {}", r.body);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{kind} took {:?}",
+            started.elapsed()
+        );
+        let ok = send(rig.http, "GET", "alpha.test", "/", &[], "").await;
+        assert_eq!(ok.status, 200, "after {kind}: {ok:?}");
+    }
+}

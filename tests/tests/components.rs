@@ -257,26 +257,7 @@ const KINDS: [(&str, &str); 4] = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn component_sandbox_fail_close_and_recovery() {
     let rig = rig(&misbehave("FAIL_CLOSE")).await;
-    for (kind, why) in KINDS {
-        let r = send(
-            rig.http,
-            "GET",
-            "alpha.test",
-            "/",
-            &[("x-misbehave", kind)],
-            "",
-        )
-        .await;
-        assert_eq!(r.status, 503, "{kind}: {r:?}");
-        assert!(
-            r.body.contains("plugin `bad` in namespace `alpha`"),
-            "{}",
-            r.body
-        );
-        assert!(r.body.contains(why), "{kind}: `{}` lacks `{why}`", r.body);
-        let ok = send(rig.http, "GET", "alpha.test", "/", &[], "").await;
-        assert_eq!(ok.status, 200, "after {kind}");
-    }
+    assert_misbehaviour_fails_closed(&rig, &KINDS).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,24 +279,10 @@ async fn component_sandbox_fail_open_and_reload() {
             "the plugin was skipped"
         );
     }
+    // Deterministic misbehaviour fails the retry too, so the request fails
+    // closed after exactly two attempts.
     let reload = rig(&misbehave("FAIL_RELOAD")).await;
-    for (kind, why) in KINDS {
-        // Deterministic misbehaviour fails the retry too: the request fails
-        // closed after exactly two attempts, and the plugin recovers.
-        let r = send(
-            reload.http,
-            "GET",
-            "alpha.test",
-            "/",
-            &[("x-misbehave", kind)],
-            "",
-        )
-        .await;
-        assert_eq!(r.status, 503, "{kind}: {r:?}");
-        assert!(r.body.contains(why), "{kind}: {}", r.body);
-        let ok = send(reload.http, "GET", "alpha.test", "/", &[], "").await;
-        assert_eq!(ok.status, 200, "after {kind}");
-    }
+    assert_misbehaviour_fails_closed(&reload, &KINDS).await;
     let m = admin_get(reload.admin, "/metrics").await;
     assert!(
         m.body.contains(
