@@ -1,6 +1,9 @@
 //! What both plugin ABIs share about running guest code safely: the memory
 //! limiter and the reading of a failed call.
 
+use std::sync::OnceLock;
+use std::time::Instant;
+
 use wasmtime::{ResourceLimiter, Trap};
 
 use super::{PluginFailure, PluginShared};
@@ -62,4 +65,11 @@ pub fn classify(e: &wasmtime::Error, memory_refused: bool, shared: &PluginShared
         }
     }
     PluginFailure::Trap(msg)
+}
+
+/// Nanoseconds on the monotonic clock plugins see, from a fixed point in
+/// this process's life (shared by both ABIs so their readings agree).
+pub fn monotonic_nanos() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }

@@ -2,7 +2,7 @@
 //! response resources plugins read through.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use wasmtime::component::{Resource, ResourceTable};
 
@@ -29,11 +29,6 @@ pub struct ComponentState {
     pub limiter: MemoryLimiter,
     pub plugin: Arc<PluginShared>,
     pub kv: Arc<KvStore>,
-}
-
-fn process_start() -> Instant {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    *START.get_or_init(Instant::now)
 }
 
 fn joined(h: &http::HeaderMap, name: &str) -> Option<String> {
@@ -222,7 +217,7 @@ impl clock::Host for ComponentState {
             .as_nanos() as u64)
     }
     fn monotonic(&mut self) -> wasmtime::Result<u64> {
-        Ok(process_start().elapsed().as_nanos() as u64)
+        Ok(crate::plugin::sandbox::monotonic_nanos())
     }
 }
 

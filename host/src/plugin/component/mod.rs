@@ -99,10 +99,6 @@ impl ComponentPlugin {
         &self.shared
     }
 
-    pub fn hooks(&self) -> (bool, bool) {
-        (self.exports.response.is_some(), self.exports.body.is_some())
-    }
-
     pub fn live_instances(&self) -> usize {
         self.pool.live()
     }
@@ -122,6 +118,7 @@ impl ComponentPlugin {
             exchange: exchange.clone(),
             response_headers: Vec::new(),
             let_through: false,
+            has_body_hook: self.exports.body.is_some(),
         }))
     }
 }
@@ -243,6 +240,8 @@ struct ComponentFilter {
     response_headers: Vec<(HeaderName, HeaderValue)>,
     /// The plugin let the request through (its body hook then runs).
     let_through: bool,
+    /// Read from the plugin's exports at load.
+    has_body_hook: bool,
 }
 
 fn bad(msg: impl Into<String>) -> PluginFailure {
@@ -408,14 +407,6 @@ impl ComponentFilter {
         }
         Ok(())
     }
-
-    fn has_body_hook(&self) -> bool {
-        self.instance
-            .inner
-            .lock()
-            .map(|i| i.body.is_some())
-            .unwrap_or(false)
-    }
 }
 
 impl HttpFilter for ComponentFilter {
@@ -423,14 +414,14 @@ impl HttpFilter for ComponentFilter {
         let decision =
             self.with_request(|inner, req| inner.request.call_on_request(&mut inner.store, req))?;
         self.decide(decision)?;
-        if eos && self.let_through && self.has_body_hook() {
+        if eos && self.let_through && self.has_body_hook {
             self.body_hook(Vec::new())?;
         }
         Ok(FilterStatus::Continue)
     }
 
     fn on_request_body(&mut self, _size: usize, eos: bool) -> Result<FilterStatus, PluginFailure> {
-        if !self.let_through || !self.has_body_hook() {
+        if !self.let_through || !self.has_body_hook {
             return Ok(FilterStatus::Continue);
         }
         if !eos {

@@ -31,14 +31,19 @@ pub fn get(state: &HostState, path: &[u8]) -> Option<Vec<u8>> {
     let plugin = &state.plugin;
 
     // Values the plugin set take precedence, as in Envoy's filter state.
-    let key = dotted(path);
+    // Most requests store none, so the key is built only when needed.
     let exchange = state.current_exchange();
-    if let Some(ex) = &exchange
-        && let Some(v) = ex.lock().properties.get(&key)
-    {
-        return Some(v.clone());
+    if let Some(ex) = &exchange {
+        let st = ex.lock();
+        if !st.properties.is_empty()
+            && let Some(v) = st.properties.get(&dotted(path))
+        {
+            return Some(v.clone());
+        }
     }
-    if let Some(v) = state.root_properties.get(&key) {
+    if !state.root_properties.is_empty()
+        && let Some(v) = state.root_properties.get(&dotted(path))
+    {
         return Some(v.clone());
     }
 

@@ -9,7 +9,7 @@
 //! their own, which panics when called from a Tokio worker as the data path
 //! does; these few calls need no I/O, so they are done here directly.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use wasmtime::{Caller, ExternType, Linker, Module, Val, ValType};
 
@@ -29,11 +29,6 @@ type C<'a> = Caller<'a, HostState>;
 
 fn fault(r: Result<(), memory::OutOfBounds>) -> i32 {
     if r.is_ok() { SUCCESS } else { EFAULT }
-}
-
-fn process_start() -> Instant {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    *START.get_or_init(Instant::now)
 }
 
 /// The functions `add_to_linker` defines.
@@ -108,7 +103,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     .duration_since(UNIX_EPOCH)
                     .unwrap_or_default()
                     .as_nanos() as u64,
-                1..=3 => process_start().elapsed().as_nanos() as u64,
+                1..=3 => crate::plugin::sandbox::monotonic_nanos(),
                 _ => return Ok(EINVAL),
             };
             Ok(fault(memory::write_u64(&mut c, ret, ns)))
