@@ -348,3 +348,11 @@ pub async fn assert_misbehaviour_fails_closed(rig: &Rig, kinds: &[(&str, &str)])
         assert_eq!(ok.status, 200, "after {kind}: {ok:?}");
     }
 }
+
+/// After one `x-misbehave: trap` request under FAIL_RELOAD, plugin `bad`'s
+/// trap must be counted twice: the failure and its retry on a fresh instance.
+pub async fn assert_trap_and_retry_counted(rig: &Rig) {
+    let m = admin_get(rig.admin, "/metrics").await;
+    let want = r#"wayplug_plugin_failures_total{namespace="alpha",plugin="bad",reason="trap"} 2"#;
+    assert!(m.body.contains(want), "missing `{want}` in:\n{}", m.body);
+}
