@@ -20,7 +20,7 @@ use http::{HeaderMap, Method, Request};
 use http_body_util::Full;
 use wayplug::config::{Config, PluginSpec};
 use wayplug::discovery::Discovery;
-use wayplug::http::exchange::{Exchange, RequestHead, RequestInfo};
+use wayplug::exchange::{Exchange, RequestHead, RequestInfo};
 use wayplug::http::pipeline::Limits;
 use wayplug::http::{ConnInfo, Pipeline};
 use wayplug::metrics::Metrics;

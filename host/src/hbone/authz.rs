@@ -3,7 +3,7 @@
 //! [`crate::config::L4Authorization`] for their meaning).
 
 use crate::config::{L4Authorization, L4Rule};
-use crate::http::exchange::PeerIdentity;
+use crate::exchange::PeerIdentity;
 
 /// Decides a tunnel. `Err` carries the reason, for logs and the refusal.
 pub fn check(policy: &L4Authorization, peer: &PeerIdentity, port: u16) -> Result<(), String> {

@@ -43,7 +43,7 @@ use super::sniff::{self, Detected, Prefixed};
 use super::{BAGGAGE, Error, FORWARDED, TRACEPARENT, authz, parse_authority};
 use crate::config::{Config, HboneConfig};
 use crate::discovery::{Destination, Endpoint};
-use crate::http::exchange::PeerIdentity;
+use crate::exchange::PeerIdentity;
 use crate::http::upstream::Conn;
 use crate::http::{ConnInfo, Pipeline};
 use crate::tls::Acceptor;

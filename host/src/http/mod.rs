@@ -5,7 +5,6 @@
 //! status is decided in one place, [`Error::status`].
 
 pub mod body;
-pub mod exchange;
 pub mod pipeline;
 pub mod server;
 pub mod upstream;

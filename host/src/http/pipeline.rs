@@ -27,7 +27,7 @@ use http_body_util::BodyExt;
 
 use super::Error;
 use super::body::{self, BoxError, Holding, ProxyBody};
-use super::exchange::{
+use crate::exchange::{
     Exchange, LocalResponse, PeerIdentity, RequestHead, RequestInfo, ResponseHead, RouteChoice,
 };
 use super::upstream::Upstream;
@@ -1101,7 +1101,7 @@ impl Pump {
     }
 
     async fn run_trailers(&mut self, trailers: HeaderMap) -> Result<(), PumpError> {
-        let set = |st: &mut super::exchange::ExchangeState, t| match self.dir {
+        let set = |st: &mut crate::exchange::ExchangeState, t| match self.dir {
             Dir::Request => st.request_trailers = Some(t),
             Dir::Response => st.response_trailers = Some(t),
         };

@@ -21,7 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::PluginSpec;
-use crate::http::exchange::Exchange;
+use crate::exchange::Exchange;
+pub use crate::exchange::PluginFailure;
 use crate::metrics::{Metrics, PluginMetrics};
 
 pub use filter::{FilterStatus, HttpFilter};
@@ -78,40 +79,6 @@ pub enum Error {
     },
     #[error("cannot set up the WebAssembly engine: {0}")]
     Engine(String),
-}
-
-/// How a plugin failed while serving a request.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PluginFailure {
-    #[error("exceeded its time limit of {0:?} for one call")]
-    Timeout(Duration),
-    #[error("exceeded its memory limit of {0} MiB")]
-    OutOfMemory(usize),
-    #[error("trapped: {0}")]
-    Trap(String),
-    #[error("kept the request paused for longer than {0:?}")]
-    PausedTooLong(Duration),
-    #[error("its instance had already failed")]
-    InstanceLost,
-    #[error("could not start a fresh instance: {0}")]
-    Start(String),
-    #[error("returned a decision the waypoint cannot apply: {0}")]
-    BadDecision(String),
-}
-
-impl PluginFailure {
-    /// A short label for metrics.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            PluginFailure::Timeout(_) => "timeout",
-            PluginFailure::OutOfMemory(_) => "out_of_memory",
-            PluginFailure::Trap(_) => "trap",
-            PluginFailure::PausedTooLong(_) => "paused_too_long",
-            PluginFailure::InstanceLost => "instance_lost",
-            PluginFailure::Start(_) => "start",
-            PluginFailure::BadDecision(_) => "bad_decision",
-        }
-    }
 }
 
 /// Sandbox limits, resolved for the engine.

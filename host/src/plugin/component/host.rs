@@ -8,7 +8,7 @@ use wasmtime::component::{Resource, ResourceTable};
 
 use super::bindings::types;
 use super::bindings::wayplug::policy::{clock, config, kv, log, metrics};
-use crate::http::exchange::Exchange;
+use crate::exchange::Exchange;
 use crate::metrics::PluginMetricError;
 use crate::plugin::PluginShared;
 use crate::plugin::sandbox::MemoryLimiter;

@@ -21,7 +21,7 @@ use super::filter::{FilterStatus, HttpFilter};
 use super::pool::{InstancePool, Poisonable};
 use super::sandbox::{MemoryLimiter, classify};
 use super::{PluginFailure, PluginShared};
-use crate::http::exchange::{Exchange, LocalResponse, RouteChoice};
+use crate::exchange::{Exchange, LocalResponse, RouteChoice};
 use bindings::{body_hooks, request_policy, response_hooks, types};
 pub use host::ComponentState;
 use host::{RequestRef, ResponseRef};

@@ -17,7 +17,7 @@ use wasmtime::{Caller, Linker};
 use super::instance::{ContextKind, HostState};
 use super::memory::{self, GiveError};
 use super::{maps, properties};
-use crate::http::exchange::{Exchange, ExchangeState, LocalResponse};
+use crate::exchange::{Exchange, ExchangeState, LocalResponse};
 use crate::plugin::callout::CalloutRequest;
 use crate::plugin::shared::{CasError, QueueError};
 

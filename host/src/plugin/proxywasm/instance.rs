@@ -20,7 +20,7 @@ use std::time::Duration;
 use wasmtime::{Memory, Store, Trap, TypedFunc};
 
 use super::ProxyWasmModule;
-use crate::http::exchange::Exchange;
+use crate::exchange::Exchange;
 use crate::plugin::callout::{CalloutRequest, CalloutResponse};
 pub use crate::plugin::sandbox::MemoryLimiter;
 use crate::plugin::sandbox::classify;

@@ -23,7 +23,7 @@ pub use instance::{HostState, Instance, StartError};
 use super::filter::{FilterStatus, HttpFilter};
 use super::pool::InstancePool;
 use super::{PluginFailure, PluginShared};
-use crate::http::exchange::Exchange;
+use crate::exchange::Exchange;
 
 /// Builds the linker every Proxy-Wasm plugin links against.
 pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostState>> {

@@ -129,7 +129,7 @@ mod tests {
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
     use super::*;
-    use crate::http::exchange::{Exchange, PeerIdentity, RequestHead, RequestInfo, ResponseHead};
+    use crate::exchange::{Exchange, PeerIdentity, RequestHead, RequestInfo, ResponseHead};
     use crate::metrics::Metrics;
     use crate::plugin::proxywasm::instance::{ContextKind, MemoryLimiter};
     use crate::plugin::{Limits, PluginShared, callout::Callouts, shared::NamespaceShared};

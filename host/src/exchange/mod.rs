@@ -16,7 +16,9 @@ use std::time::SystemTime;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, StatusCode};
 
-use crate::plugin::PluginFailure;
+mod failure;
+
+pub use failure::PluginFailure;
 
 /// The caller's mesh identity, from its mTLS certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
