@@ -83,6 +83,9 @@ pub struct LocalResponse {
     pub details: String,
     /// The plugin that sent it, for logs and metrics.
     pub plugin: String,
+    /// A gRPC status the plugin asked for: the answer becomes a gRPC
+    /// trailers-only response carrying it (Envoy's `send_local_response`).
+    pub grpc_status: Option<u32>,
 }
 
 /// A plugin's choice of another backend for the request.

@@ -47,7 +47,12 @@ impl Error {
             Error::PluginFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::UpstreamConnect { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Upstream { .. } => StatusCode::BAD_GATEWAY,
-            Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            // Envoy's answers: the client sent too much (413), or the
+            // upstream's answer could not be held for a plugin (500).
+            Error::BodyTooLarge {
+                which: "request", ..
+            } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::BodyTooLarge { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Downstream(_) => StatusCode::BAD_REQUEST,
         }
     }

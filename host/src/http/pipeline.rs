@@ -25,14 +25,16 @@ use http::{Request, Response, Version};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 
+use tokio::sync::watch;
+
 use super::Error;
 use super::body::{self, BoxError, Holding, ProxyBody};
-use crate::exchange::{
-    Exchange, LocalResponse, PeerIdentity, RequestHead, RequestInfo, ResponseHead, RouteChoice,
-};
 use super::upstream::Upstream;
 use crate::config::FailStrategy;
 use crate::discovery::{Destination, Discovery};
+use crate::exchange::{
+    Exchange, LocalResponse, PeerIdentity, RequestHead, RequestInfo, ResponseHead, RouteChoice,
+};
 use crate::metrics::Metrics;
 use crate::plugin::{FilterStatus, HttpFilter, Plugin, PluginFailure, Registry};
 
@@ -185,6 +187,71 @@ fn error_response(err: &Error, by: &str) -> LocalResponse {
         body: Bytes::from(format!("wayplug: {err}\n")),
         details: err.to_string(),
         plugin: by.to_owned(),
+        grpc_status: None,
+    }
+}
+
+/// Whether the request is a gRPC call: its local answers must be gRPC too.
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// Envoy's mapping of an HTTP status to the gRPC status of a local reply
+/// to a gRPC request that named none.
+fn grpc_status_for(status: http::StatusCode) -> u32 {
+    match status.as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
+}
+
+/// `grpc-message` is percent-encoded: printable ASCII except `%` stays.
+fn grpc_message(text: &[u8]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for &b in text {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A local answer to a gRPC call, or one a plugin gave a gRPC status: a
+/// trailers-only response (HTTP 200, the status and message in headers,
+/// no body), as Envoy sends it.
+fn grpc_local(local: LocalResponse) -> LocalResponse {
+    let status = local
+        .grpc_status
+        .unwrap_or_else(|| grpc_status_for(local.status));
+    let text = local.body.strip_suffix(b"\n").unwrap_or(&local.body);
+    let mut headers: Vec<(String, Vec<u8>)> = local
+        .headers
+        .into_iter()
+        .filter(|(k, _)| {
+            !k.eq_ignore_ascii_case("content-type")
+                && !k.eq_ignore_ascii_case("grpc-status")
+                && !k.eq_ignore_ascii_case("grpc-message")
+        })
+        .collect();
+    headers.push(("content-type".into(), b"application/grpc".to_vec()));
+    headers.push(("grpc-status".into(), status.to_string().into_bytes()));
+    if !text.is_empty() {
+        headers.push(("grpc-message".into(), grpc_message(text).into_bytes()));
+    }
+    LocalResponse {
+        status: http::StatusCode::OK,
+        headers,
+        body: Bytes::new(),
+        ..local
     }
 }
 
@@ -333,6 +400,20 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // `te: trailers` is end-to-end in effect: gRPC servers require it, and
+    // HTTP/2 allows exactly that value.
+    let trailers = h
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("trailers")
+        });
     // Headers named by Connection are hop-by-hop too.
     let named: Vec<String> = h
         .get_all(header::CONNECTION)
@@ -343,6 +424,39 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     for n in named.iter().map(String::as_str).chain(HOP_BY_HOP) {
         h.remove(n);
     }
+    if trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// A request that asks to leave HTTP once answered: an HTTP/1.1 Upgrade
+/// (WebSocket) or an HTTP/2 extended CONNECT (RFC 8441).
+#[derive(Debug, Clone)]
+enum Upgrade {
+    H1(HeaderValue),
+    H2(hyper::ext::Protocol),
+}
+
+fn upgrade_of(parts: &http::request::Parts) -> Option<Upgrade> {
+    if parts.method == http::Method::CONNECT {
+        return parts
+            .extensions
+            .get::<hyper::ext::Protocol>()
+            .cloned()
+            .map(Upgrade::H2);
+    }
+    if parts.version >= Version::HTTP_2 {
+        return None;
+    }
+    let asks = parts
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let proto = parts.headers.get(header::UPGRADE)?;
+    asks.then(|| Upgrade::H1(proto.clone()))
 }
 
 fn new_request_id() -> String {
@@ -400,7 +514,11 @@ impl Pipeline {
         B::Error: Into<BoxError>,
     {
         let start = Instant::now();
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        let upgrade = upgrade_of(&parts);
+        let on_upgrade = upgrade
+            .as_ref()
+            .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
 
         // Phase 1: context.
         let authority = parts.uri.authority().map(|a| a.to_string()).or_else(|| {
@@ -484,7 +602,7 @@ impl Pipeline {
         match outcome {
             Outcome::Continue => {}
             Outcome::Respond { response, upto } => {
-                return Ok(self.local(&filters, &exchange, response, upto).await);
+                return self.local(&filters, &exchange, response, upto).await;
             }
             Outcome::Reset => return Err(StreamReset),
         }
@@ -496,7 +614,7 @@ impl Pipeline {
             Some(choice) => match self.apply_route(&exchange, &destination, choice) {
                 Ok(d) => d,
                 Err(resp) => {
-                    return Ok(self.local(&filters, &exchange, resp, last(&filters)).await);
+                    return self.local(&filters, &exchange, resp, last(&filters)).await;
                 }
             },
         };
@@ -504,87 +622,55 @@ impl Pipeline {
         // Phase 3: upstream.
         let endpoint = match destination.pick_endpoint() {
             Ok(e) => e,
-            Err(e) => {
-                return Ok(self.answer_error(&filters, &exchange, e.into()).await);
-            }
+            Err(e) => return self.answer_error(&filters, &exchange, e.into()).await,
         };
-        let n = plugins.len();
-        let (req_body, exact_len) = if n == 0 || body.is_end_stream() {
-            let passthrough = body.map_err(|e| -> BoxError { e.into() }).boxed_unsync();
-            (passthrough, None)
-        } else {
-            let mut pump = Pump::new(
-                body.map_err(|e| -> BoxError { e.into() }).boxed_unsync(),
-                filters.clone(),
-                Dir::Request,
-                (0..n).collect(),
-                self.limits.clone(),
-            );
-            match pump.prefetch().await {
-                Ok(PrefetchResult::Complete(bytes, trailers)) => {
-                    let len = bytes.len();
-                    (complete_body(bytes, trailers), Some(len))
-                }
-                Ok(PrefetchResult::Streaming) => (pump.into_body(), None),
-                Err(PumpError::Respond(response, upto)) => {
-                    return Ok(self.local(&filters, &exchange, response, upto).await);
-                }
-                Err(PumpError::Reset) => return Err(StreamReset),
-                Err(PumpError::Source(e)) => {
-                    return Ok(self
-                        .answer_error(&filters, &exchange, Error::Downstream(e.to_string()))
-                        .await);
-                }
-            }
+        if let Some(upgrade) = upgrade {
+            return self
+                .upgrade(&filters, &exchange, upgrade, on_upgrade, &endpoint, h2)
+                .await;
+        }
+        let body = body.map_err(|e| -> BoxError { e.into() }).boxed_unsync();
+        let body_order: Vec<usize> = (0..plugins.len())
+            .filter(|&i| plugins[i].handles_body(true))
+            .collect();
+        let sent = match self
+            .request_body(&filters, &exchange, body, body_order)
+            .await
+        {
+            Ok(sent) => sent,
+            Err(early) => return early,
         };
-        let upstream_req = {
-            let mut st = exchange.lock();
-            st.request_sent = true;
-            let head = &st.request;
-            let mut builder = Request::builder()
-                .method(head.method.clone())
-                .uri(format!("http://{}{}", head.authority, head.path))
-                .version(if h2 {
-                    Version::HTTP_2
-                } else {
-                    Version::HTTP_11
-                });
-            let mut headers = head.headers.clone();
-            if let Ok(v) = HeaderValue::from_str(&head.authority) {
-                headers.insert(header::HOST, v);
-            }
-            if let Some(len) = exact_len {
-                headers.remove(header::TRANSFER_ENCODING);
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-            } else if n > 0 && !req_body.is_end_stream() {
-                // Plugins may change the body as it streams: its length is
-                // no longer known up front.
-                headers.remove(header::CONTENT_LENGTH);
-            }
-            *builder.headers_mut().expect("fresh builder") = headers;
-            builder.body(req_body)
-        };
-        let upstream_req = match upstream_req {
+        let SentBody {
+            body: req_body,
+            exact_len,
+            streamed,
+            mut state,
+        } = sent;
+        let upstream_req = match upstream_request(&exchange, h2, exact_len, streamed, req_body) {
             Ok(r) => r,
             Err(e) => {
                 let err = Error::Upstream {
                     endpoint: endpoint.address.to_string(),
                     reason: format!("a plugin left the request invalid: {e}"),
                 };
-                return Ok(self.answer_error(&filters, &exchange, err).await);
+                return self.answer_error(&filters, &exchange, err).await;
             }
         };
-        let response = match self.upstream.send(upstream_req, h2, &endpoint).await {
-            Ok(r) => r,
-            Err(err) => {
-                // A plugin that answered or failed mid-body ends the upload;
-                // its answer takes precedence over the upstream error.
-                let local = exchange.lock().local_response.take();
-                if let Some(local) = local {
-                    return Ok(self.local(&filters, &exchange, local, last(&filters)).await);
-                }
-                if exchange.lock().reset {
-                    return Err(StreamReset);
+        // The chain may still answer while the body streams: its answer wins
+        // over whatever the upstream is doing.
+        let sent = tokio::select! {
+            biased;
+            verdict = chain_answer(state.as_mut()) => Err(verdict),
+            r = self.upstream.send(upstream_req, h2, &endpoint) => Ok(r),
+        };
+        let response = match sent {
+            Err(verdict) => return self.verdict(&filters, &exchange, verdict).await,
+            Ok(Ok(r)) => r,
+            Ok(Err(err)) => {
+                // The upload failing because the chain ended it is the
+                // chain's answer, not an upstream failure.
+                if let Some(verdict) = state.as_ref().and_then(ended) {
+                    return self.verdict(&filters, &exchange, verdict).await;
                 }
                 let err = if err.is_connect() {
                     Error::UpstreamConnect {
@@ -597,9 +683,14 @@ impl Pipeline {
                         reason: format!("{err:#}"),
                     }
                 };
-                return Ok(self.answer_error(&filters, &exchange, err).await);
+                return self.answer_error(&filters, &exchange, err).await;
             }
         };
+        // A plugin still deciding about request bytes decides before the
+        // response leaves: a deny must not arrive behind the upstream's 200.
+        if let Some(verdict) = settled(state.as_mut()).await {
+            return self.verdict(&filters, &exchange, verdict).await;
+        }
 
         // Phase 4: response.
         let (parts, body) = response.into_parts();
@@ -609,10 +700,157 @@ impl Pipeline {
             status: parts.status,
             headers,
         });
-        let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync();
-        Ok(self
-            .respond(&filters, &exchange, body, last(&filters))
-            .await)
+        let mut body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync();
+        if let Some(state) = state {
+            // Past this point an answer from the request side cannot be
+            // sent: the stream is reset instead, as Envoy does.
+            body = abort_on_answer(body, state);
+        }
+        self.respond(&filters, &exchange, body, last(&filters))
+            .await
+    }
+
+    /// Runs the request body through the chain until its first bytes leave
+    /// it (or it ends): a body that ends inside the chain gets an exact
+    /// length. `Err` is the answer when the chain answered already.
+    async fn request_body(
+        &self,
+        filters: &SharedFilters,
+        exchange: &Arc<Exchange>,
+        body: ProxyBody,
+        order: Vec<usize>,
+    ) -> Result<SentBody, Result<Response<ProxyBody>, StreamReset>> {
+        if order.is_empty() || body.is_end_stream() {
+            // No plugin can change the body: it goes as it came, length
+            // included.
+            return Ok(SentBody {
+                body,
+                exact_len: None,
+                streamed: false,
+                state: None,
+            });
+        }
+        let mut pump = Pump::new(
+            body,
+            filters.clone(),
+            Dir::Request,
+            order,
+            self.limits.clone(),
+        );
+        match pump.prefetch(false).await {
+            Ok(PrefetchResult::Complete(bytes, trailers)) => Ok(SentBody {
+                exact_len: Some(bytes.len()),
+                body: complete_body(bytes, trailers),
+                streamed: false,
+                state: None,
+            }),
+            Ok(PrefetchResult::Streaming) => {
+                let state = pump.watch();
+                Ok(SentBody {
+                    body: pump.into_body(),
+                    exact_len: None,
+                    streamed: true,
+                    state: Some(state),
+                })
+            }
+            Err(e) => Err(self.verdict(filters, exchange, Verdict::from(e)).await),
+        }
+    }
+
+    /// Carries out what the request body's chain decided.
+    async fn verdict(
+        &self,
+        filters: &SharedFilters,
+        exchange: &Arc<Exchange>,
+        verdict: Verdict,
+    ) -> Result<Response<ProxyBody>, StreamReset> {
+        match verdict {
+            Verdict::Respond(response, upto) => self.local(filters, exchange, response, upto).await,
+            Verdict::Reset => Err(StreamReset),
+            Verdict::Source(e) => {
+                self.answer_error(filters, exchange, Error::Downstream(e))
+                    .await
+            }
+        }
+    }
+
+    /// An Upgrade or extended CONNECT, once the request headers passed the
+    /// chain: the upstream is asked the same, and if it and the response
+    /// chain agree, the two streams are spliced. Bodies are not inspected.
+    async fn upgrade(
+        &self,
+        filters: &SharedFilters,
+        exchange: &Arc<Exchange>,
+        upgrade: Upgrade,
+        downstream: Option<hyper::upgrade::OnUpgrade>,
+        endpoint: &crate::discovery::Endpoint,
+        h2: bool,
+    ) -> Result<Response<ProxyBody>, StreamReset> {
+        let mut req = match upstream_request(exchange, h2, None, false, body::empty()) {
+            Ok(r) => r,
+            Err(e) => {
+                let err = Error::Upstream {
+                    endpoint: endpoint.address.to_string(),
+                    reason: format!("a plugin left the request invalid: {e}"),
+                };
+                return self.answer_error(filters, exchange, err).await;
+            }
+        };
+        match &upgrade {
+            Upgrade::H1(proto) => {
+                req.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                req.headers_mut().insert(header::UPGRADE, proto.clone());
+            }
+            Upgrade::H2(proto) => {
+                *req.method_mut() = http::Method::CONNECT;
+                req.extensions_mut().insert(proto.clone());
+            }
+        }
+        let mut response = match self.upstream.send(req, h2, endpoint).await {
+            Ok(r) => r,
+            Err(err) => {
+                let err = Error::UpstreamConnect {
+                    endpoint: endpoint.address.to_string(),
+                    reason: err.to_string(),
+                };
+                return self.answer_error(filters, exchange, err).await;
+            }
+        };
+        let switched = |s: http::StatusCode| match upgrade {
+            Upgrade::H1(_) => s == http::StatusCode::SWITCHING_PROTOCOLS,
+            Upgrade::H2(_) => s.is_success(),
+        };
+        let upstream_proto = response.headers().get(header::UPGRADE).cloned();
+        let upstream_io = switched(response.status()).then(|| hyper::upgrade::on(&mut response));
+        let (parts, body) = response.into_parts();
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers);
+        exchange.lock().response = Some(ResponseHead {
+            status: parts.status,
+            headers,
+        });
+        let body = if upstream_io.is_some() {
+            body::empty()
+        } else {
+            body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()
+        };
+        let mut resp = self.respond(filters, exchange, body, last(filters)).await?;
+        let (Some(upstream_io), Some(downstream)) = (upstream_io, downstream) else {
+            return Ok(resp);
+        };
+        if !switched(resp.status()) {
+            // The response chain replaced the switch: no tunnel.
+            return Ok(resp);
+        }
+        if let (Upgrade::H1(_), Some(proto)) = (&upgrade, upstream_proto) {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            resp.headers_mut().insert(header::UPGRADE, proto);
+        }
+        let id = exchange.info.id.clone();
+        tokio::spawn(splice(downstream, upstream_io, id));
+        Ok(resp)
     }
 
     /// Resolves a plugin's route choice and applies its rewrites; an unknown
@@ -718,7 +956,7 @@ impl Pipeline {
         filters: &SharedFilters,
         exchange: &Arc<Exchange>,
         err: Error,
-    ) -> Response<ProxyBody> {
+    ) -> Result<Response<ProxyBody>, StreamReset> {
         self.local(filters, exchange, error_response(&err, ""), last(filters))
             .await
     }
@@ -731,7 +969,9 @@ impl Pipeline {
         exchange: &Arc<Exchange>,
         local: LocalResponse,
         upto: Option<usize>,
-    ) -> Response<ProxyBody> {
+    ) -> Result<Response<ProxyBody>, StreamReset> {
+        let grpc = local.grpc_status.is_some() || is_grpc(&exchange.lock().request.headers);
+        let local = if grpc { grpc_local(local) } else { local };
         let mut headers = header_map(&local.headers);
         if !local.body.is_empty() && !headers.contains_key(header::CONTENT_TYPE) {
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
@@ -754,85 +994,54 @@ impl Pipeline {
     }
 
     /// Runs the response phase over filters `upto..=0` and builds the
-    /// response the client gets.
+    /// response the client gets. `Err` when a plugin reset the stream.
     async fn respond(
         &self,
         filters: &SharedFilters,
         exchange: &Arc<Exchange>,
         body: ProxyBody,
         upto: Option<usize>,
-    ) -> Response<ProxyBody> {
-        let order: Vec<usize> = match upto {
-            Some(u) => (0..=u).rev().collect(),
-            None => Vec::new(),
+    ) -> Result<Response<ProxyBody>, StreamReset> {
+        let (body, order) = self.response_headers(filters, exchange, body, upto).await?;
+        let declared_len = exchange
+            .lock()
+            .response
+            .as_ref()
+            .is_some_and(|r| r.headers.contains_key(header::CONTENT_LENGTH));
+        let order: Vec<usize> = {
+            let f = lock(filters);
+            order
+                .into_iter()
+                .filter(|&i| f.slots[i].plugin.handles_body(false))
+                .collect()
         };
-        let mut body = body;
-        let mut order_left = order.clone();
-        let mut k = 0;
-        while k < order_left.len() {
-            let i = order_left[k];
-            match step(
-                filters,
-                exchange,
-                &self.limits,
-                i,
-                Dir::Response,
-                Phase::Headers {
-                    eos: body.is_end_stream(),
-                },
-            )
-            .await
-            {
-                Outcome::Continue => k += 1,
-                Outcome::Respond { response, .. } => {
-                    // A plugin replaced the response: the filters after it
-                    // (towards the client) see the replacement.
-                    let headers = header_map(&response.headers);
-                    exchange.lock().response = Some(ResponseHead {
-                        status: response.status,
-                        headers,
-                    });
-                    body = body::full(response.body);
-                    order_left = order_left[k + 1..].to_vec();
-                    k = 0;
-                }
-                Outcome::Reset => {
-                    let resp = error_response(
-                        &Error::Upstream {
-                            endpoint: String::new(),
-                            reason: "response reset by a plugin".into(),
-                        },
-                        "",
-                    );
-                    exchange.lock().response = Some(ResponseHead {
-                        status: resp.status,
-                        headers: HeaderMap::new(),
-                    });
-                    body = body::full(resp.body);
-                    order_left.clear();
-                }
-            }
-        }
-
-        let (out_body, exact_len) = if order_left.is_empty() || body.is_end_stream() {
+        let pumped = !order.is_empty() && !body.is_end_stream();
+        let (out_body, exact_len) = if !pumped {
+            // No plugin can change the body: length and framing stay.
             (body, None)
         } else {
             let mut pump = Pump::new(
                 body,
                 filters.clone(),
                 Dir::Response,
-                order_left,
+                order,
                 self.limits.clone(),
             );
-            match pump.prefetch().await {
+            // A body of unknown length may be a stream (server-sent events):
+            // its head leaves as soon as no plugin holds bytes back.
+            match pump.prefetch(!declared_len).await {
                 Ok(PrefetchResult::Complete(bytes, trailers)) => {
                     let len = bytes.len();
                     (complete_body(bytes, trailers), Some(len))
                 }
                 Ok(PrefetchResult::Streaming) => (pump.into_body(), None),
                 Err(PumpError::Respond(resp, _)) => {
-                    let mut headers = HeaderMap::new();
-                    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                    // A local answer from the body phase keeps its own headers.
+                    let mut headers = header_map(&resp.headers);
+                    if !resp.body.is_empty() && !headers.contains_key(header::CONTENT_TYPE) {
+                        headers
+                            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                    }
                     exchange.lock().response = Some(ResponseHead {
                         status: resp.status,
                         headers,
@@ -840,15 +1049,16 @@ impl Pipeline {
                     let len = resp.body.len();
                     (body::full(resp.body), Some(len))
                 }
-                Err(PumpError::Reset | PumpError::Source(_)) => {
+                Err(PumpError::Reset) => return Err(StreamReset),
+                Err(PumpError::Source(e)) => {
                     let err = Error::Upstream {
                         endpoint: String::new(),
-                        reason: "the response body failed".into(),
+                        reason: format!("the response body failed: {e}"),
                     };
                     let resp = error_response(&err, "");
                     exchange.lock().response = Some(ResponseHead {
                         status: resp.status,
-                        headers: HeaderMap::new(),
+                        headers: header_map(&resp.headers),
                     });
                     let len = resp.body.len();
                     (body::full(resp.body), Some(len))
@@ -863,7 +1073,8 @@ impl Pipeline {
         let mut headers = head.headers;
         if let Some(len) = exact_len {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-        } else if upto.is_some() && !out_body.is_end_stream() {
+        } else if pumped && !out_body.is_end_stream() {
+            // Plugins may change the body as it streams.
             headers.remove(header::CONTENT_LENGTH);
         }
         lock(filters).status = Some(head.status.as_u16());
@@ -873,7 +1084,220 @@ impl Pipeline {
         )));
         *resp.status_mut() = head.status;
         *resp.headers_mut() = headers;
-        resp
+        Ok(resp)
+    }
+
+    /// The response header callbacks, towards the client. A plugin's local
+    /// response replaces the response for the filters after it. Returns the
+    /// body and the filters whose body callbacks still run.
+    async fn response_headers(
+        &self,
+        filters: &SharedFilters,
+        exchange: &Arc<Exchange>,
+        mut body: ProxyBody,
+        upto: Option<usize>,
+    ) -> Result<(ProxyBody, Vec<usize>), StreamReset> {
+        let mut order: Vec<usize> = match upto {
+            Some(u) => (0..=u).rev().collect(),
+            None => Vec::new(),
+        };
+        let mut k = 0;
+        while k < order.len() {
+            let i = order[k];
+            let phase = Phase::Headers {
+                eos: body.is_end_stream(),
+            };
+            match step(filters, exchange, &self.limits, i, Dir::Response, phase).await {
+                Outcome::Continue => k += 1,
+                Outcome::Respond { response, .. } => {
+                    let headers = header_map(&response.headers);
+                    exchange.lock().response = Some(ResponseHead {
+                        status: response.status,
+                        headers,
+                    });
+                    body = body::full(response.body);
+                    order = order[k + 1..].to_vec();
+                    k = 0;
+                }
+                Outcome::Reset => return Err(StreamReset),
+            }
+        }
+        Ok((body, order))
+    }
+}
+
+/// The request body as it goes upstream.
+struct SentBody {
+    body: ProxyBody,
+    /// Set when the whole body went through the chain before leaving it.
+    exact_len: Option<usize>,
+    /// Plugins see it as it streams, so its length is not known up front.
+    streamed: bool,
+    state: Option<watch::Receiver<BodyState>>,
+}
+
+/// Builds the upstream request from the exchange's request head.
+fn upstream_request(
+    exchange: &Exchange,
+    h2: bool,
+    exact_len: Option<usize>,
+    streamed: bool,
+    body: ProxyBody,
+) -> Result<Request<ProxyBody>, http::Error> {
+    let mut st = exchange.lock();
+    st.request_sent = true;
+    let head = &st.request;
+    let mut builder = Request::builder()
+        .method(head.method.clone())
+        .uri(format!("http://{}{}", head.authority, head.path))
+        .version(if h2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        });
+    let mut headers = head.headers.clone();
+    if let Ok(v) = HeaderValue::from_str(&head.authority) {
+        headers.insert(header::HOST, v);
+    }
+    if let Some(len) = exact_len {
+        headers.remove(header::TRANSFER_ENCODING);
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    } else if streamed && !body.is_end_stream() {
+        // Plugins may change the body as it streams: its length is no
+        // longer known up front.
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    *builder.headers_mut().expect("fresh builder") = headers;
+    builder.body(body)
+}
+
+/// Where the request body stands in its chain, for the side waiting on the
+/// upstream's answer.
+#[derive(Debug, Clone)]
+enum BodyState {
+    /// Everything received so far has left the chain.
+    Flowing,
+    /// A plugin holds bytes back, or is deciding about them.
+    Held,
+    /// The chain ended the request mid-body.
+    Ended(Verdict),
+}
+
+/// How the chain ended a request body it did not let through.
+#[derive(Debug, Clone)]
+enum Verdict {
+    Respond(LocalResponse, Option<usize>),
+    Reset,
+    Source(String),
+}
+
+impl From<PumpError> for Verdict {
+    fn from(e: PumpError) -> Verdict {
+        match e {
+            PumpError::Respond(r, upto) => Verdict::Respond(r, upto),
+            PumpError::Reset => Verdict::Reset,
+            PumpError::Source(e) => Verdict::Source(e.to_string()),
+        }
+    }
+}
+
+fn ended(state: &watch::Receiver<BodyState>) -> Option<Verdict> {
+    match &*state.borrow() {
+        BodyState::Ended(v) => Some(v.clone()),
+        _ => None,
+    }
+}
+
+/// Resolves when the chain ends the request body; never, if there is no
+/// chain on it or the body finished.
+async fn chain_answer(state: Option<&mut watch::Receiver<BodyState>>) -> Verdict {
+    let Some(state) = state else {
+        return std::future::pending().await;
+    };
+    loop {
+        if let Some(v) = ended(state) {
+            return v;
+        }
+        if state.changed().await.is_err() {
+            if let Some(v) = ended(state) {
+                return v;
+            }
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// Waits while a plugin holds request bytes back; the chain's answer, if it
+/// gave one.
+async fn settled(state: Option<&mut watch::Receiver<BodyState>>) -> Option<Verdict> {
+    let state = state?;
+    loop {
+        match &*state.borrow_and_update() {
+            BodyState::Ended(v) => return Some(v.clone()),
+            BodyState::Flowing => return None,
+            BodyState::Held => {}
+        }
+        if state.changed().await.is_err() {
+            return ended(state);
+        }
+    }
+}
+
+/// The response body, failed (so the stream is reset) if the request's chain
+/// ends the request after the response started.
+fn abort_on_answer(body: ProxyBody, state: watch::Receiver<BodyState>) -> ProxyBody {
+    let stream = futures_util::stream::unfold(
+        (body, Some(state)),
+        |(mut body, mut state)| async move {
+            let frame = match state.as_mut() {
+                None => body.frame().await,
+                Some(st) => tokio::select! {
+                    biased;
+                    v = chain_answer(Some(st)) => {
+                        let e: BoxError = format!(
+                            "the request was ended by its plugins after the response started ({v:?})"
+                        )
+                        .into();
+                        return Some((Err(e), (body::empty(), None)));
+                    }
+                    f = body.frame() => f,
+                },
+            };
+            if let Some(st) = state.as_ref()
+                && st.has_changed().is_err()
+                && ended(st).is_none()
+            {
+                // The request body is done with: nothing can end it now.
+                state = None;
+            }
+            frame.map(|f| (f, (body, state)))
+        },
+    );
+    http_body_util::StreamBody::new(stream).boxed_unsync()
+}
+
+/// Copies bytes both ways between an upgraded client stream and the
+/// upstream's until either side closes.
+async fn splice(
+    downstream: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    id: String,
+) {
+    let (down, up) = tokio::join!(downstream, upstream);
+    let (down, up) = match (down, up) {
+        (Ok(d), Ok(u)) => (d, u),
+        (d, u) => {
+            tracing::debug!(id, downstream = ?d.err(), upstream = ?u.err(), "upgrade did not complete");
+            return;
+        }
+    };
+    let mut down = hyper_util::rt::TokioIo::new(down);
+    let mut up = hyper_util::rt::TokioIo::new(up);
+    match tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        Ok((to_up, to_down)) => {
+            tracing::debug!(id, to_up, to_down, "upgraded stream closed")
+        }
+        Err(e) => tracing::debug!(id, error = %e, "upgraded stream ended with an error"),
     }
 }
 
@@ -960,6 +1384,9 @@ struct Pump {
     limits: Limits,
     out: std::collections::VecDeque<Frame<Bytes>>,
     done: bool,
+    /// Published once someone watches (the request side while it waits for
+    /// the upstream).
+    state: Option<watch::Sender<BodyState>>,
 }
 
 impl Pump {
@@ -982,11 +1409,44 @@ impl Pump {
             limits,
             out: Default::default(),
             done: false,
+            state: None,
         }
     }
 
-    /// Pulls until the first bytes leave the chain or the body ends.
-    async fn prefetch(&mut self) -> Result<PrefetchResult, PumpError> {
+    /// Where the body stands in the chain, from now on.
+    fn watch(&mut self) -> watch::Receiver<BodyState> {
+        let (tx, rx) = watch::channel(self.current());
+        self.state = Some(tx);
+        rx
+    }
+
+    fn current(&self) -> BodyState {
+        if self.held.iter().all(BytesMut::is_empty) {
+            BodyState::Flowing
+        } else {
+            BodyState::Held
+        }
+    }
+
+    fn publish(&self, state: BodyState) {
+        if let Some(tx) = &self.state {
+            tx.send_if_modified(|old| {
+                let same = matches!(
+                    (&*old, &state),
+                    (BodyState::Flowing, BodyState::Flowing) | (BodyState::Held, BodyState::Held)
+                );
+                if !same {
+                    *old = state;
+                }
+                !same
+            });
+        }
+    }
+
+    /// Pulls until the first bytes leave the chain or the body ends. When
+    /// `eager`, also stops as soon as no plugin holds bytes and the source
+    /// has nothing ready: the head need not wait for a slow stream.
+    async fn prefetch(&mut self, eager: bool) -> Result<PrefetchResult, PumpError> {
         loop {
             if !self.out.is_empty() && !self.done {
                 return Ok(PrefetchResult::Streaming);
@@ -1001,6 +1461,14 @@ impl Pump {
                     }
                 }
                 return Ok(PrefetchResult::Complete(data.freeze(), trailers));
+            }
+            if eager && self.held.iter().all(BytesMut::is_empty) {
+                use futures_util::FutureExt;
+                match self.source.frame().now_or_never() {
+                    None => return Ok(PrefetchResult::Streaming),
+                    Some(frame) => self.process(frame).await?,
+                }
+                continue;
             }
             self.advance().await?;
         }
@@ -1017,7 +1485,11 @@ impl Pump {
                 }
                 if let Err(e) = pump.advance().await {
                     pump.done = true;
-                    return Some((Err(Box::new(e) as BoxError), pump));
+                    let message = e.to_string();
+                    // Whoever waits on the upstream learns the chain's
+                    // answer before the upstream sees the upload fail.
+                    pump.publish(BodyState::Ended(Verdict::from(e)));
+                    return Some((Err(message.into()), pump));
                 }
             }
         });
@@ -1026,7 +1498,16 @@ impl Pump {
 
     /// Reads one frame from the source and runs it through the chain.
     async fn advance(&mut self) -> Result<(), PumpError> {
-        match self.source.frame().await {
+        let frame = self.source.frame().await;
+        self.process(frame).await
+    }
+
+    async fn process(
+        &mut self,
+        frame: Option<Result<Frame<Bytes>, BoxError>>,
+    ) -> Result<(), PumpError> {
+        self.publish(BodyState::Held);
+        match frame {
             None => {
                 self.run_data(Bytes::new(), true).await?;
                 self.done = true;
@@ -1042,15 +1523,15 @@ impl Pump {
                 }
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
-                        // Plugins that wait for the end of the body get it
-                        // before the trailers.
-                        self.run_data(Bytes::new(), true).await?;
+                        // As in Envoy: trailers end the body, and the last
+                        // body callback had end_of_stream = false.
                         self.run_trailers(trailers).await?;
                     }
                     self.done = true;
                 }
             },
         }
+        self.publish(self.current());
         Ok(())
     }
 
@@ -1100,14 +1581,46 @@ impl Pump {
         Ok(())
     }
 
+    /// Trailers end the body. Bytes released by earlier filters reach each
+    /// filter's body callback first (end_of_stream = false); then its
+    /// trailers callback runs with what it holds as its buffer, and what it
+    /// leaves there moves on.
     async fn run_trailers(&mut self, trailers: HeaderMap) -> Result<(), PumpError> {
-        let set = |st: &mut crate::exchange::ExchangeState, t| match self.dir {
-            Dir::Request => st.request_trailers = Some(t),
-            Dir::Response => st.response_trailers = Some(t),
-        };
-        set(&mut self.exchange.lock(), trailers);
-        for &i in &self.order {
-            match step(
+        {
+            let mut st = self.exchange.lock();
+            match self.dir {
+                Dir::Request => st.request_trailers = Some(trailers),
+                Dir::Response => st.response_trailers = Some(trailers),
+            }
+        }
+        let mut chunk = BytesMut::new();
+        for pos in 0..self.order.len() {
+            let i = self.order[pos];
+            if !chunk.is_empty() {
+                self.held[pos].extend_from_slice(&chunk);
+                let buffered = std::mem::take(&mut self.held[pos]);
+                let size = buffered.len();
+                self.set_buffer(buffered);
+                let status = step_body(
+                    &self.filters,
+                    &self.exchange,
+                    &self.limits,
+                    i,
+                    self.dir,
+                    size,
+                    false,
+                )
+                .await;
+                self.held[pos] = self.take_buffer();
+                match status {
+                    BodyStep::Pass | BodyStep::Hold => {}
+                    BodyStep::Respond(r, upto) => return Err(PumpError::Respond(r, upto)),
+                    BodyStep::Reset => return Err(PumpError::Reset),
+                }
+            }
+            let buffered = std::mem::take(&mut self.held[pos]);
+            self.set_buffer(buffered);
+            let outcome = step(
                 &self.filters,
                 &self.exchange,
                 &self.limits,
@@ -1115,14 +1628,18 @@ impl Pump {
                 self.dir,
                 Phase::Trailers,
             )
-            .await
-            {
+            .await;
+            chunk = self.take_buffer();
+            match outcome {
                 Outcome::Continue => {}
                 Outcome::Respond { response, upto } => {
                     return Err(PumpError::Respond(response, upto));
                 }
                 Outcome::Reset => return Err(PumpError::Reset),
             }
+        }
+        if !chunk.is_empty() {
+            self.out.push_back(Frame::data(chunk.freeze()));
         }
         let trailers = {
             let st = self.exchange.lock();

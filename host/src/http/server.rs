@@ -50,8 +50,10 @@ pub async fn serve(
                 let conn = conn.clone();
                 async move { pipeline.handle(req, &conn).await }
             });
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let served = builder.serve_connection(TokioIo::new(stream), service);
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            // WebSocket over HTTP/2 (RFC 8441) needs the extended CONNECT setting.
+            builder.http2().enable_connect_protocol();
+            let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             tokio::pin!(served);
             tokio::select! {
                 r = served.as_mut() => {

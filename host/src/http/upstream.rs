@@ -310,7 +310,10 @@ impl Upstream {
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
-                    self.put_h1(key, sender);
+                    // A connection that switched protocols is no longer HTTP.
+                    if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                        self.put_h1(key, sender);
+                    }
                     return Ok(resp);
                 }
                 Err(mut e) => match (reused, e.take_message()) {
@@ -382,7 +385,9 @@ async fn ready(f: impl std::future::Future<Output = Result<(), hyper::Error>>) -
 async fn handshake_h1(conn: Conn) -> Result<http1::SendRequest<ProxyBody>, hyper::Error> {
     let (sender, connection) = http1::handshake(TokioIo::new(conn)).await?;
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
+        // With upgrades, a 101 answer hands the connection to the request's
+        // `hyper::upgrade::on` instead of closing it.
+        if let Err(e) = connection.with_upgrades().await {
             tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended with an error");
         }
     });

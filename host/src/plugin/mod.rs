@@ -210,6 +210,15 @@ impl Plugin {
         }
     }
 
+    /// Whether the plugin can see or change a body in this direction: a
+    /// component only has a request body hook, and only when it exports it.
+    pub fn handles_body(&self, request: bool) -> bool {
+        match &self.kind {
+            PluginKind::ProxyWasm(_) => true,
+            PluginKind::Component(p) => request && p.has_body_hook(),
+        }
+    }
+
     pub fn live_instances(&self) -> usize {
         match &self.kind {
             PluginKind::ProxyWasm(p) => p.live_instances(),

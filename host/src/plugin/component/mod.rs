@@ -103,6 +103,11 @@ impl ComponentPlugin {
         self.pool.live()
     }
 
+    /// Whether the plugin exports the request body hook.
+    pub fn has_body_hook(&self) -> bool {
+        self.exports.body.is_some()
+    }
+
     pub fn new_filter(
         &self,
         exchange: &Arc<Exchange>,
@@ -291,6 +296,7 @@ fn local(plugin: &str, r: types::LocalResponse) -> Result<LocalResponse, PluginF
         body: r.body.into(),
         details: "component plugin response".into(),
         plugin: plugin.to_owned(),
+        grpc_status: None,
     })
 }
 
@@ -430,6 +436,16 @@ impl HttpFilter for ComponentFilter {
         }
         let body = self.exchange.lock().request_body.to_vec();
         self.body_hook(body)?;
+        Ok(FilterStatus::Continue)
+    }
+
+    fn on_request_trailers(&mut self) -> Result<FilterStatus, PluginFailure> {
+        // Trailers end a body whose last data frame was not its end: the
+        // hook still sees the complete body, or trailers would skip it.
+        if self.let_through && self.has_body_hook {
+            let body = self.exchange.lock().request_body.to_vec();
+            self.body_hook(body)?;
+        }
         Ok(FilterStatus::Continue)
     }
 

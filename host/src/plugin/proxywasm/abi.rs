@@ -380,7 +380,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
          blen: i32,
          hptr: i32,
          hlen: i32,
-         _grpc: i32| {
+         grpc: i32| {
             let details = read_or_status!(&mut c, dptr, dlen);
             let body = read_or_status!(&mut c, bptr, blen);
             let headers = read_or_status!(&mut c, hptr, hlen);
@@ -406,6 +406,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 body: body.into(),
                 details: String::from_utf8_lossy(&details).into_owned(),
                 plugin,
+                grpc_status: u32::try_from(grpc).ok(),
             });
             ex.wake();
             Ok(OK)
