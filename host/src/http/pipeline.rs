@@ -1716,3 +1716,282 @@ async fn step_body(
         Outcome::Reset => BodyStep::Reset,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::path::Path;
+    use std::time::Duration;
+
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::plugin::callout::Callouts;
+    use crate::plugin::engine::Engine;
+
+    const T: Duration = Duration::from_secs(10);
+
+    /// An upstream on loopback that records each request's headers and
+    /// answers `hello` with a length.
+    async fn upstream() -> (SocketAddr, Arc<Mutex<Vec<HeaderMap>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<HeaderMap>>> = Arc::default();
+        let record = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        record.lock().unwrap().push(req.headers().clone());
+                        async move {
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("hello"))))
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    /// A pipeline with no plugins: `svc.test` goes to `port` on loopback,
+    /// `down.test` to a port nothing listens on.
+    fn pipeline(port: u16) -> Pipeline {
+        let yaml = format!(
+            r#"
+services:
+  - {{ name: svc, namespace: ns, hostname: svc.test, ports: {{ 80: {port} }} }}
+  - {{ name: down, namespace: ns, hostname: down.test, ports: {{ 80: 1 }} }}
+workloads:
+  - {{ uid: u1, name: svc-1, namespace: ns, workloadIps: [127.0.0.1], services: {{ ns/svc.test: {{ 80: {port} }}, ns/down.test: {{ 80: 1 }} }} }}
+"#
+        );
+        let config = Config::from_yaml(&yaml, "t", Path::new(".")).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let registry = Arc::new(Registry::new(
+            Engine::new(&config.sandbox).unwrap(),
+            metrics.clone(),
+            Arc::new(Callouts::new(config.upstreams.clone())),
+            config.sandbox.clone(),
+            Default::default(),
+        ));
+        Pipeline::new(
+            Discovery::from_config(&config),
+            registry,
+            metrics,
+            Limits {
+                paused_request_timeout: Duration::from_secs(1),
+                max_buffered_body: 1024,
+            },
+        )
+    }
+
+    fn conn() -> ConnInfo {
+        ConnInfo {
+            source: "127.0.0.1:40000".parse().unwrap(),
+            local: "127.0.0.1:15006".parse().unwrap(),
+            peer: None,
+            destination: None,
+        }
+    }
+
+    async fn handle(
+        p: &Pipeline,
+        req: Request<Full<Bytes>>,
+    ) -> (http::StatusCode, HeaderMap, String) {
+        let resp = tokio::time::timeout(T, p.handle(req, &conn()))
+            .await
+            .expect("answered in time")
+            .expect("not reset");
+        let (parts, body) = resp.into_parts();
+        let body = tokio::time::timeout(T, body.collect())
+            .await
+            .unwrap()
+            .unwrap()
+            .to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8_lossy(&body).into_owned(),
+        )
+    }
+
+    #[tokio::test]
+    async fn forwards_end_to_end_headers_and_keeps_the_length() {
+        let (addr, seen) = upstream().await;
+        let p = pipeline(addr.port());
+        let req = Request::builder()
+            .uri("/x")
+            .header("host", "svc.test")
+            .header("connection", "keep-alive, x-hop")
+            .header("x-hop", "dropped")
+            .header("keep-alive", "timeout=5")
+            .header("te", "trailers, deflate")
+            .header("x-end", "kept")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let (status, headers, body) = handle(&p, req).await;
+        assert_eq!(status, 200);
+        assert_eq!(body, "hello");
+        assert_eq!(
+            headers["content-length"], "5",
+            "no plugin can change the body"
+        );
+        let up = seen.lock().unwrap()[0].clone();
+        assert_eq!(up["x-end"], "kept");
+        assert_eq!(up["te"], "trailers", "only the trailers token survives");
+        assert_eq!(up["host"], "svc.test");
+        assert!(up.get("x-request-id").is_some_and(|v| v.len() == 32));
+        for hop in ["connection", "keep-alive", "x-hop"] {
+            assert!(up.get(hop).is_none(), "{hop} reached the upstream");
+        }
+    }
+
+    #[tokio::test]
+    async fn data_path_errors_answer_with_their_status() {
+        let p = pipeline(1);
+        let cases = [
+            ("nowhere.test", 404, "nowhere.test"),
+            ("down.test", 503, "cannot connect to upstream 127.0.0.1:1"),
+        ];
+        for (host, status, says) in cases {
+            let req = Request::builder()
+                .uri("/")
+                .header("host", host)
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let (got, _, body) = handle(&p, req).await;
+            assert_eq!(got, status, "{host}: {body}");
+            assert!(body.contains(says), "{host}: {body}");
+        }
+        let req = Request::builder()
+            .uri("/")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let (got, _, body) = handle(&p, req).await;
+        assert_eq!(got, 400, "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_grpc_call_gets_its_error_in_grpc() {
+        let p = pipeline(1);
+        let req = Request::builder()
+            .method("POST")
+            .uri("/pkg.Svc/Call")
+            .header("host", "down.test")
+            .header("content-type", "application/grpc")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let (status, headers, body) = handle(&p, req).await;
+        assert_eq!(status, 200, "gRPC errors travel as trailers-only 200s");
+        assert_eq!(headers["grpc-status"], "14", "503 maps to UNAVAILABLE");
+        assert!(
+            headers["grpc-message"]
+                .to_str()
+                .unwrap()
+                .contains("cannot connect to upstream 127.0.0.1:1"),
+            "{headers:?}"
+        );
+        assert_eq!(body, "");
+    }
+
+    #[test]
+    fn grpc_local_replies_follow_envoy() {
+        let local = |status: u16, grpc: Option<u32>, body: &str| LocalResponse {
+            status: http::StatusCode::from_u16(status).unwrap(),
+            headers: vec![
+                ("x-kept".into(), b"1".to_vec()),
+                ("content-type".into(), b"text/plain".to_vec()),
+            ],
+            body: Bytes::from(body.to_owned()),
+            details: String::new(),
+            plugin: "p".into(),
+            grpc_status: grpc,
+        };
+        let cases = [
+            (local(403, None, "no"), "7", Some("no")),
+            (local(401, None, ""), "16", None),
+            (local(404, None, ""), "12", None),
+            (local(429, None, ""), "14", None),
+            (local(418, None, ""), "2", None),
+            (local(200, Some(5), "100% gone\n"), "5", Some("100%25 gone")),
+            (local(200, Some(3), "caf\u{e9}"), "3", Some("caf%C3%A9")),
+        ];
+        for (input, status, message) in cases {
+            let out = grpc_local(input);
+            let h = header_map(&out.headers);
+            assert_eq!(out.status, 200);
+            assert!(out.body.is_empty());
+            assert_eq!(h["grpc-status"], status);
+            assert_eq!(h["content-type"], "application/grpc");
+            assert_eq!(h.get_all("content-type").iter().count(), 1);
+            assert_eq!(h["x-kept"], "1");
+            assert_eq!(h.get("grpc-message").map(|v| v.to_str().unwrap()), message);
+        }
+    }
+
+    #[test]
+    fn upgrades_are_recognised_only_when_asked_for() {
+        let parts = |b: http::request::Builder| b.body(()).unwrap().into_parts().0;
+        let ws = parts(
+            Request::builder()
+                .header("connection", "keep-alive, Upgrade")
+                .header("upgrade", "websocket"),
+        );
+        assert!(matches!(upgrade_of(&ws), Some(Upgrade::H1(p)) if p == "websocket"));
+        let no_token = parts(Request::builder().header("upgrade", "websocket"));
+        assert!(
+            upgrade_of(&no_token).is_none(),
+            "Upgrade without Connection: upgrade"
+        );
+        let h2_plain = parts(
+            Request::builder()
+                .version(Version::HTTP_2)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket"),
+        );
+        assert!(upgrade_of(&h2_plain).is_none(), "HTTP/2 has no Upgrade");
+        let connect = parts(
+            Request::builder()
+                .method("CONNECT")
+                .version(Version::HTTP_2)
+                .extension(hyper::ext::Protocol::from_static("websocket")),
+        );
+        assert!(matches!(upgrade_of(&connect), Some(Upgrade::H2(_))));
+        let classic = parts(
+            Request::builder()
+                .method("CONNECT")
+                .version(Version::HTTP_2),
+        );
+        assert!(
+            upgrade_of(&classic).is_none(),
+            "classic CONNECT is not an upgrade"
+        );
+    }
+
+    #[test]
+    fn te_keeps_only_trailers() {
+        let cases = [
+            ("trailers", Some("trailers")),
+            ("gzip, Trailers", Some("trailers")),
+            ("trailers;q=0.5", Some("trailers")),
+            ("gzip", None),
+            ("trailersx", None),
+        ];
+        for (te, want) in cases {
+            let mut h = HeaderMap::new();
+            h.insert(header::TE, HeaderValue::from_static(te));
+            h.insert(header::CONNECTION, HeaderValue::from_static("te"));
+            strip_hop_by_hop(&mut h);
+            assert_eq!(h.get(header::TE).map(|v| v.to_str().unwrap()), want, "{te}");
+            assert!(h.get(header::CONNECTION).is_none());
+        }
+    }
+}

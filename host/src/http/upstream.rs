@@ -403,3 +403,163 @@ async fn handshake_h2(conn: Conn) -> Result<http2::SendRequest<ProxyBody>, hyper
     });
     Ok(sender)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    use hyper::service::service_fn;
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::http::body;
+
+    const T: Duration = Duration::from_secs(10);
+
+    /// A loopback server that counts the connections it accepted and
+    /// answers each request with what it saw: `<authority> <path> <host>`.
+    /// With `close`, it asks for the connection to be closed after each
+    /// response.
+    async fn server(close: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| async move {
+                        let seen = format!(
+                            "{} {} {}",
+                            req.uri().authority().map_or("-", |a| a.as_str()),
+                            req.uri().path(),
+                            req.headers()
+                                .get("host")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("-"),
+                        );
+                        let mut resp = Response::new(http_body_util::Full::new(Bytes::from(seen)));
+                        if close {
+                            resp.headers_mut()
+                                .insert("connection", "close".parse().unwrap());
+                        }
+                        Ok::<_, Infallible>(resp)
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn endpoint(addr: SocketAddr, protocol: Protocol) -> Endpoint {
+        Endpoint {
+            address: addr,
+            protocol,
+            workload: "w".into(),
+            namespace: "ns".into(),
+            service_account: "sa".into(),
+            trust_domain: "cluster.local".into(),
+        }
+    }
+
+    fn get(h2: bool) -> Request<ProxyBody> {
+        Request::builder()
+            .uri("http://svc.test:80/p?q=1")
+            .header("host", "svc.test:80")
+            .version(if h2 {
+                http::Version::HTTP_2
+            } else {
+                http::Version::HTTP_11
+            })
+            .body(body::empty())
+            .unwrap()
+    }
+
+    async fn send(up: &Upstream, h2: bool, ep: &Endpoint) -> Result<String, Error> {
+        let resp = tokio::time::timeout(T, up.send(get(h2), h2, ep))
+            .await
+            .expect("answered in time")?;
+        let body = tokio::time::timeout(T, resp.into_body().collect())
+            .await
+            .unwrap()
+            .unwrap()
+            .to_bytes();
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn http1_reuses_a_connection_once_its_response_finished() {
+        let (addr, accepted) = server(false).await;
+        let up = Upstream::new();
+        let ep = endpoint(addr, Protocol::Tcp);
+        for _ in 0..3 {
+            // Origin-form target, authority in Host.
+            assert_eq!(send(&up, false, &ep).await.unwrap(), "- /p svc.test:80");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn http2_shares_one_connection_and_keeps_the_authority() {
+        let (addr, accepted) = server(false).await;
+        let up = Upstream::new();
+        let ep = endpoint(addr, Protocol::Tcp);
+        let (a, b, c) = tokio::join!(
+            send(&up, true, &ep),
+            send(&up, true, &ep),
+            send(&up, true, &ep)
+        );
+        for r in [a, b, c] {
+            assert_eq!(r.unwrap(), "svc.test:80 /p svc.test:80");
+        }
+        // The concurrent first requests may race to dial; later ones share.
+        let first = accepted.load(Ordering::SeqCst);
+        assert!((1..=3).contains(&first), "{first}");
+        for _ in 0..3 {
+            send(&up, true, &ep).await.unwrap();
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), first);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closed_is_not_reused() {
+        let (addr, accepted) = server(true).await;
+        let up = Upstream::new();
+        let ep = endpoint(addr, Protocol::Tcp);
+        for _ in 0..3 {
+            assert_eq!(send(&up, false, &ep).await.unwrap(), "- /p svc.test:80");
+            // Let the connection task see the close before the next take.
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn errors_name_the_endpoint_and_what_is_missing() {
+        let up = Upstream::new();
+        // Nothing listens on port 1 of loopback.
+        let refused = endpoint("127.0.0.1:1".parse().unwrap(), Protocol::Tcp);
+        let err = send(&up, false, &refused).await.unwrap_err();
+        assert!(err.is_connect(), "{err}");
+        assert!(
+            err.to_string().contains("TCP connect to 127.0.0.1:1"),
+            "{err}"
+        );
+
+        let hbone = endpoint("127.0.0.1:8080".parse().unwrap(), Protocol::Hbone);
+        let err = send(&up, true, &hbone).await.unwrap_err();
+        assert!(err.is_connect(), "{err}");
+        assert!(
+            err.to_string().contains("is an HBONE workload")
+                && err.to_string().contains("identity"),
+            "{err}"
+        );
+    }
+}
