@@ -769,6 +769,8 @@ async fn ws_echo() -> (SocketAddr, Arc<Mutex<Vec<HeaderMap>>>) {
                 use tokio_tungstenite::tungstenite::handshake::server::{
                     ErrorResponse, Request as WsRequest, Response as WsResponse,
                 };
+                // The signature is tungstenite's; the test cannot shrink it.
+                #[allow(clippy::result_large_err)]
                 let callback =
                     |req: &WsRequest, resp: WsResponse| -> Result<WsResponse, ErrorResponse> {
                         record.lock().unwrap().push(req.headers().clone());
