@@ -624,7 +624,9 @@ impl Pipeline {
             Ok(e) => e,
             Err(e) => return self.answer_error(&filters, &exchange, e.into()).await,
         };
-        if let Some(upgrade) = upgrade {
+        // Only a connection that can hand over its stream is upgraded; any
+        // other upgrade request goes on as plain HTTP, without its Upgrade.
+        if let (Some(upgrade), Some(on_upgrade)) = (upgrade, on_upgrade) {
             return self
                 .upgrade(&filters, &exchange, upgrade, on_upgrade, &endpoint, h2)
                 .await;
@@ -782,7 +784,7 @@ impl Pipeline {
         filters: &SharedFilters,
         exchange: &Arc<Exchange>,
         upgrade: Upgrade,
-        downstream: Option<hyper::upgrade::OnUpgrade>,
+        downstream: hyper::upgrade::OnUpgrade,
         endpoint: &crate::discovery::Endpoint,
         h2: bool,
     ) -> Result<Response<ProxyBody>, StreamReset> {
@@ -836,7 +838,7 @@ impl Pipeline {
             body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()
         };
         let mut resp = self.respond(filters, exchange, body, last(filters)).await?;
-        let (Some(upstream_io), Some(downstream)) = (upstream_io, downstream) else {
+        let Some(upstream_io) = upstream_io else {
             return Ok(resp);
         };
         if !switched(resp.status()) {
@@ -1900,6 +1902,27 @@ workloads:
             "{headers:?}"
         );
         assert_eq!(body, "");
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_the_connection_cannot_carry_goes_on_as_plain_http() {
+        // Driven in process, the request has no stream to hand over.
+        let (addr, seen) = upstream().await;
+        let p = pipeline(addr.port());
+        let req = Request::builder()
+            .uri("/chat")
+            .header("host", "svc.test")
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let (status, _, body) = handle(&p, req).await;
+        assert_eq!((status.as_u16(), body.as_str()), (200, "hello"));
+        let up = seen.lock().unwrap()[0].clone();
+        assert!(
+            up.get("upgrade").is_none() && up.get("connection").is_none(),
+            "{up:?}"
+        );
     }
 
     #[test]
