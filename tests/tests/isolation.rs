@@ -310,3 +310,38 @@ async fn fail_open_discards_a_component_route_whose_headers_were_refused() {
         "a header of the refused decision reached the upstream"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_serves_at_most_requests_per_component_at_once() {
+    // The response hook keeps each request's instance until the response
+    // arrives, so three slow requests need three instances.
+    let rig = rig(&format!(
+        "sandbox: {{ requestsPerComponent: 2 }}\nnamespaces:\n  alpha:\n    plugins:\n      - name: stamp\n        url: {}\n        failStrategy: FAIL_CLOSE\n        pluginConfig: {{ name: x-stamp, value: c }}\n",
+        component_url("response-header")
+    ))
+    .await;
+    let http = rig.http;
+    let requests: Vec<_> = (0..3)
+        .map(|_| {
+            tokio::spawn(async move { send(http, "GET", "alpha.test", "/slow", &[], "").await })
+        })
+        .collect();
+    let mut codes = Vec::new();
+    for r in requests {
+        let r = r.await.unwrap();
+        if r.status == 503 {
+            assert!(r.body.contains("already serves 2 requests"), "{}", r.body);
+        } else {
+            assert_eq!(r.header("x-stamp"), Some("c"), "{r:?}");
+        }
+        codes.push(r.status.as_u16());
+    }
+    codes.sort();
+    assert_eq!(codes, vec![200, 200, 503]);
+    // Finished requests gave their instances back.
+    let after = send(rig.http, "GET", "alpha.test", "/", &[], "").await;
+    assert_eq!(after.status, 200, "{after:?}");
+    let m = admin_get(rig.admin, "/metrics").await;
+    let want = r#"wayplug_plugin_failures_total{namespace="alpha",plugin="stamp",reason="busy"} 1"#;
+    assert!(m.body.contains(want), "missing `{want}` in:\n{}", m.body);
+}

@@ -167,7 +167,7 @@ fn default_instances_per_plugin() -> usize {
         .clamp(1, 8)
 }
 fn default_requests_per_component() -> usize {
-    16
+    32
 }
 fn default_paused_request_timeout_ms() -> u64 {
     30_000
