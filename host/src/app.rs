@@ -2,17 +2,19 @@
 //! listeners, and applies new configs while running.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, Admin};
 use crate::config::{self, Config};
-use crate::discovery::Discovery;
 use crate::hbone::{self, drain::Drain};
 use crate::http::pipeline::Limits;
 use crate::http::{Pipeline, server};
@@ -39,6 +41,29 @@ pub enum Error {
     Reload(String),
     #[error("waypoint identity: {0}")]
     Identity(#[from] tls::Error),
+}
+
+/// How long a changed config file must stay the same before it is read
+/// as complete.
+const CONFIG_SETTLE: Duration = Duration::from_millis(100);
+
+/// How many times a config file that keeps changing is re-read before
+/// waiting for the next check.
+const CONFIG_SETTLE_TRIES: usize = 5;
+
+/// The file's content once two reads `settle` apart agree (starting from
+/// `bytes`, just read); `None` when it
+/// cannot be read or keeps changing.
+async fn read_settled(path: &Path, mut bytes: Vec<u8>, settle: Duration) -> Option<Vec<u8>> {
+    for _ in 0..CONFIG_SETTLE_TRIES {
+        tokio::time::sleep(settle).await;
+        let again = tokio::fs::read(path).await.ok()?;
+        if again == bytes {
+            return Some(bytes);
+        }
+        bytes = again;
+    }
+    None
 }
 
 /// A running waypoint.
@@ -103,9 +128,8 @@ impl Waypoint {
             config.sandbox.clone(),
             builtins,
         ));
-        registry.apply(&config.namespaces, &config.base_dir).await?;
+        registry.apply(config.clone()).await?;
         let pipeline = Arc::new(Pipeline::new(
-            Discovery::from_config(&config),
             registry.clone(),
             metrics.clone(),
             Limits {
@@ -257,13 +281,79 @@ impl Waypoint {
                 "HBONE settings changed: restart to apply them".into(),
             ));
         }
-        self.pipeline
-            .registry()
-            .apply(&new.namespaces, &new.base_dir)
-            .await?;
-        self.pipeline.set_discovery(Discovery::from_config(&new));
+        // Config, discovery and chains become visible together, as one
+        // snapshot; the copy kept here (listener settings, drain, the HBONE
+        // listener's settings) follows right after.
+        self.pipeline.registry().apply(new.clone()).await?;
         self.config.store(Arc::new(new));
         Ok(())
+    }
+
+    /// Applies changes to the config file at `path` until `stop` completes,
+    /// checking every `interval`. A file is judged by its content, not its
+    /// modification time (two writes within the file system's timestamp
+    /// granularity look like one), and only content that stayed the same
+    /// for a short settling time is considered, so a file being written is
+    /// not applied half-way. Content that does not parse is read again at
+    /// the next check (it is probably still being written) rather than
+    /// skipped until the file changes; content that parsed and was refused
+    /// is not tried again until it changes. The running config stays
+    /// meanwhile.
+    pub async fn follow_config(
+        &self,
+        path: &Path,
+        interval: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        let settle = interval.min(CONFIG_SETTLE);
+        let mut tried = std::fs::read(path).ok().map(|b| Sha256::digest(&b));
+        let mut poll = tokio::time::interval(interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = poll.tick() => {}
+            }
+            // Replaced by a rename, or not there for a moment: next time.
+            let Ok(first) = tokio::fs::read(path).await else {
+                continue;
+            };
+            if tried == Some(Sha256::digest(&first)) {
+                continue;
+            }
+            let Some(bytes) = read_settled(path, first, settle).await else {
+                continue;
+            };
+            let digest = Sha256::digest(&bytes);
+            if tried == Some(digest) {
+                continue;
+            }
+            let base = path
+                .parent()
+                .map(Path::to_owned)
+                .unwrap_or_else(|| std::path::PathBuf::from("."));
+            let parsed = std::str::from_utf8(&bytes)
+                .map_err(|e| format!("config {}: not UTF-8: {e}", path.display()))
+                .and_then(|text| {
+                    Config::from_yaml(text, &path.display().to_string(), &base)
+                        .map_err(|e| e.to_string())
+                });
+            let config = match parsed {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "config file does not load (yet); keeping the running config and reading it again");
+                    continue;
+                }
+            };
+            tried = Some(digest);
+            match self.reload(config).await {
+                Ok(()) => tracing::info!(config = %path.display(), "config applied"),
+                Err(e) => {
+                    tracing::error!(error = %e, "config change rejected; keeping the running config")
+                }
+            }
+        }
     }
 
     /// Stops accepting, lets open connections finish their requests. HBONE tunnels get until

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -244,36 +244,11 @@ async fn run_config(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     let waypoint = Waypoint::start(config, demo::builtins()).await?;
     tracing::info!(http = ?waypoint.http_addr, admin = ?waypoint.admin_addr, hbone = ?waypoint.hbone_addr, config = %path.display(), "waypoint running");
-    let mut seen = modified(&path);
-    let mut poll = tokio::time::interval(Duration::from_secs(2));
-    let signal = wait_for_signal();
-    tokio::pin!(signal);
-    loop {
-        tokio::select! {
-            _ = &mut signal => break,
-            _ = poll.tick() => {
-                let now = modified(&path);
-                if now == seen {
-                    continue;
-                }
-                seen = now;
-                // A bad file never replaces the running config.
-                match Config::load(&path) {
-                    Err(e) => tracing::error!(error = %e, "config change rejected; keeping the running config"),
-                    Ok(c) => match waypoint.reload(c).await {
-                        Ok(()) => tracing::info!(config = %path.display(), "config applied"),
-                        Err(e) => tracing::error!(error = %e, "config change rejected; keeping the running config"),
-                    },
-                }
-            }
-        }
-    }
+    waypoint
+        .follow_config(&path, Duration::from_secs(2), wait_for_signal())
+        .await;
     waypoint.shutdown().await;
     Ok(())
-}
-
-fn modified(path: &std::path::Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 async fn wait_for_signal() {

@@ -19,7 +19,6 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, Method, Request};
 use http_body_util::Full;
 use wayplug::config::{Config, PluginSpec};
-use wayplug::discovery::Discovery;
 use wayplug::exchange::{Exchange, RequestHead, RequestInfo};
 use wayplug::http::pipeline::Limits;
 use wayplug::http::{ConnInfo, Pipeline};
@@ -115,6 +114,7 @@ fn bench(c: &mut Criterion) {
             config.sandbox.clone(),
             Default::default(),
         ));
+        rt.block_on(registry.apply(config.clone())).unwrap();
         let chain = rt
             .block_on(registry.build_chain("bench", &[spec(url)], Path::new(".")))
             .unwrap();
@@ -131,7 +131,6 @@ fn bench(c: &mut Criterion) {
         });
 
         let pipeline = Pipeline::new(
-            Discovery::from_config(&config),
             registry.clone(),
             metrics.clone(),
             Limits {

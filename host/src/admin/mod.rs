@@ -51,13 +51,13 @@ struct Dump<'a> {
 
 impl Admin {
     fn config_dump(&self) -> String {
-        let config = self.config.load();
-        let chains = self.registry.snapshot();
+        // One snapshot: the chains shown are the ones built from this config.
+        let installed = self.registry.snapshot();
         let mut dump = Dump {
-            config: &config,
+            config: &installed.config,
             chains: Default::default(),
         };
-        for (ns, chain) in chains.iter() {
+        for (ns, chain) in installed.chains.iter() {
             let plugins = chain
                 .plugins
                 .iter()

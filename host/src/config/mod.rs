@@ -132,15 +132,21 @@ pub struct SandboxConfig {
     /// Linear-memory cap of one plugin instance, in MiB.
     #[serde(default = "default_memory_limit_mib", rename = "memoryLimitMiB")]
     pub memory_limit_mib: u64,
-    /// Instances kept per plugin; requests are spread over them.
+    /// Proxy-Wasm: VMs kept per plugin; requests are spread over them.
+    /// Components: ready instances kept per plugin, each used by one request.
     #[serde(default = "default_instances_per_plugin")]
     pub instances_per_plugin: usize,
+    /// Requests one component plugin may serve at once, each on an instance
+    /// of its own; one more fails per the plugin's failStrategy.
+    #[serde(default = "default_requests_per_component")]
+    pub requests_per_component: usize,
     /// How long a request may stay paused by a plugin (waiting for a callout,
     /// say) before the plugin counts as failed.
     #[serde(default = "default_paused_request_timeout_ms")]
     pub paused_request_timeout_ms: u64,
     /// Upper bound on plugin instances alive at once in this process (sizes
-    /// the pooling allocator).
+    /// the pooling allocator). Checked at load against what the plugins
+    /// need: see `plugin::registry::Capacity`.
     #[serde(default = "default_max_instances")]
     pub max_instances: u32,
     /// Largest request or response body a plugin may ask to buffer, in bytes.
@@ -160,6 +166,9 @@ fn default_instances_per_plugin() -> usize {
         .unwrap_or(2)
         .clamp(1, 8)
 }
+fn default_requests_per_component() -> usize {
+    32
+}
 fn default_paused_request_timeout_ms() -> u64 {
     30_000
 }
@@ -176,6 +185,7 @@ impl Default for SandboxConfig {
             call_timeout_ms: default_call_timeout_ms(),
             memory_limit_mib: default_memory_limit_mib(),
             instances_per_plugin: default_instances_per_plugin(),
+            requests_per_component: default_requests_per_component(),
             paused_request_timeout_ms: default_paused_request_timeout_ms(),
             max_instances: default_max_instances(),
             max_buffered_body_bytes: default_max_buffered_body(),
@@ -221,6 +231,13 @@ pub struct NamespaceConfig {
     /// Connection-level rules for HBONE tunnels into this namespace.
     #[serde(default, skip_serializing_if = "L4Authorization::is_empty")]
     pub authorization: L4Authorization,
+}
+
+impl Default for Config {
+    /// What an empty file means: every default, no services, no plugins.
+    fn default() -> Config {
+        Config::from_yaml("{}", "defaults", Path::new(".")).expect("the defaults are valid")
+    }
 }
 
 impl Config {
@@ -282,6 +299,12 @@ impl Config {
             return Err(self.invalid(
                 "sandbox.instancesPerPlugin",
                 format!("{} is out of range (1..=64)", sb.instances_per_plugin),
+            ));
+        }
+        if sb.requests_per_component == 0 || sb.requests_per_component > 100_000 {
+            return Err(self.invalid(
+                "sandbox.requestsPerComponent",
+                format!("{} is out of range (1..=100000)", sb.requests_per_component),
             ));
         }
         if sb.max_instances < 8 {

@@ -21,6 +21,10 @@ pub enum PluginFailure {
     Start(String),
     #[error("returned a decision the waypoint cannot apply: {0}")]
     BadDecision(String),
+    #[error(
+        "already serves {0} requests, each on an instance of its own (sandbox.requestsPerComponent)"
+    )]
+    Busy(usize),
 }
 
 impl PluginFailure {
@@ -34,6 +38,7 @@ impl PluginFailure {
             PluginFailure::InstanceLost => "instance_lost",
             PluginFailure::Start(_) => "start",
             PluginFailure::BadDecision(_) => "bad_decision",
+            PluginFailure::Busy(_) => "busy",
         }
     }
 }

@@ -17,8 +17,10 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, StatusCode};
 
 mod failure;
+mod snapshot;
 
 pub use failure::PluginFailure;
+pub use snapshot::Snapshot;
 
 /// The caller's mesh identity, from its mTLS certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]

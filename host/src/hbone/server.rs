@@ -52,7 +52,6 @@ use crate::tls::Acceptor;
 pub struct Inbound {
     acceptor: Acceptor,
     pipeline: Arc<Pipeline>,
-    config: Arc<ArcSwap<Config>>,
     settings: HboneConfig,
 }
 
@@ -76,7 +75,8 @@ struct Opened {
 type Tunnel = TokioIo<Upgraded>;
 
 impl Inbound {
-    /// Namespace rules are read from `config` per tunnel, so reloads apply to new tunnels.
+    /// Listener settings come from `config`; namespace rules are read per tunnel from the
+    /// pipeline's snapshot of the config in force, so reloads apply to new tunnels.
     pub fn new(
         acceptor: Acceptor,
         pipeline: Arc<Pipeline>,
@@ -86,7 +86,6 @@ impl Inbound {
         Inbound {
             acceptor,
             pipeline,
-            config,
             settings,
         }
     }
@@ -239,14 +238,15 @@ impl Inbound {
         let authority = req.uri().authority().map(|a| a.as_str()).unwrap_or("");
         let addr = parse_authority(authority)?;
 
-        let destination = self
-            .pipeline
-            .discovery()
+        // Discovery and authorization rules from the same config.
+        let installed = self.pipeline.snapshot();
+        let destination = installed
+            .discovery
             .resolve_address(addr)
             .map_err(|source| Error::UnknownDestination { addr, source })?;
         let namespace = &destination.service.namespace;
 
-        if let Some(ns) = self.config.load().namespaces.get(namespace) {
+        if let Some(ns) = installed.config.namespaces.get(namespace) {
             authz::check(&ns.authorization, &peer.identity, addr.port()).map_err(|reason| {
                 Error::Denied {
                     principal: peer.identity.principal(),

@@ -18,7 +18,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
-use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, Version};
@@ -36,6 +35,7 @@ use crate::exchange::{
     Exchange, LocalResponse, PeerIdentity, RequestHead, RequestInfo, ResponseHead, RouteChoice,
 };
 use crate::metrics::Metrics;
+use crate::plugin::registry::Installed;
 use crate::plugin::{FilterStatus, HttpFilter, Plugin, PluginFailure, Registry};
 
 /// A plugin closed the stream: the connection layer resets it instead of
@@ -62,7 +62,8 @@ pub struct Limits {
 }
 
 pub struct Pipeline {
-    discovery: ArcSwap<Discovery>,
+    /// Holds the configuration in force (config, discovery, chains) as one
+    /// snapshot; a request reads it once.
     registry: Arc<Registry>,
     upstream: Upstream,
     metrics: Arc<Metrics>,
@@ -280,8 +281,19 @@ fn run_callback(
             Dir::Response => st.resume_response = false,
         }
     }
+    // What the callback may change is kept when a failure would let the
+    // request go on (FAIL_OPEN) or run the callback again (FAIL_RELOAD), so
+    // neither sees what the failed attempt left half done. FAIL_CLOSE
+    // answers instead, so nothing of the request is used again.
+    let keep = plugin.spec.fail_strategy != FailStrategy::FailClose;
+    let before = keep.then(|| {
+        exchange
+            .lock()
+            .snapshot(matches!(phase, Phase::Body { .. }))
+    });
     let mut result = call(filter.as_mut(), dir, phase);
-    if let Err(failure) = &result {
+    if let (Err(failure), Some(before)) = (&result, before) {
+        exchange.lock().restore(before);
         match plugin.spec.fail_strategy {
             FailStrategy::FailOpen => {
                 tracing::warn!(plugin = %plugin.name(), error = %failure, "skipping failed plugin (FAIL_OPEN)");
@@ -290,12 +302,9 @@ fn run_callback(
             }
             FailStrategy::FailReload => {
                 tracing::warn!(plugin = %plugin.name(), error = %failure, "retrying on a fresh instance (FAIL_RELOAD)");
-                let exchange = f.exchange.clone();
-                result = plugin.new_filter(&exchange, true).and_then(|mut fresh| {
-                    let r = call(fresh.as_mut(), dir, phase);
-                    f.slots[i].filter = Some(fresh);
-                    r
-                });
+                result = filter
+                    .reload()
+                    .and_then(|()| call(filter.as_mut(), dir, phase));
             }
             FailStrategy::FailClose => {}
         }
@@ -471,14 +480,8 @@ fn new_request_id() -> String {
 }
 
 impl Pipeline {
-    pub fn new(
-        discovery: Discovery,
-        registry: Arc<Registry>,
-        metrics: Arc<Metrics>,
-        limits: Limits,
-    ) -> Pipeline {
+    pub fn new(registry: Arc<Registry>, metrics: Arc<Metrics>, limits: Limits) -> Pipeline {
         Pipeline {
-            discovery: ArcSwap::from_pointee(discovery),
             registry,
             upstream: Upstream::new(),
             metrics,
@@ -495,11 +498,12 @@ impl Pipeline {
     }
 
     pub fn discovery(&self) -> Arc<Discovery> {
-        self.discovery.load_full()
+        self.registry.current().discovery.clone()
     }
 
-    pub fn set_discovery(&self, d: Discovery) {
-        self.discovery.store(Arc::new(d));
+    /// The configuration in force, as one snapshot.
+    pub fn snapshot(&self) -> Arc<Installed> {
+        self.registry.current()
     }
 
     /// Handles one request. `Err` means the stream must be reset (a plugin
@@ -531,15 +535,18 @@ impl Pipeline {
         let Some(authority) = authority else {
             return Ok(self.early_error(Error::MissingAuthority));
         };
+        // One snapshot for the whole request: discovery and chains of the
+        // same config.
+        let installed = self.registry.current();
         let destination = match &conn.destination {
             Some(d) => d.clone(),
-            None => match self.discovery.load().resolve_authority(&authority, 80) {
+            None => match installed.discovery.resolve_authority(&authority, 80) {
                 Ok(d) => d,
                 Err(e) => return Ok(self.early_error(e.into())),
             },
         };
         let namespace = destination.service.namespace.clone();
-        let chain = self.registry.chain(&namespace);
+        let chain = installed.chain(&namespace);
 
         let mut headers = parts.headers;
         headers.remove(header::HOST);
@@ -611,12 +618,14 @@ impl Pipeline {
         let route = exchange.lock().route.take();
         let destination = match route {
             None => destination,
-            Some(choice) => match self.apply_route(&exchange, &destination, choice) {
-                Ok(d) => d,
-                Err(resp) => {
-                    return self.local(&filters, &exchange, resp, last(&filters)).await;
+            Some(choice) => {
+                match apply_route(&installed.discovery, &exchange, &destination, choice) {
+                    Ok(d) => d,
+                    Err(resp) => {
+                        return self.local(&filters, &exchange, resp, last(&filters)).await;
+                    }
                 }
-            },
+            }
         };
 
         // Phase 3: upstream.
@@ -855,41 +864,6 @@ impl Pipeline {
         Ok(resp)
     }
 
-    /// Resolves a plugin's route choice and applies its rewrites; an unknown
-    /// service is the plugin's failure.
-    fn apply_route(
-        &self,
-        exchange: &Exchange,
-        current: &Destination,
-        choice: RouteChoice,
-    ) -> Result<Destination, LocalResponse> {
-        let port = choice.port.unwrap_or(current.port);
-        let authority = format!("{}:{port}", choice.service);
-        let dest = self
-            .discovery
-            .load()
-            .resolve_authority(&authority, port)
-            .map_err(|e| {
-                let err = Error::PluginFailed {
-                    plugin: choice.plugin.clone(),
-                    namespace: exchange.info.namespace.clone(),
-                    failure: PluginFailure::BadDecision(format!("routed to {authority}: {e}")),
-                };
-                error_response(&err, &choice.plugin)
-            })?;
-        let mut st = exchange.lock();
-        if let Some(path) = choice.rewrite_path {
-            st.request.path = match st.request.path.split_once('?') {
-                Some((_, q)) => format!("{path}?{q}"),
-                None => path,
-            };
-        }
-        if let Some(host) = choice.rewrite_host {
-            st.request.authority = host;
-        }
-        Ok(dest)
-    }
-
     fn early_error(&self, err: Error) -> Response<ProxyBody> {
         let resp = error_response(&err, "");
         self.metrics.request("", resp.status.as_u16(), &[], 0.0);
@@ -907,13 +881,8 @@ impl Pipeline {
         for (i, plugin) in plugins.iter().enumerate() {
             // Contexts are created in chain order, so a plugin that fails to
             // get one is handled like a failing callback.
-            let created = plugin.new_filter(exchange, false);
-            let created = match created {
-                Err(_) if plugin.spec.fail_strategy == FailStrategy::FailReload => {
-                    plugin.new_filter(exchange, true)
-                }
-                other => other,
-            };
+            let reload = plugin.spec.fail_strategy == FailStrategy::FailReload;
+            let created = plugin.new_filter(exchange, reload);
             match created {
                 Ok(f) => lock(filters).slots.push(Slot {
                     plugin: plugin.clone(),
@@ -1301,6 +1270,37 @@ async fn splice(
         }
         Err(e) => tracing::debug!(id, error = %e, "upgraded stream ended with an error"),
     }
+}
+
+/// Resolves a plugin's route choice and applies its rewrites; an unknown
+/// service is the plugin's failure.
+fn apply_route(
+    discovery: &Discovery,
+    exchange: &Exchange,
+    current: &Destination,
+    choice: RouteChoice,
+) -> Result<Destination, LocalResponse> {
+    let port = choice.port.unwrap_or(current.port);
+    let authority = format!("{}:{port}", choice.service);
+    let dest = discovery.resolve_authority(&authority, port).map_err(|e| {
+        let err = Error::PluginFailed {
+            plugin: choice.plugin.clone(),
+            namespace: exchange.info.namespace.clone(),
+            failure: PluginFailure::BadDecision(format!("routed to {authority}: {e}")),
+        };
+        error_response(&err, &choice.plugin)
+    })?;
+    let mut st = exchange.lock();
+    if let Some(path) = choice.rewrite_path {
+        st.request.path = match st.request.path.split_once('?') {
+            Some((_, q)) => format!("{path}?{q}"),
+            None => path,
+        };
+    }
+    if let Some(host) = choice.rewrite_host {
+        st.request.authority = host;
+    }
+    Ok(dest)
 }
 
 fn last(filters: &SharedFilters) -> Option<usize> {

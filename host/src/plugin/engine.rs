@@ -21,6 +21,9 @@ use crate::config::SandboxConfig;
 
 pub const TICK: Duration = Duration::from_millis(5);
 
+/// Core instances and tables reserved per plugin instance.
+const PARTS_PER_INSTANCE: u32 = 4;
+
 pub struct Engine {
     pub wasm: wasmtime::Engine,
     pub proxy_wasm_linker: Linker<HostState>,
@@ -34,9 +37,14 @@ impl Engine {
         let memory_limit = sandbox.memory_limit_bytes();
         let mut pool = PoolingAllocationConfig::default();
         let slots = sandbox.max_instances;
-        pool.total_core_instances(slots)
+        // `maxInstances` counts plugin instances, each with one linear
+        // memory (the costly part). A component instance is several core
+        // instances and tables (a Rust guest built for wasip2: three core
+        // modules, two tables), so those pools get room for that many.
+        let parts = slots.saturating_mul(PARTS_PER_INSTANCE);
+        pool.total_core_instances(parts)
             .total_memories(slots)
-            .total_tables(slots)
+            .total_tables(parts)
             .total_component_instances(slots)
             .max_memory_size(memory_limit)
             // Keep a few warm slots' pages around for quick reuse.

@@ -48,6 +48,12 @@ pub trait HttpFilter: Send {
     fn on_response_trailers(&mut self) -> Result<FilterStatus, PluginFailure> {
         Ok(FilterStatus::Continue)
     }
+    /// FAIL_RELOAD: after a failed callback, moves this request to a fresh
+    /// instance so the pipeline can run the callback once more. Filters that
+    /// cannot do so keep the default, which reports the instance as lost.
+    fn reload(&mut self) -> Result<(), PluginFailure> {
+        Err(PluginFailure::InstanceLost)
+    }
     /// The request is over (answered, failed or abandoned): log and release.
     fn finish(&mut self) {}
 }

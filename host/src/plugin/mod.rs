@@ -79,6 +79,16 @@ pub enum Error {
     },
     #[error("cannot set up the WebAssembly engine: {0}")]
     Engine(String),
+    #[error(
+        "sandbox.maxInstances is {max}, but this config needs {needed} plugin instances at once: \
+         {detail}; raise sandbox.maxInstances or lower sandbox.instancesPerPlugin / \
+         sandbox.requestsPerComponent"
+    )]
+    Capacity {
+        max: usize,
+        needed: usize,
+        detail: String,
+    },
 }
 
 /// Sandbox limits, resolved for the engine.
@@ -197,16 +207,16 @@ impl Plugin {
         }
     }
 
-    /// A filter for one request. `fresh` forces a new instance (the
-    /// FAIL_RELOAD retry).
+    /// A filter for one request. With `reload_on_failure` (FAIL_RELOAD), a
+    /// filter that cannot be created is retried once on a fresh instance.
     pub fn new_filter(
         &self,
         exchange: &Arc<Exchange>,
-        fresh: bool,
+        reload_on_failure: bool,
     ) -> Result<Box<dyn HttpFilter>, PluginFailure> {
         match &self.kind {
-            PluginKind::ProxyWasm(p) => p.new_filter(exchange, fresh),
-            PluginKind::Component(p) => p.new_filter(exchange, fresh),
+            PluginKind::ProxyWasm(p) => p.new_filter(exchange, reload_on_failure),
+            PluginKind::Component(p) => p.new_filter(exchange, reload_on_failure),
         }
     }
 

@@ -1,12 +1,19 @@
-//! Which plugins run for which namespace.
+//! Which plugins run for which namespace, and the configuration in force.
 //!
-//! Each namespace has a [`Chain`]. The map of chains sits behind an
-//! `ArcSwap`: a request takes a snapshot of its namespace's chain once, at
-//! the start, and keeps it to the end, so replacing a chain never disturbs
-//! requests in flight, and the new chain applies to every request that
-//! starts after the swap. A chain is built completely (every plugin read,
-//! checked, compiled and started) before it can be installed, so a bad
-//! plugin never replaces a good one.
+//! What a request needs from the configuration (the config itself, the
+//! service discovery built from it and every namespace's [`Chain`]) is one
+//! [`Installed`] snapshot behind an `ArcSwap`. A request takes the snapshot
+//! once, at the start, and keeps it to the end, so it never sees new chains
+//! with old discovery or the other way round, replacing the snapshot never
+//! disturbs requests in flight, and the new one applies to every request
+//! that starts after the swap. The chains of a new config are built
+//! completely (every plugin read, checked, compiled and started) before it
+//! can be installed, so a bad plugin never replaces a good one.
+//!
+//! Before anything is compiled, the engine's instance slots
+//! (`sandbox.maxInstances`) are checked against what the new chains need
+//! next to the running ones, which stay alive until the swap and until
+//! their last request finishes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -22,7 +29,8 @@ use super::engine::Engine;
 use super::proxywasm::{ProxyWasmModule, ProxyWasmPlugin, StartError};
 use super::shared::NamespaceShared;
 use super::{Error, Plugin, PluginKind, PluginShared};
-use crate::config::{NamespaceConfig, PluginSpec, PluginUrl, SandboxConfig};
+use crate::config::{Config, FailStrategy, PluginSpec, PluginUrl, SandboxConfig};
+use crate::discovery::Discovery;
 use crate::metrics::Metrics;
 
 /// The plugins of one namespace, in the order they run.
@@ -34,16 +42,99 @@ pub struct Chain {
 /// Plugins compiled into the binary, by name (`builtin://NAME`).
 pub type Builtins = BTreeMap<&'static str, &'static [u8]>;
 
+/// One consistent view of the configuration in force.
+pub struct Installed {
+    pub config: Arc<Config>,
+    pub discovery: Arc<Discovery>,
+    pub chains: HashMap<String, Arc<Chain>>,
+    /// The engine instance slots these chains may hold at once.
+    need: usize,
+}
+
+impl Installed {
+    /// The chain a request for `namespace` runs; `None` when the namespace
+    /// has no plugins.
+    pub fn chain(&self, namespace: &str) -> Option<Arc<Chain>> {
+        self.chains.get(namespace).cloned()
+    }
+}
+
 pub struct Registry {
     engine: Arc<Engine>,
     metrics: Arc<Metrics>,
     callouts: Arc<Callouts>,
     sandbox: SandboxConfig,
     builtins: Builtins,
-    chains: ArcSwap<HashMap<String, Arc<Chain>>>,
+    current: ArcSwap<Installed>,
     shared: Mutex<HashMap<String, Arc<NamespaceShared>>>,
     /// Serialises installs so two reloads cannot interleave their swaps.
     install: Mutex<()>,
+}
+
+/// A plugin file read and checked, not yet compiled.
+struct Read {
+    spec: PluginSpec,
+    bytes: Vec<u8>,
+    sha256: String,
+    is_component: bool,
+}
+
+/// How many engine instance slots a set of plugins may hold at once, and
+/// why, for the error an operator reads when there are too few.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    proxy_wasm: usize,
+    components: usize,
+    fail_reload: usize,
+}
+
+impl Capacity {
+    fn add(&mut self, is_component: bool, fail_strategy: FailStrategy) {
+        if is_component {
+            self.components += 1;
+        } else {
+            self.proxy_wasm += 1;
+            // A FAIL_RELOAD retry starts a VM while the failed one is still
+            // held by the requests pinned to it. (A component's retry drops
+            // its failed instance first.)
+            if fail_strategy == FailStrategy::FailReload {
+                self.fail_reload += 1;
+            }
+        }
+    }
+
+    /// Proxy-Wasm: `instancesPerPlugin` VMs. Components: that many ready
+    /// spares plus one instance per request served at once.
+    pub fn need(&self, sandbox: &SandboxConfig) -> usize {
+        let per_component = sandbox.instances_per_plugin + sandbox.requests_per_component;
+        self.proxy_wasm * sandbox.instances_per_plugin
+            + self.components * per_component
+            + self.fail_reload
+    }
+
+    fn explain(&self, sandbox: &SandboxConfig) -> String {
+        let ipp = sandbox.instances_per_plugin;
+        let rpc = sandbox.requests_per_component;
+        let mut parts = Vec::new();
+        if self.proxy_wasm > 0 {
+            parts.push(format!(
+                "{} Proxy-Wasm plugin(s) × {ipp} instancesPerPlugin = {}",
+                self.proxy_wasm,
+                self.proxy_wasm * ipp
+            ));
+        }
+        if self.components > 0 {
+            parts.push(format!(
+                "{} component plugin(s) × ({ipp} instancesPerPlugin ready + {rpc} requestsPerComponent) = {}",
+                self.components,
+                self.components * (ipp + rpc)
+            ));
+        }
+        if self.fail_reload > 0 {
+            parts.push(format!("{} FAIL_RELOAD replacement(s)", self.fail_reload));
+        }
+        parts.join(" + ")
+    }
 }
 
 impl Registry {
@@ -60,20 +151,31 @@ impl Registry {
             callouts,
             sandbox,
             builtins,
-            chains: ArcSwap::from_pointee(HashMap::new()),
+            current: ArcSwap::from_pointee(Installed {
+                config: Arc::new(Config::default()),
+                discovery: Arc::new(Discovery::default()),
+                chains: HashMap::new(),
+                need: 0,
+            }),
             shared: Mutex::new(HashMap::new()),
             install: Mutex::new(()),
         }
     }
 
+    /// The configuration in force: take it once per request or tunnel.
+    pub fn current(&self) -> Arc<Installed> {
+        self.current.load_full()
+    }
+
     /// The chain a request for `namespace` runs; `None` when the namespace
     /// has no plugins.
     pub fn chain(&self, namespace: &str) -> Option<Arc<Chain>> {
-        self.chains.load().get(namespace).cloned()
+        self.current.load().chain(namespace)
     }
 
-    pub fn snapshot(&self) -> Arc<HashMap<String, Arc<Chain>>> {
-        self.chains.load_full()
+    /// Same as [`current`](Self::current); the config dump reads it.
+    pub fn snapshot(&self) -> Arc<Installed> {
+        self.current()
     }
 
     fn namespace_shared(&self, namespace: &str) -> Arc<NamespaceShared> {
@@ -85,50 +187,99 @@ impl Registry {
             .clone()
     }
 
-    /// Builds every namespace's chain, then installs them all at once. On
-    /// any error nothing changes.
-    pub async fn apply(
-        &self,
-        namespaces: &BTreeMap<String, NamespaceConfig>,
-        base_dir: &Path,
-    ) -> Result<(), Error> {
-        let mut built = HashMap::new();
-        for (ns, cfg) in namespaces {
-            if cfg.plugins.is_empty() {
-                continue;
+    /// Builds every namespace's chain from `config`, then installs them with
+    /// the config and its discovery as one snapshot. On any error nothing
+    /// changes.
+    pub async fn apply(&self, config: Config) -> Result<(), Error> {
+        let mut read = Vec::new();
+        let mut capacity = Capacity::default();
+        for (ns, cfg) in &config.namespaces {
+            let mut plugins = Vec::with_capacity(cfg.plugins.len());
+            for spec in &cfg.plugins {
+                let r = self.read(ns, spec, &config.base_dir).await?;
+                capacity.add(r.is_component, spec.fail_strategy);
+                plugins.push(r);
             }
-            built.insert(
-                ns.clone(),
-                Arc::new(self.build_chain(ns, &cfg.plugins, base_dir).await?),
-            );
+            if !plugins.is_empty() {
+                read.push((ns.clone(), plugins));
+            }
         }
+        let need = capacity.need(&self.sandbox);
+        self.check_capacity(&capacity, need)?;
+        let mut chains = HashMap::new();
+        for (ns, plugins) in read {
+            let chain = self.build(&ns, plugins).await?;
+            chains.insert(ns, Arc::new(chain));
+        }
+        let discovery = Arc::new(Discovery::from_config(&config));
         let _guard = self.install.lock().unwrap_or_else(|e| e.into_inner());
-        self.chains.store(Arc::new(built));
+        self.current.store(Arc::new(Installed {
+            config: Arc::new(config),
+            discovery,
+            chains,
+            need,
+        }));
         Ok(())
     }
 
-    /// Replaces (or, with `None`, removes) one namespace's chain.
-    pub fn install(&self, namespace: &str, chain: Option<Chain>) {
-        let _guard = self.install.lock().unwrap_or_else(|e| e.into_inner());
-        let mut next = HashMap::clone(&self.chains.load());
-        match chain {
-            Some(c) => next.insert(namespace.to_owned(), Arc::new(c)),
-            None => next.remove(namespace),
+    /// The new chains need `need` slots while the running ones still hold
+    /// theirs.
+    fn check_capacity(&self, capacity: &Capacity, need: usize) -> Result<(), Error> {
+        let max = self.sandbox.max_instances as usize;
+        let running = self.current.load().need;
+        if need + running <= max {
+            return Ok(());
+        }
+        let held = if running > 0 {
+            format!(", plus {running} held by the running config until the swap")
+        } else {
+            String::new()
         };
-        self.chains.store(Arc::new(next));
+        Err(Error::Capacity {
+            max,
+            needed: need + running,
+            detail: format!("{}{held}", capacity.explain(&self.sandbox)),
+        })
     }
 
-    /// Loads every plugin of a namespace and orders them: by phase (AUTHN,
-    /// AUTHZ, STATS, unspecified), then higher priority first, then name.
+    /// Replaces (or, with `None`, removes) one namespace's chain, keeping
+    /// the rest of the snapshot.
+    pub fn install(&self, namespace: &str, chain: Option<Chain>) {
+        let _guard = self.install.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.current.load_full();
+        let mut chains = current.chains.clone();
+        match chain {
+            Some(c) => chains.insert(namespace.to_owned(), Arc::new(c)),
+            None => chains.remove(namespace),
+        };
+        self.current.store(Arc::new(Installed {
+            config: current.config.clone(),
+            discovery: current.discovery.clone(),
+            chains,
+            need: current.need,
+        }));
+    }
+
+    /// Loads every plugin of a namespace and orders them.
     pub async fn build_chain(
         &self,
         namespace: &str,
         specs: &[PluginSpec],
         base_dir: &Path,
     ) -> Result<Chain, Error> {
-        let mut plugins = Vec::with_capacity(specs.len());
+        let mut read = Vec::with_capacity(specs.len());
         for spec in specs {
-            plugins.push(Arc::new(self.load(namespace, spec, base_dir).await?));
+            read.push(self.read(namespace, spec, base_dir).await?);
+        }
+        self.build(namespace, read).await
+    }
+
+    /// Compiles and starts read plugins, ordered by phase (AUTHN, AUTHZ,
+    /// STATS, unspecified), then higher priority first, then name.
+    async fn build(&self, namespace: &str, read: Vec<Read>) -> Result<Chain, Error> {
+        let mut plugins = Vec::with_capacity(read.len());
+        for r in read {
+            plugins.push(Arc::new(self.load(namespace, r).await?));
         }
         plugins.sort_by(|a, b| {
             (a.spec.phase, -(a.spec.priority as i64), &a.spec.name).cmp(&(
@@ -143,12 +294,13 @@ impl Registry {
         })
     }
 
-    async fn load(
+    /// Reads a plugin's bytes and checks its sha256; decides its kind.
+    async fn read(
         &self,
         namespace: &str,
         spec: &PluginSpec,
         base_dir: &Path,
-    ) -> Result<Plugin, Error> {
+    ) -> Result<Read, Error> {
         let plugin = spec.name.clone();
         let ns = namespace.to_owned();
         let bytes: Vec<u8> = match &spec.url {
@@ -187,6 +339,24 @@ impl Registry {
         // carries another version and layer. Decided once, here.
         let is_component =
             bytes.len() >= 8 && bytes[0..4] == *b"\0asm" && bytes[4..8] != [1, 0, 0, 0];
+        Ok(Read {
+            spec: spec.clone(),
+            bytes,
+            sha256,
+            is_component,
+        })
+    }
+
+    async fn load(&self, namespace: &str, read: Read) -> Result<Plugin, Error> {
+        let Read {
+            spec,
+            bytes,
+            sha256,
+            is_component,
+        } = read;
+        let spec = &spec;
+        let plugin = spec.name.clone();
+        let ns = namespace.to_owned();
 
         let shared = Arc::new(PluginShared {
             name: spec.name.clone(),
@@ -208,6 +378,7 @@ impl Registry {
         // request workers.
         let engine = self.engine.clone();
         let instances = self.sandbox.instances_per_plugin;
+        let per_request = self.sandbox.requests_per_component;
         let size = bytes.len();
         let shared2 = shared.clone();
         let kind = tokio::task::spawn_blocking(move || -> Result<PluginKind, LoadFailure> {
@@ -218,6 +389,7 @@ impl Registry {
                     &bytes,
                     shared2,
                     instances,
+                    per_request,
                 )
                 .map_err(|e| match e {
                     ComponentLoadError::Abi(m) => LoadFailure::Abi(m),

@@ -2,15 +2,18 @@
 //!
 //! A policy decides about a request in one call (`on-request`) and may opt
 //! into response and body hooks by exporting their interfaces; which ones it
-//! exports is read once, at load. Instances are pooled like Proxy-Wasm VMs
-//! and run under the same sandbox limits; the request and response reach
-//! the guest as resources, so a policy pays only for the fields it reads.
+//! exports is read once, at load. Every request gets an instance of its own
+//! (components keep no state between requests, and pooled instantiation
+//! costs microseconds), held only while a hook of this plugin may still run
+//! for it; so a crash fails exactly the request that caused it. Instances run
+//! under the same sandbox limits as Proxy-Wasm VMs; the request and response
+//! reach the guest as resources, so a policy pays only for the fields it
+//! reads.
 
 mod bindings;
 mod host;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -18,7 +21,7 @@ use wasmtime::component::{Component, InstancePre, Linker, Resource, ResourceTabl
 use wasmtime::{Engine, Store};
 
 use super::filter::{FilterStatus, HttpFilter};
-use super::pool::{InstancePool, Poisonable};
+use super::pool::{PerRequest, TakeError};
 use super::sandbox::{MemoryLimiter, classify};
 use super::{PluginFailure, PluginShared};
 use crate::exchange::{Exchange, LocalResponse, RouteChoice};
@@ -46,10 +49,46 @@ struct Exports {
 }
 
 pub struct ComponentPlugin {
+    factory: Arc<Factory>,
+}
+
+/// What it takes to start an instance, and the instances of this plugin.
+struct Factory {
     pre: InstancePre<ComponentState>,
-    exports: Arc<Exports>,
+    exports: Exports,
     shared: Arc<PluginShared>,
-    pool: InstancePool<ComponentInstance>,
+    pool: PerRequest<ComponentInstance>,
+}
+
+impl Factory {
+    fn start(&self) -> Result<ComponentInstance, PluginFailure> {
+        ComponentInstance::start(&self.pre, &self.exports, &self.shared).map_err(|e| match e {
+            LoadError::Abi(m) | LoadError::Start(m) => PluginFailure::Start(m),
+        })
+    }
+
+    /// An instance for one request, which no other request will ever use.
+    fn take(&self) -> Result<ComponentInstance, PluginFailure> {
+        self.pool.take(|| self.start()).map_err(|e| match e {
+            TakeError::Busy { limit } => PluginFailure::Busy(limit),
+            TakeError::Start(f) => f,
+        })
+    }
+
+    /// A request let go of its instance (already dropped): start the next
+    /// spare in the background, so no request waits for its `configure`.
+    fn released(self: &Arc<Self>) {
+        if !self.pool.release() {
+            return;
+        }
+        let factory = self.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move { factory.pool.top_up(|| factory.start()) });
+            }
+            Err(_) => factory.pool.top_up(|| factory.start()),
+        }
+    }
 }
 
 /// Why a component could not be loaded.
@@ -60,12 +99,16 @@ pub enum LoadError {
 }
 
 impl ComponentPlugin {
+    /// Compiles and links the component and starts one instance (which
+    /// proves `configure` accepts the configuration). `spares` instances are
+    /// kept ready; at most `per_request_limit` requests hold one at once.
     pub fn new(
         engine: &Engine,
         base: &Linker<ComponentState>,
         bytes: &[u8],
         shared: Arc<PluginShared>,
-        instances: usize,
+        spares: usize,
+        per_request_limit: usize,
     ) -> Result<ComponentPlugin, LoadError> {
         let component =
             Component::new(engine, bytes).map_err(|e| LoadError::Abi(format!("{e:#}")))?;
@@ -81,49 +124,55 @@ impl ComponentPlugin {
                 "not a wayplug:policy@0.1.0 plugin: it does not export request-policy ({e})"
             ))
         })?;
-        let exports = Arc::new(Exports {
+        let exports = Exports {
             request,
             response: response_hooks::GuestIndices::new(&pre).ok(),
             body: body_hooks::GuestIndices::new(&pre).ok(),
-        });
+        };
         let first = ComponentInstance::start(&pre, &exports, &shared)?;
         Ok(ComponentPlugin {
-            pool: InstancePool::new(first, instances),
-            pre,
-            exports,
-            shared,
+            factory: Arc::new(Factory {
+                pool: PerRequest::new(first, spares, per_request_limit),
+                pre,
+                exports,
+                shared,
+            }),
         })
     }
 
     pub fn shared(&self) -> &PluginShared {
-        &self.shared
+        &self.factory.shared
     }
 
+    /// Instances alive now: ready spares and those serving requests.
     pub fn live_instances(&self) -> usize {
-        self.pool.live()
+        self.factory.pool.live()
     }
 
     /// Whether the plugin exports the request body hook.
     pub fn has_body_hook(&self) -> bool {
-        self.exports.body.is_some()
+        self.factory.exports.body.is_some()
     }
 
+    /// A filter for one request, with an instance of its own. With
+    /// `reload_on_failure`, an instance that cannot start is tried once more.
     pub fn new_filter(
         &self,
         exchange: &Arc<Exchange>,
-        fresh: bool,
+        reload_on_failure: bool,
     ) -> Result<Box<dyn HttpFilter>, PluginFailure> {
-        let instance = self.pool.checkout(fresh, || {
-            ComponentInstance::start(&self.pre, &self.exports, &self.shared).map_err(|e| match e {
-                LoadError::Abi(m) | LoadError::Start(m) => PluginFailure::Start(m),
-            })
-        })?;
+        let factory = &self.factory;
+        let instance = match factory.take() {
+            Err(PluginFailure::Start(_)) if reload_on_failure => factory.take()?,
+            other => other?,
+        };
         Ok(Box::new(ComponentFilter {
-            instance,
+            factory: factory.clone(),
+            instance: Some(instance),
             exchange: exchange.clone(),
             response_headers: Vec::new(),
             let_through: false,
-            has_body_hook: self.exports.body.is_some(),
+            body_done: false,
         }))
     }
 }
@@ -135,16 +184,11 @@ struct Inner {
     body: Option<body_hooks::Guest>,
 }
 
+/// One instance, owned by the one request it serves.
 pub struct ComponentInstance {
-    inner: Mutex<Inner>,
-    poisoned: AtomicBool,
+    inner: Inner,
+    poisoned: bool,
     shared: Arc<PluginShared>,
-}
-
-impl Poisonable for ComponentInstance {
-    fn is_poisoned(&self) -> bool {
-        self.poisoned.load(Ordering::Acquire)
-    }
 }
 
 impl ComponentInstance {
@@ -152,7 +196,7 @@ impl ComponentInstance {
         pre: &InstancePre<ComponentState>,
         exports: &Exports,
         shared: &Arc<PluginShared>,
-    ) -> Result<Arc<Self>, LoadError> {
+    ) -> Result<Self, LoadError> {
         let state = ComponentState {
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(shared.limits.memory_limit_bytes),
@@ -198,39 +242,38 @@ impl ComponentInstance {
             }
             Err(e) => return Err(fail(&store, e)),
         }
-        Ok(Arc::new(ComponentInstance {
-            inner: Mutex::new(Inner {
+        Ok(ComponentInstance {
+            inner: Inner {
                 store,
                 request,
                 response,
                 body,
-            }),
-            poisoned: AtomicBool::new(false),
+            },
+            poisoned: false,
             shared: shared.clone(),
-        }))
+        })
     }
 
     /// One guest call under the deadline and memory limit; any failure
-    /// poisons the instance.
+    /// poisons the instance (and so fails only the request that owns it).
     fn call<R>(
-        &self,
+        &mut self,
         f: impl FnOnce(&mut Inner) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFailure> {
-        if self.is_poisoned() {
+        if self.poisoned {
             return Err(PluginFailure::InstanceLost);
         }
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = &mut self.inner;
         inner
             .store
             .set_epoch_deadline(self.shared.limits.deadline_ticks);
         inner.store.data_mut().limiter.refused = false;
-        let result = f(&mut inner);
-        match result {
+        match f(inner) {
             Ok(r) => Ok(r),
             Err(e) => {
-                self.poisoned.store(true, Ordering::Release);
-                let failure = classify(&e, inner.store.data().limiter.refused, &self.shared);
-                drop(inner);
+                self.poisoned = true;
+                let refused = self.inner.store.data().limiter.refused;
+                let failure = classify(&e, refused, &self.shared);
                 self.shared.report_failure(&failure);
                 Err(failure)
             }
@@ -239,14 +282,16 @@ impl ComponentInstance {
 }
 
 struct ComponentFilter {
-    instance: Arc<ComponentInstance>,
+    factory: Arc<Factory>,
+    /// This request's own instance; `None` once no hook can run any more.
+    instance: Option<ComponentInstance>,
     exchange: Arc<Exchange>,
     /// Headers the request decision asked to add to the response.
     response_headers: Vec<(HeaderName, HeaderValue)>,
     /// The plugin let the request through (its body hook then runs).
     let_through: bool,
-    /// Read from the plugin's exports at load.
-    has_body_hook: bool,
+    /// The body hook has run.
+    body_done: bool,
 }
 
 fn bad(msg: impl Into<String>) -> PluginFailure {
@@ -261,21 +306,44 @@ fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), PluginFa
     Ok((n, v))
 }
 
-fn apply(headers: &mut HeaderMap, changes: &types::HeaderChanges) -> Result<(), PluginFailure> {
-    for name in &changes.remove {
-        if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+/// Header changes checked in full before any is applied, so a decision
+/// with one bad header changes nothing.
+struct Changes {
+    remove: Vec<HeaderName>,
+    set: Vec<(HeaderName, HeaderValue)>,
+    add: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Changes {
+    fn check(changes: &types::HeaderChanges) -> Result<Changes, PluginFailure> {
+        let pairs = |list: &[(String, String)]| {
+            list.iter()
+                .map(|(k, v)| header(k, v))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(Changes {
+            // A name that cannot be a header is on no request: nothing to remove.
+            remove: changes
+                .remove
+                .iter()
+                .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+                .collect(),
+            set: pairs(&changes.set)?,
+            add: pairs(&changes.add)?,
+        })
+    }
+
+    fn apply(self, headers: &mut HeaderMap) {
+        for n in self.remove {
             headers.remove(n);
         }
+        for (k, v) in self.set {
+            headers.insert(k, v);
+        }
+        for (k, v) in self.add {
+            headers.append(k, v);
+        }
     }
-    for (k, v) in &changes.set {
-        let (k, v) = header(k, v)?;
-        headers.insert(k, v);
-    }
-    for (k, v) in &changes.add {
-        let (k, v) = header(k, v)?;
-        headers.append(k, v);
-    }
-    Ok(())
 }
 
 fn local(plugin: &str, r: types::LocalResponse) -> Result<LocalResponse, PluginFailure> {
@@ -341,15 +409,33 @@ fn pick(backends: &[types::WeightedBackend]) -> Result<&types::WeightedBackend, 
 
 impl ComponentFilter {
     fn name(&self) -> &str {
-        &self.instance.shared.name
+        &self.factory.shared.name
+    }
+
+    fn has_response_hook(&self) -> bool {
+        self.factory.exports.response.is_some()
+    }
+
+    fn has_body_hook(&self) -> bool {
+        self.factory.exports.body.is_some()
+    }
+
+    fn call<R>(
+        &mut self,
+        f: impl FnOnce(&mut Inner) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginFailure> {
+        match self.instance.as_mut() {
+            Some(instance) => instance.call(f),
+            None => Err(PluginFailure::InstanceLost),
+        }
     }
 
     fn with_request<R>(
-        &self,
+        &mut self,
         f: impl FnOnce(&mut Inner, Resource<RequestRef>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFailure> {
         let exchange = self.exchange.clone();
-        self.instance.call(|inner| {
+        self.call(|inner| {
             let req = inner.store.data_mut().table.push(RequestRef { exchange })?;
             let borrowed = Resource::new_borrow(req.rep());
             let r = f(inner, borrowed);
@@ -358,18 +444,39 @@ impl ComponentFilter {
         })
     }
 
+    /// Gives the instance back once none of this plugin's hooks can run for
+    /// the request any more, so a long response holds no instance.
+    fn release_if_done(&mut self) {
+        let body_pending = self.let_through && self.has_body_hook() && !self.body_done;
+        if !self.has_response_hook() && !body_pending {
+            self.release();
+        }
+    }
+
+    fn release(&mut self) {
+        // Dropped before the pool hears of it: its engine slot is free for
+        // the spare that replaces it.
+        if self.instance.take().is_some() {
+            self.factory.released();
+        }
+    }
+
+    /// Applies a decision only once all of it is known to be valid: a bad
+    /// header leaves no route, header change or response behind.
     fn decide(&mut self, d: types::Decision) -> Result<(), PluginFailure> {
         let plugin = self.name().to_owned();
-        let changes = match d {
+        let (changes, route) = match d {
             types::Decision::Respond(r) => {
-                self.exchange.lock().local_response = Some(local(&plugin, r)?);
+                let local = local(&plugin, r)?;
+                self.exchange.lock().local_response = Some(local);
                 return Ok(());
             }
             types::Decision::Redirect(r) => {
-                self.exchange.lock().local_response = Some(redirect(&plugin, r)?);
+                let local = redirect(&plugin, r)?;
+                self.exchange.lock().local_response = Some(local);
                 return Ok(());
             }
-            types::Decision::Continue(changes) => changes,
+            types::Decision::Continue(changes) => (changes, None),
             types::Decision::Route(route) => {
                 let backend = pick(&route.backends)?;
                 let choice = RouteChoice {
@@ -379,22 +486,29 @@ impl ComponentFilter {
                     rewrite_host: route.rewrite_host.clone(),
                     plugin: plugin.clone(),
                 };
-                self.exchange.lock().route = Some(choice);
-                route.changes
+                (route.changes, Some(choice))
             }
         };
-        for (k, v) in &changes.response_headers {
-            self.response_headers.push(header(k, v)?);
+        let response_headers = changes
+            .response_headers
+            .iter()
+            .map(|(k, v)| header(k, v))
+            .collect::<Result<Vec<_>, _>>()?;
+        let request = Changes::check(&changes.request_headers)?;
+        {
+            let mut st = self.exchange.lock();
+            request.apply(&mut st.request.headers);
+            if route.is_some() {
+                st.route = route;
+            }
         }
-        apply(
-            &mut self.exchange.lock().request.headers,
-            &changes.request_headers,
-        )?;
+        self.response_headers.extend(response_headers);
         self.let_through = true;
         Ok(())
     }
 
     fn body_hook(&mut self, body: Vec<u8>) -> Result<(), PluginFailure> {
+        self.body_done = true;
         let decision = self.with_request(|inner, req| match &inner.body {
             Some(g) => g
                 .call_on_request_body(&mut inner.store, req, &body)
@@ -408,7 +522,8 @@ impl ComponentFilter {
             }
             Some(types::BodyDecision::Respond(r)) => {
                 let plugin = self.name().to_owned();
-                self.exchange.lock().local_response = Some(local(&plugin, r)?);
+                let local = local(&plugin, r)?;
+                self.exchange.lock().local_response = Some(local);
             }
         }
         Ok(())
@@ -420,14 +535,15 @@ impl HttpFilter for ComponentFilter {
         let decision =
             self.with_request(|inner, req| inner.request.call_on_request(&mut inner.store, req))?;
         self.decide(decision)?;
-        if eos && self.let_through && self.has_body_hook {
+        if eos && self.let_through && self.has_body_hook() {
             self.body_hook(Vec::new())?;
         }
+        self.release_if_done();
         Ok(FilterStatus::Continue)
     }
 
     fn on_request_body(&mut self, _size: usize, eos: bool) -> Result<FilterStatus, PluginFailure> {
-        if !self.let_through || !self.has_body_hook {
+        if !self.let_through || !self.has_body_hook() || self.body_done {
             return Ok(FilterStatus::Continue);
         }
         if !eos {
@@ -436,6 +552,7 @@ impl HttpFilter for ComponentFilter {
         }
         let body = self.exchange.lock().request_body.to_vec();
         self.body_hook(body)?;
+        self.release_if_done();
         Ok(FilterStatus::Continue)
     }
 
@@ -458,8 +575,11 @@ impl HttpFilter for ComponentFilter {
                 }
             }
         }
+        if !self.has_response_hook() {
+            return Ok(FilterStatus::Continue);
+        }
         let exchange = self.exchange.clone();
-        let decision = self.instance.call(|inner| {
+        let decision = self.call(|inner| {
             let Some(g) = &inner.response else {
                 return Ok(None);
             };
@@ -479,19 +599,46 @@ impl HttpFilter for ComponentFilter {
             table.delete(resp)?;
             r.map(Some)
         })?;
+        self.release();
         match decision {
             None => {}
             Some(types::ResponseDecision::Continue(changes)) => {
+                let changes = Changes::check(&changes)?;
                 let mut st = self.exchange.lock();
                 if let Some(resp) = st.response.as_mut() {
-                    apply(&mut resp.headers, &changes)?;
+                    changes.apply(&mut resp.headers);
                 }
             }
             Some(types::ResponseDecision::Replace(r)) => {
                 let plugin = self.name().to_owned();
-                self.exchange.lock().local_response = Some(local(&plugin, r)?);
+                let local = local(&plugin, r)?;
+                self.exchange.lock().local_response = Some(local);
             }
         }
         Ok(FilterStatus::Continue)
+    }
+
+    /// FAIL_RELOAD: the failed instance is dropped and the request goes on
+    /// with a fresh one (a spare when one is ready).
+    fn reload(&mut self) -> Result<(), PluginFailure> {
+        let factory = self.factory.clone();
+        if self.instance.take().is_some() {
+            self.instance = Some(factory.pool.renew(|| factory.start()).inspect_err(|_| {
+                factory.released();
+            })?);
+        } else {
+            self.instance = Some(factory.take()?);
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) {
+        self.release();
+    }
+}
+
+impl Drop for ComponentFilter {
+    fn drop(&mut self) {
+        self.release();
     }
 }

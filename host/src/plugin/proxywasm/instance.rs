@@ -283,16 +283,19 @@ impl Instance {
     }
 
     /// Runs `f` as one guest call for context `ctx`, under the deadline and
-    /// memory limit, then carries out what the guest asked for.
+    /// memory limit, then carries out what the guest asked for. Whether the
+    /// instance already failed is decided under the same lock as the call,
+    /// and a failure poisons it before the lock is released, so no call ever
+    /// runs on a VM another call left broken.
     fn call<R>(
         &self,
         ctx: u32,
         f: impl FnOnce(&mut Inner) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFailure> {
+        let mut inner = self.lock();
         if self.is_poisoned() {
             return Err(PluginFailure::InstanceLost);
         }
-        let mut inner = self.lock();
         let deadline = self.shared.limits.deadline_ticks;
         inner.store.set_epoch_deadline(deadline);
         {
@@ -309,6 +312,9 @@ impl Instance {
             None
         };
         let refused = data.limiter.refused;
+        if result.is_err() {
+            self.poisoned.store(true, Ordering::Release);
+        }
         drop(inner);
         match result {
             Ok(r) => {
@@ -321,7 +327,6 @@ impl Instance {
                 Ok(r)
             }
             Err(e) => {
-                self.poisoned.store(true, Ordering::Release);
                 let failure = classify(&e, refused, &self.shared);
                 self.shared.report_failure(&failure);
                 Err(failure)
@@ -330,25 +335,30 @@ impl Instance {
     }
 
     pub fn create_http_context(&self, exchange: Arc<Exchange>) -> Result<u32, PluginFailure> {
-        let id = {
-            let mut inner = self.lock();
+        let mut created = None;
+        let result = self.call(0, |inner| {
             let id = inner.next_id;
             // Skip ids still in use after the counter wraps.
             inner.next_id = inner.next_id.checked_add(1).unwrap_or(ROOT_CONTEXT_ID + 1);
-            inner
-                .store
-                .data_mut()
-                .contexts
-                .insert(id, ContextKind::Http(exchange));
-            id
-        };
-        self.call(id, |inner| {
+            let data = inner.store.data_mut();
+            data.contexts.insert(id, ContextKind::Http(exchange));
+            data.current = id;
+            created = Some(id);
             inner
                 .exports
                 .on_context_create
                 .call(&mut inner.store, (id as i32, ROOT_CONTEXT_ID as i32))
-        })?;
-        Ok(id)
+        });
+        match (result, created) {
+            (Ok(()), Some(id)) => Ok(id),
+            (Ok(()), None) => Err(PluginFailure::InstanceLost),
+            (Err(failure), id) => {
+                if let Some(id) = id {
+                    self.lock().store.data_mut().contexts.remove(&id);
+                }
+                Err(failure)
+            }
+        }
     }
 
     /// Runs one http callback; returns the guest's action code.
@@ -422,32 +432,49 @@ impl Instance {
         });
     }
 
+    /// Hands a callout's answer to the context that asked for it. Storing
+    /// the answer and running `proxy_on_http_call_response` are one guest
+    /// call under one lock, so the `get_http_call_response_*` reads of that
+    /// callback see this token's answer and never another callout's that
+    /// finished at the same moment. A callback that fails leaves nothing
+    /// behind on the request: what it changed is rolled back before the
+    /// failure is reported to the pipeline.
     fn deliver_call_response(&self, ctx: u32, token: u32, resp: CalloutResponse) {
         let counts = (resp.headers.len(), resp.body.len(), resp.trailers.len());
-        let exchange = {
-            let mut inner = self.lock();
-            let exchange = match inner.store.data().contexts.get(&ctx) {
-                None => return, // the request is gone
-                Some(ContextKind::Root) => None,
-                Some(ContextKind::Http(ex)) => Some(ex.clone()),
-            };
-            inner.store.data_mut().call_response = Some(resp);
-            exchange
+        let exchange = match self.lock().store.data().contexts.get(&ctx) {
+            None => return, // the request is gone
+            Some(ContextKind::Root) => None,
+            Some(ContextKind::Http(ex)) => Some(ex.clone()),
         };
-        let result = self.call(ctx, |inner| match &inner.exports.on_http_call_response {
-            Some(f) => f.call(
-                &mut inner.store,
-                (
-                    ctx as i32,
-                    token as i32,
-                    counts.0 as i32,
-                    counts.1 as i32,
-                    counts.2 as i32,
+        let result = self.call(ctx, |inner| {
+            if !inner.store.data().contexts.contains_key(&ctx) {
+                return Ok(());
+            }
+            // Taken under the instance lock, so a callback of this context
+            // that ran just before is part of what a failure keeps.
+            let before = exchange.as_ref().map(|ex| ex.lock().snapshot(true));
+            inner.store.data_mut().call_response = Some(resp);
+            let r = match &inner.exports.on_http_call_response {
+                Some(f) => f.call(
+                    &mut inner.store,
+                    (
+                        ctx as i32,
+                        token as i32,
+                        counts.0 as i32,
+                        counts.1 as i32,
+                        counts.2 as i32,
+                    ),
                 ),
-            ),
-            None => Ok(()),
+                None => Ok(()),
+            };
+            inner.store.data_mut().call_response = None;
+            if r.is_err()
+                && let (Some(ex), Some(before)) = (&exchange, before)
+            {
+                ex.lock().restore(before);
+            }
+            r
         });
-        self.lock().store.data_mut().call_response = None;
         if let Some(ex) = exchange {
             if let Err(f) = result {
                 ex.lock().async_failure = Some((self.shared.name.clone(), f));
@@ -511,5 +538,213 @@ fn classify_start(
         StartError::Failed(classify(&e, refused, shared))
     } else {
         StartError::Instantiate(format!("{e:#}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::SystemTime;
+
+    use bytes::Bytes;
+    use http::{HeaderMap, Method};
+
+    use super::*;
+    use crate::config::SandboxConfig;
+    use crate::exchange::{RequestHead, RequestInfo};
+    use crate::metrics::Metrics;
+    use crate::plugin::callout::Callouts;
+    use crate::plugin::engine::Engine;
+
+    /// A Proxy-Wasm module small enough to read: request headers trap when
+    /// `end_of_stream` is false, and a callout answer's body is copied into
+    /// request header `x-answer` of the context it was delivered to.
+    const GUEST: &str = r#"
+(module
+  (import "env" "proxy_get_buffer_bytes"
+    (func $get_buffer (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_add_header_map_value"
+    (func $add_header (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (global $bump (mut i32) (i32.const 1024))
+  (data (i32.const 16) "x-answer")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $bump))
+    (global.set $bump (i32.add (global.get $bump) (local.get $n)))
+    (local.get $p))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_request_headers") (param i32 i32) (param $eos i32) (result i32)
+    (if (i32.eqz (local.get $eos)) (then unreachable))
+    (i32.const 0))
+  (func (export "proxy_on_http_call_response")
+    (param i32 i32 i32) (param $body i32) (param i32)
+    (drop (call $get_buffer (i32.const 4) (i32.const 0) (local.get $body)
+      (i32.const 32) (i32.const 36)))
+    (drop (call $add_header (i32.const 0) (i32.const 16) (i32.const 8)
+      (i32.load (i32.const 32)) (i32.load (i32.const 36)))))
+)
+"#;
+
+    fn start() -> Arc<Instance> {
+        let engine = Engine::new(&SandboxConfig::default()).unwrap();
+        let bytes = wat::parse_str(GUEST).unwrap();
+        let module = wasmtime::Module::new(&engine.wasm, bytes).unwrap();
+        let module = ProxyWasmModule::new(&engine.proxy_wasm_linker, &module).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let shared = Arc::new(PluginShared {
+            name: "t".into(),
+            namespace: "ns".into(),
+            root_id: String::new(),
+            vm_id: String::new(),
+            plugin_config: Vec::new(),
+            vm_config: Vec::new(),
+            env: Vec::new(),
+            limits: engine.limits.clone(),
+            shared: Arc::default(),
+            callouts: Arc::new(Callouts::new(Default::default())),
+            metrics: metrics.plugin_metrics("ns", "t"),
+            global_metrics: metrics,
+            log_tail: Mutex::default(),
+        });
+        Instance::start(&module, shared).unwrap()
+    }
+
+    fn exchange() -> Arc<Exchange> {
+        let addr = "127.0.0.1:1".parse().unwrap();
+        Arc::new(Exchange::new(
+            RequestInfo {
+                id: "1".into(),
+                namespace: "ns".into(),
+                service_hostname: "s".into(),
+                service_name: "s".into(),
+                source: addr,
+                destination: addr,
+                protocol: "HTTP/1.1",
+                peer: None,
+                start: SystemTime::now(),
+            },
+            RequestHead {
+                method: Method::GET,
+                scheme: "http".into(),
+                authority: "s".into(),
+                path: "/".into(),
+                headers: HeaderMap::new(),
+            },
+        ))
+    }
+
+    fn answer(body: &str) -> CalloutResponse {
+        CalloutResponse {
+            headers: vec![(b":status".to_vec(), b"200".to_vec())],
+            body: Bytes::copy_from_slice(body.as_bytes()),
+            trailers: Vec::new(),
+        }
+    }
+
+    fn answers(ex: &Exchange) -> Vec<String> {
+        ex.lock()
+            .request
+            .headers
+            .get_all("x-answer")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn each_context_reads_the_answer_delivered_to_it() {
+        let inst = start();
+        let contexts: Vec<(u32, Arc<Exchange>)> = (0..4)
+            .map(|_| {
+                let ex = exchange();
+                (inst.create_http_context(ex.clone()).unwrap(), ex)
+            })
+            .collect();
+        // Deliveries for different contexts race on one instance.
+        std::thread::scope(|s| {
+            for (i, (ctx, _)) in contexts.iter().enumerate() {
+                let inst = inst.clone();
+                let ctx = *ctx;
+                s.spawn(move || {
+                    for n in 0..50 {
+                        inst.deliver_call_response(ctx, n, answer(&format!("ctx{i}")));
+                    }
+                });
+            }
+        });
+        for (i, (_, ex)) in contexts.iter().enumerate() {
+            let got = answers(ex);
+            assert_eq!(got.len(), 50);
+            assert!(
+                got.iter().all(|a| *a == format!("ctx{i}")),
+                "context {i} read another context's answer: {got:?}"
+            );
+        }
+        assert!(inst.lock().store.data().call_response.is_none());
+    }
+
+    #[test]
+    fn an_answer_for_a_finished_context_is_dropped() {
+        let inst = start();
+        let ex = exchange();
+        let ctx = inst.create_http_context(ex.clone()).unwrap();
+        inst.finish_http_context(ctx);
+        inst.deliver_call_response(ctx, 1, answer("late"));
+        assert!(answers(&ex).is_empty());
+        assert!(!inst.is_poisoned());
+    }
+
+    #[test]
+    fn a_trap_poisons_the_vm_for_every_context_on_it() {
+        let inst = start();
+        let a = inst.create_http_context(exchange()).unwrap();
+        let b = inst.create_http_context(exchange()).unwrap();
+        let ok = Callback::RequestHeaders {
+            headers: 0,
+            eos: true,
+        };
+        let trap = Callback::RequestHeaders {
+            headers: 0,
+            eos: false,
+        };
+        assert_eq!(inst.http_callback(b, ok), Ok(0));
+        assert!(matches!(
+            inst.http_callback(a, trap),
+            Err(PluginFailure::Trap(_))
+        ));
+        assert!(inst.is_poisoned());
+        // The other request pinned to this VM fails at its next callback,
+        // without the guest running again.
+        assert_eq!(inst.http_callback(b, ok), Err(PluginFailure::InstanceLost));
+        assert_eq!(
+            inst.create_http_context(exchange()),
+            Err(PluginFailure::InstanceLost)
+        );
+    }
+
+    #[test]
+    fn a_failed_callout_callback_leaves_nothing_behind() {
+        let inst = start();
+        let ex = exchange();
+        let ctx = inst.create_http_context(ex.clone()).unwrap();
+        // Poisoned by another context's trap: the delivery fails, the
+        // request hears of it and keeps its headers as they were.
+        let other = inst.create_http_context(exchange()).unwrap();
+        let _ = inst.http_callback(
+            other,
+            Callback::RequestHeaders {
+                headers: 0,
+                eos: false,
+            },
+        );
+        inst.deliver_call_response(ctx, 1, answer("after the crash"));
+        let st = ex.lock();
+        assert!(st.request.headers.is_empty());
+        assert_eq!(
+            st.async_failure.as_ref().map(|(_, f)| f.clone()),
+            Some(PluginFailure::InstanceLost)
+        );
     }
 }

@@ -4,7 +4,10 @@
 //! A plugin keeps a small pool of long-lived instances (Envoy keeps one VM
 //! per worker). A request is pinned to one instance for its lifetime, as an
 //! HTTP context inside it, and each callback locks that instance only for the
-//! duration of the guest call.
+//! duration of the guest call. As in Envoy, the requests pinned to a VM share
+//! its fate: when one of them makes it fail, the others fail at their next
+//! callback on it (each per its own plugin's failStrategy, FAIL_RELOAD
+//! moving the request to the slot's replacement).
 
 mod abi;
 mod instance;
@@ -66,9 +69,21 @@ impl ProxyWasmModule {
 
 /// A loaded Proxy-Wasm plugin with its instance pool.
 pub struct ProxyWasmPlugin {
+    inner: Arc<Loaded>,
+}
+
+/// What a plugin's filters need to replace their instance.
+struct Loaded {
     module: ProxyWasmModule,
     shared: Arc<PluginShared>,
     pool: InstancePool<Instance>,
+}
+
+impl Loaded {
+    fn start(&self) -> Result<Arc<Instance>, PluginFailure> {
+        Instance::start(&self.module, self.shared.clone())
+            .map_err(|e| PluginFailure::Start(e.to_string()))
+    }
 }
 
 impl ProxyWasmPlugin {
@@ -81,28 +96,36 @@ impl ProxyWasmPlugin {
     ) -> Result<Self, StartError> {
         let first = Instance::start(&module, shared.clone())?;
         Ok(ProxyWasmPlugin {
-            module,
-            shared,
-            pool: InstancePool::new(first, instances),
+            inner: Arc::new(Loaded {
+                module,
+                shared,
+                pool: InstancePool::new(first, instances),
+            }),
         })
     }
 
-    /// An instance for a new request; replaces a failed one first.
-    fn checkout(&self, fresh: bool) -> Result<Arc<Instance>, PluginFailure> {
-        self.pool.checkout(fresh, || {
-            Instance::start(&self.module, self.shared.clone())
-                .map_err(|e| PluginFailure::Start(e.to_string()))
-        })
-    }
-
+    /// A filter for a new request, pinned to the next slot's instance (a
+    /// failed one is replaced first). With `reload_on_failure`, a context
+    /// that cannot be created is retried once on a replacement of that same
+    /// slot.
     pub fn new_filter(
         &self,
         exchange: &Arc<Exchange>,
-        fresh: bool,
+        reload_on_failure: bool,
     ) -> Result<Box<dyn HttpFilter>, PluginFailure> {
-        let instance = self.checkout(fresh)?;
-        let ctx = instance.create_http_context(exchange.clone())?;
+        let loaded = &self.inner;
+        let (slot, mut instance) = loaded.pool.checkout(|| loaded.start())?;
+        let ctx = match instance.create_http_context(exchange.clone()) {
+            Ok(ctx) => ctx,
+            Err(_) if reload_on_failure => {
+                instance = loaded.pool.replace(slot, &instance, || loaded.start())?;
+                instance.create_http_context(exchange.clone())?
+            }
+            Err(failure) => return Err(failure),
+        };
         Ok(Box::new(ProxyWasmFilter {
+            plugin: loaded.clone(),
+            slot,
             instance,
             ctx,
             exchange: exchange.clone(),
@@ -111,16 +134,19 @@ impl ProxyWasmPlugin {
     }
 
     pub fn shared(&self) -> &PluginShared {
-        &self.shared
+        &self.inner.shared
     }
 
     /// Instances alive now (for the config dump and tests).
     pub fn live_instances(&self) -> usize {
-        self.pool.live()
+        self.inner.pool.live()
     }
 }
 
 struct ProxyWasmFilter {
+    plugin: Arc<Loaded>,
+    /// The pool slot `instance` came from: FAIL_RELOAD renews this one.
+    slot: usize,
     instance: Arc<Instance>,
     ctx: u32,
     exchange: Arc<Exchange>,
@@ -187,6 +213,22 @@ impl HttpFilter for ProxyWasmFilter {
             .as_ref()
             .map_or(0, |t| t.len());
         self.run(Callback::ResponseTrailers { trailers })
+    }
+
+    /// Moves the request to a fresh instance in the same pool slot, as a
+    /// new HTTP context there (the failed VM keeps serving nobody).
+    fn reload(&mut self) -> Result<(), PluginFailure> {
+        let plugin = &self.plugin;
+        let fresh = plugin
+            .pool
+            .replace(self.slot, &self.instance, || plugin.start())?;
+        self.instance.finish_http_context(self.ctx);
+        self.finished = true;
+        let ctx = fresh.create_http_context(self.exchange.clone())?;
+        self.instance = fresh;
+        self.ctx = ctx;
+        self.finished = false;
+        Ok(())
     }
 
     fn finish(&mut self) {

@@ -2,7 +2,9 @@
 //!
 //! The request header `x-misbehave` chooses: `loop` spins forever, `alloc`
 //! allocates without bound, `trap` panics, `bad-decision` answers with an
-//! invalid status. Otherwise the request goes on with headers that echo
+//! invalid status, `bad-route` routes to `gone.test` and sets request header
+//! `x-c-partial` but also one with an invalid name (so the whole decision
+//! must be refused, route included). Otherwise the request goes on with headers that echo
 //! what the plugin was told: `x-c-principal`, `x-c-source-namespace`,
 //! `x-c-destination` (`namespace/service:port`), `x-c-path`, `x-c-query`,
 //! `x-c-count` (a per-plugin counter kept in the key-value store) and
@@ -76,6 +78,11 @@ impl Policy for Misbehave {
             }
             Some("trap") => panic!("component fixture trap"),
             Some("bad-decision") => return Decision::deny(99, "not a status"),
+            Some("bad-route") => {
+                return Decision::route("gone.test")
+                    .with_request_header("x-c-partial", "yes")
+                    .with_request_header("bad header name", "v");
+            }
             _ => {}
         }
         let source = req.source();
