@@ -559,9 +559,10 @@ impl HttpFilter for ComponentFilter {
     fn on_request_trailers(&mut self) -> Result<FilterStatus, PluginFailure> {
         // Trailers end a body whose last data frame was not its end: the
         // hook still sees the complete body, or trailers would skip it.
-        if self.let_through && self.has_body_hook {
+        if self.let_through && self.has_body_hook() && !self.body_done {
             let body = self.exchange.lock().request_body.to_vec();
             self.body_hook(body)?;
+            self.release_if_done();
         }
         Ok(FilterStatus::Continue)
     }
