@@ -27,12 +27,12 @@ use http_body_util::BodyExt;
 
 use super::Error;
 use super::body::{self, BoxError, Holding, ProxyBody};
-use crate::exchange::{
-    Exchange, LocalResponse, PeerIdentity, RequestHead, RequestInfo, ResponseHead, RouteChoice,
-};
 use super::upstream::Upstream;
 use crate::config::FailStrategy;
 use crate::discovery::{Destination, Discovery};
+use crate::exchange::{
+    Exchange, LocalResponse, PeerIdentity, RequestHead, RequestInfo, ResponseHead, RouteChoice,
+};
 use crate::metrics::Metrics;
 use crate::plugin::{FilterStatus, HttpFilter, Plugin, PluginFailure, Registry};
 
@@ -402,16 +402,11 @@ impl Pipeline {
         let start = Instant::now();
         let (parts, body) = req.into_parts();
 
-        // Phase 1: context.
-        let authority = parts.uri.authority().map(|a| a.to_string()).or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        });
-        let Some(authority) = authority else {
-            return Ok(self.early_error(Error::MissingAuthority));
+        // Phase 1: context. One authority per request, whichever listener it came on.
+        let authority = match super::authority::of_request(&parts) {
+            Ok(Some(a)) => a,
+            Ok(None) => return Ok(self.early_error(Error::MissingAuthority)),
+            Err(e) => return Ok(self.early_error(e.into())),
         };
         let destination = match &conn.destination {
             Some(d) => d.clone(),
@@ -588,6 +583,11 @@ impl Pipeline {
                 }
                 let err = if err.is_connect() {
                     Error::UpstreamConnect {
+                        endpoint: endpoint.address.to_string(),
+                        reason: err.to_string(),
+                    }
+                } else if err.is_response_timeout() {
+                    Error::UpstreamTimeout {
                         endpoint: endpoint.address.to_string(),
                         reason: err.to_string(),
                     }
