@@ -32,7 +32,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::config::LimitsConfig;
@@ -238,6 +238,9 @@ struct Activity {
     last: AtomicU64,
     in_flight: AtomicUsize,
     requests: AtomicU64,
+    /// Woken when a request starts or ends: that can bring the deadline forward. Bytes only
+    /// ever push it back, so they need no wake-up.
+    phase: Notify,
 }
 
 impl Activity {
@@ -247,6 +250,7 @@ impl Activity {
             last: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
+            phase: Notify::new(),
         }
     }
 
@@ -285,6 +289,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.0.touch();
+        self.0.phase.notify_one();
     }
 }
 
@@ -372,6 +377,7 @@ where
         let activity = tracked.clone();
         activity.requests.fetch_add(1, Ordering::Relaxed);
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.phase.notify_one();
         let guard = InFlight(activity);
         async move {
             let resp = handle(req).await?;
@@ -435,6 +441,7 @@ where
         let (deadline, on_expiry) = activity.deadline(limits);
         tokio::select! {
             r = served.as_mut() => return ended(r, activity.requests.load(Ordering::Relaxed)),
+            _ = activity.phase.notified() => {}
             _ = tokio::time::sleep_until(deadline) => {
                 // Activity may have moved the deadline while we slept.
                 if activity.deadline(limits).0 <= Instant::now() {
