@@ -61,4 +61,23 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn the_demo_serves_its_services_as_http() {
+        let certs = crate::demo::DemoCerts {
+            ca: "ca".into(),
+            waypoint: "waypoint".into(),
+            waypoint_id: crate::tls::SpiffeId::new("cluster.local", "demo", "waypoint").unwrap(),
+            frontend: "frontend".into(),
+            teller: "teller".into(),
+        };
+        let config = crate::demo::config("127.0.0.1:9".parse().unwrap(), &certs).unwrap();
+        let discovery = crate::discovery::Discovery::from_config(&config);
+        for vip in ["10.96.0.10:80", "10.96.0.11:80"] {
+            let dest = discovery.resolve_address(vip.parse().unwrap()).unwrap();
+            let ns = &config.namespaces[&dest.service.namespace];
+            let serving = Serving::decide(dest.app_protocol(), !ns.plugins.is_empty());
+            assert_eq!(serving, Serving::Http(Mode::Auto), "{vip}");
+        }
+    }
 }
