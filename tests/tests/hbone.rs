@@ -486,6 +486,7 @@ async fn rig(drain_timeout_ms: u64) -> Rig {
     )
     .await;
     let waypoint_dir = mesh.identity_dir("shop", "waypoint");
+    let allowlist = wayplug_tests::proxy_wasm_example("header-allowlist-proxywasm");
     let yaml = format!(
         r#"
 listeners: {{ http: null, admin: "127.0.0.1:0", hbone: "127.0.0.1:0" }}
@@ -540,7 +541,7 @@ namespaces:
   bank:
     plugins:
       - name: tellers-only
-        url: "{allowlist}"
+        url: "file://{allowlist}"
         pluginConfig: {{ header: x-role, allow: [teller], deny_status: 401 }}
 "#,
         waypoint_dir = waypoint_dir.display(),
@@ -550,10 +551,7 @@ namespaces:
         upstream_port = upstream.addr.port(),
         sink_port = sink.port(),
         peer = fixture_url("peer"),
-        allowlist = format!(
-            "file://{}",
-            wayplug_tests::proxy_wasm_example("header-allowlist-proxywasm").display()
-        ),
+        allowlist = allowlist.display(),
     );
     let config = Config::from_yaml(&yaml, "hbone-test.yaml", Path::new(".")).unwrap();
     let waypoint = Waypoint::start(config, Default::default())
