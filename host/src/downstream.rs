@@ -343,7 +343,8 @@ fn builder(mode: Mode, limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(limits.request_header_timeout());
     // No HTTP/2 keepalive pings here: they would count as traffic and keep an idle connection
     // open. Dead peers are found by the idle timeouts instead.
-    b.http2().timer(TokioTimer::new());
+    // Extended CONNECT (RFC 8441) carries WebSocket over HTTP/2.
+    b.http2().timer(TokioTimer::new()).enable_connect_protocol();
     match mode {
         Mode::Auto => b,
         Mode::Http2Only => b.http2_only(),
