@@ -15,8 +15,10 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, Admin};
 use crate::config::{self, Config};
+use crate::downstream::{ConnectionLimit, DownstreamMetrics};
 use crate::hbone::{self, drain::Drain};
 use crate::http::pipeline::Limits;
+use crate::http::upstream::UpstreamTimeouts;
 use crate::http::{Pipeline, server};
 use crate::metrics::Metrics;
 use crate::plugin::callout::Callouts;
@@ -137,6 +139,19 @@ impl Waypoint {
                 max_buffered_body: config.sandbox.max_buffered_body_bytes,
             },
         ));
+        pipeline.upstream().set_timeouts(UpstreamTimeouts {
+            connect: config.limits.upstream_connect_timeout(),
+            response_headers: config.limits.upstream_response_timeout(),
+        });
+        let downstream = DownstreamMetrics::new(&metrics);
+        let max_connections = config.limits.max_connections;
+        let cap = |listener| {
+            Arc::new(ConnectionLimit::new(
+                listener,
+                max_connections,
+                downstream.clone(),
+            ))
+        };
 
         // The identity is loaded before anything listens: a waypoint that cannot prove who it
         // is must not accept tunnels.
@@ -191,13 +206,20 @@ impl Waypoint {
         let config = Arc::new(ArcSwap::from_pointee(config));
         let ready = Arc::new(AtomicBool::new(false));
         if let Some(l) = http {
-            tasks.push(tokio::spawn(server::serve(l, pipeline.clone(), rx.clone())));
+            tasks.push(tokio::spawn(server::serve(
+                l,
+                pipeline.clone(),
+                config.load().limits.clone(),
+                cap("http"),
+                rx.clone(),
+            )));
         }
         if let Some((l, acceptor)) = hbone_listener {
             let inbound = Arc::new(hbone::Inbound::new(
                 acceptor,
                 pipeline.clone(),
                 config.clone(),
+                cap("hbone"),
             ));
             tasks.push(tokio::spawn(hbone::server::serve(
                 l,
@@ -279,6 +301,11 @@ impl Waypoint {
         if new.hbone != current.hbone {
             return Err(Error::Reload(
                 "HBONE settings changed: restart to apply them".into(),
+            ));
+        }
+        if new.limits != current.limits {
+            return Err(Error::Reload(
+                "limits changed: restart to apply them".into(),
             ));
         }
         // Config, discovery and chains become visible together, as one

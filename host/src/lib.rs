@@ -10,6 +10,7 @@ pub mod app;
 pub mod config;
 pub mod demo;
 pub mod discovery;
+pub mod downstream;
 pub mod exchange;
 pub mod hbone;
 pub mod http;

@@ -41,6 +41,13 @@ const PLAIN_VIP: &str = "10.0.0.20:7000";
 const DOWN_VIP: &str = "10.0.0.30:80";
 const GONE_VIP: &str = "10.0.0.31:80";
 const VAULT_VIP: &str = "10.0.0.40:80";
+/// `bank`: an allowlist plugin that answers 401 without `x-role: teller`. Port 80 is HTTP by
+/// default (the namespace has plugins), 81 is declared HTTP2; both lead to a byte sink. Port
+/// 5432 is declared TCP and leads to the echo server.
+const BANK_VIP: &str = "10.0.0.50:80";
+const BANK_SINK_VIP: &str = "10.0.0.51:80";
+const BANK_SINK_H2_VIP: &str = "10.0.0.51:81";
+const BANK_DB_VIP: &str = "10.0.0.50:5432";
 
 async fn step<F: std::future::Future>(what: &str, f: F) -> F::Output {
     tokio::time::timeout(STEP, f)
@@ -135,6 +142,30 @@ async fn echo_server(ip: &str) -> (SocketAddr, Arc<AtomicUsize>) {
         }
     });
     (addr, accepted)
+}
+
+/// Accepts connections and counts the bytes they send, never answering: an upstream that must
+/// never hear from a refused tunnel.
+async fn sink_server(ip: &str) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Arc::new(AtomicUsize::new(0));
+    let count = received.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    count.fetch_add(n, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    (addr, received)
 }
 
 /// What the destination stand-in saw of one CONNECT.
@@ -417,6 +448,9 @@ struct Rig {
     dest: Destination,
     echo_accepted: Arc<AtomicUsize>,
     vault_accepted: Arc<AtomicUsize>,
+    /// Bytes the `bank` sink received.
+    sink_received: Arc<AtomicUsize>,
+    admin: SocketAddr,
     /// The ztunnel stand-in's client config: `web/frontend`, expecting the waypoint.
     client: Arc<ClientConfig>,
 }
@@ -441,6 +475,7 @@ async fn rig(drain_timeout_ms: u64) -> Rig {
     let upstream = harness::upstream().await;
     let (echo, echo_accepted) = echo_server("127.0.0.1").await;
     let (vault, vault_accepted) = echo_server("127.0.0.1").await;
+    let (sink, sink_received) = sink_server("127.0.0.1").await;
     let dest = destination(
         &mesh,
         "127.0.0.2",
@@ -451,19 +486,23 @@ async fn rig(drain_timeout_ms: u64) -> Rig {
     )
     .await;
     let waypoint_dir = mesh.identity_dir("shop", "waypoint");
+    let allowlist = wayplug_tests::proxy_wasm_example("header-allowlist-proxywasm");
     let yaml = format!(
         r#"
-listeners: {{ http: null, admin: null, hbone: "127.0.0.1:0" }}
+listeners: {{ http: null, admin: "127.0.0.1:0", hbone: "127.0.0.1:0" }}
 identity: {{ certDir: "{waypoint_dir}", reloadIntervalMs: 100 }}
-hbone: {{ destinationPort: {dest_port}, sniffTimeoutMs: 300, connectTimeoutMs: 2000, handshakeTimeoutMs: 1500 }}
+hbone: {{ destinationPort: {dest_port}, connectTimeoutMs: 2000, handshakeTimeoutMs: 1500 }}
+limits: {{ requestHeaderTimeoutMs: 3000 }}
 drainTimeoutMs: {drain_timeout_ms}
 services:
   - {{ name: shop, namespace: shop, hostname: shop.shop.svc.cluster.local, vips: ["/10.0.0.10"], ports: {{ 80: 8080 }} }}
-  - {{ name: raw, namespace: shop, hostname: raw.shop.svc.cluster.local, vips: ["/10.0.0.11"], ports: {{ 7000: 7000 }} }}
+  - {{ name: raw, namespace: shop, hostname: raw.shop.svc.cluster.local, vips: ["/10.0.0.11"], ports: {{ 7000: 7000 }}, appProtocols: {{ 7000: TCP }} }}
   - {{ name: echo, namespace: plain, hostname: echo.plain.svc.cluster.local, vips: ["/10.0.0.20"], ports: {{ 7000: {echo_port} }} }}
   - {{ name: down, namespace: shop, hostname: down.shop.svc.cluster.local, vips: ["/10.0.0.30"], ports: {{ 80: 1 }} }}
   - {{ name: gone, namespace: shop, hostname: gone.shop.svc.cluster.local, vips: ["/10.0.0.31"], ports: {{ 80: 8080 }} }}
   - {{ name: vault, namespace: vault, hostname: vault.vault.svc.cluster.local, vips: ["/10.0.0.40"], ports: {{ 80: {vault_port} }} }}
+  - {{ name: bank, namespace: bank, hostname: bank.bank.svc.cluster.local, vips: ["/10.0.0.50"], ports: {{ 80: {upstream_port}, 5432: {echo_port} }}, appProtocols: {{ 5432: TCP }} }}
+  - {{ name: sink, namespace: bank, hostname: sink.bank.svc.cluster.local, vips: ["/10.0.0.51"], ports: {{ 80: {sink_port}, 81: {sink_port} }}, appProtocols: {{ 81: HTTP2 }} }}
 workloads:
   - uid: shop-1
     name: shop-1
@@ -482,6 +521,8 @@ workloads:
       plain/echo.plain.svc.cluster.local: {{ 7000: {echo_port} }}
       shop/down.shop.svc.cluster.local: {{ 80: 1 }}
       vault/vault.vault.svc.cluster.local: {{ 80: {vault_port} }}
+      bank/bank.bank.svc.cluster.local: {{ 80: {upstream_port}, 5432: {echo_port} }}
+      bank/sink.bank.svc.cluster.local: {{ 80: {sink_port}, 81: {sink_port} }}
   - uid: gone-1
     name: gone-1
     namespace: shop
@@ -497,18 +538,27 @@ namespaces:
   vault:
     authorization:
       allow: [ {{ namespaces: [admin] }} ]
+  bank:
+    plugins:
+      - name: tellers-only
+        url: "file://{allowlist}"
+        pluginConfig: {{ header: x-role, allow: [teller], deny_status: 401 }}
 "#,
         waypoint_dir = waypoint_dir.display(),
         dest_port = dest.addr.port(),
         echo_port = echo.port(),
         vault_port = vault.port(),
+        upstream_port = upstream.addr.port(),
+        sink_port = sink.port(),
         peer = fixture_url("peer"),
+        allowlist = allowlist.display(),
     );
     let config = Config::from_yaml(&yaml, "hbone-test.yaml", Path::new(".")).unwrap();
     let waypoint = Waypoint::start(config, Default::default())
         .await
         .expect("waypoint starts");
     let hbone = waypoint.hbone_addr.expect("HBONE listener");
+    let admin = waypoint.admin_addr.expect("admin listener");
     let client = Connector::new(mesh.store("web", "frontend"))
         .config(vec![id("shop", "waypoint")])
         .unwrap();
@@ -521,6 +571,8 @@ namespaces:
         dest,
         echo_accepted,
         vault_accepted,
+        sink_received,
+        admin,
         client,
     }
 }
@@ -681,12 +733,11 @@ async fn opaque_tcp_passes_byte_exact_both_ways_with_half_close() {
     assert!(got == expected, "plain: {} bytes back", got.len());
     assert_eq!(rig.echo_accepted.load(Ordering::Relaxed), 1);
 
-    // A namespace with plugins, but the first bytes are not HTTP: L4 through the second
-    // HBONE hop.
+    // A namespace with plugins, but a port declared TCP: L4 through the second HBONE hop.
     let got = l4_round_trip(zt.tunnel(RAW_VIP, &[]).await, &data, Duration::ZERO).await;
     assert!(got == expected, "via HBONE: {} bytes back", got.len());
 
-    // A client that waits for the server to speak first: after the sniff timeout, L4.
+    // Declared TCP stays TCP whatever the bytes look like, and whenever they come.
     let got = l4_round_trip(
         zt.tunnel(RAW_VIP, &[]).await,
         b"GET / HTTP/1.1\r\n\r\n",
@@ -1031,5 +1082,181 @@ async fn a_client_that_never_finishes_the_handshake_is_dropped() {
         h1_over(&rig.ztunnel().await, "/next").await.status,
         StatusCode::OK
     );
+    rig.waypoint.shutdown().await;
+}
+
+/// Writes `request` into a fresh tunnel `after` it opened and returns the response's status.
+async fn raw_status(tunnel: Upgraded, request: &[u8], after: Duration) -> u16 {
+    let mut io = TokioIo::new(tunnel);
+    tokio::time::sleep(after).await;
+    step("raw request", io.write_all(request)).await.unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = step("raw response", io.read(&mut buf)).await.unwrap();
+        assert!(
+            n > 0,
+            "tunnel closed after {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&head)
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
+    line.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_leading_crlf_or_late_first_bytes_still_meet_the_plugins() {
+    let rig = rig(5_000).await;
+    let zt = rig.ztunnel().await;
+    let plain = b"GET /balance HTTP/1.1\r\nhost: bank\r\n\r\n".as_slice();
+    let crlf = [b"\r\n".as_slice(), plain].concat();
+    let teller = b"GET /balance HTTP/1.1\r\nhost: bank\r\nx-role: teller\r\n\r\n".as_slice();
+    // Later than the first-bytes wait this waypoint used to decide L4 on (1 s by default).
+    let late = Duration::from_millis(1500);
+    let cases: [(&str, &[u8], Duration, u16); 5] = [
+        ("plain", plain, Duration::ZERO, 401),
+        ("leading CRLF", &crlf, Duration::ZERO, 401),
+        ("late", plain, late, 401),
+        ("late, leading CRLF", &crlf, late, 401),
+        ("late, allowed", teller, late, 200),
+    ];
+    for (what, request, after, want) in cases {
+        let status = raw_status(zt.tunnel(BANK_VIP, &[]).await, request, after).await;
+        assert_eq!(status, want, "{what}");
+    }
+    assert_eq!(rig.upstream.count(), 1, "only the allowed request went on");
+    rig.waypoint.shutdown().await;
+}
+
+#[tokio::test]
+async fn bytes_that_are_not_http_close_an_http_tunnel_and_reach_nobody() {
+    let rig = rig(5_000).await;
+    let zt = rig.ztunnel().await;
+    let garbage = opaque_payload(4000);
+    for (vip, h1) in [(BANK_SINK_VIP, true), (BANK_SINK_H2_VIP, false)] {
+        let mut io = TokioIo::new(zt.tunnel(vip, &[]).await);
+        // The waypoint may close before taking it all.
+        let _ = step("garbage", io.write_all(&garbage)).await;
+        let mut got = Vec::new();
+        let _ = step("tunnel closes", io.read_to_end(&mut got)).await;
+        // HTTP/1.1 is answered 400 before the close; HTTP/2 gets no HTTP/1.1 answer.
+        assert_eq!(
+            got.starts_with(b"HTTP/1.1 400"),
+            h1,
+            "{vip}: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    // An HTTP/1.1 request to the HTTP2 port is not HTTP/2 either.
+    let mut io = TokioIo::new(zt.tunnel(BANK_SINK_H2_VIP, &[]).await);
+    let _ = step(
+        "h1 to h2",
+        io.write_all(b"GET / HTTP/1.1\r\nhost: sink\r\nx-role: teller\r\n\r\n"),
+    )
+    .await;
+    let mut got = Vec::new();
+    let _ = step("tunnel closes", io.read_to_end(&mut got)).await;
+    assert!(
+        !got.starts_with(b"HTTP/1.1"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+
+    // The sink's connections were opened before the 200, and never got a byte.
+    assert_eq!(rig.sink_received.load(Ordering::Relaxed), 0);
+    let want =
+        r#"wayplug_downstream_connections_closed_total{listener="hbone",reason="not_http"} 3"#;
+    let admin = rig.admin;
+    let metrics = eventually(|| async {
+        let m = harness::admin_get(admin, "/metrics").await.body;
+        m.contains(want).then_some(m)
+    })
+    .await;
+    assert!(metrics.is_some(), "missing `{want}`");
+
+    // A port declared TCP in the same namespace relays, even bytes that look like HTTP.
+    let request = b"GET /balance HTTP/1.1\r\nhost: bank\r\n\r\n";
+    let got = l4_round_trip(zt.tunnel(BANK_DB_VIP, &[]).await, request, Duration::ZERO).await;
+    assert_eq!(got, [request.as_slice(), b"\n-- 37 bytes --\n"].concat());
+    assert_eq!(rig.upstream.count(), 0);
+    rig.waypoint.shutdown().await;
+}
+
+#[tokio::test]
+async fn conflicting_hosts_in_a_tunnel_are_refused_before_the_plugins() {
+    let rig = rig(5_000).await;
+    let zt = rig.ztunnel().await;
+    let twice = b"GET / HTTP/1.1\r\nhost: bank\r\nhost: shop\r\nx-role: teller\r\n\r\n";
+    let status = raw_status(zt.tunnel(BANK_VIP, &[]).await, twice, Duration::ZERO).await;
+    assert_eq!(status, 400, "two Host headers");
+    let absolute = b"GET http://bank/ HTTP/1.1\r\nhost: shop\r\nx-role: teller\r\n\r\n";
+    let status = raw_status(zt.tunnel(BANK_VIP, &[]).await, absolute, Duration::ZERO).await;
+    assert_eq!(status, 400, "absolute-form target against Host");
+
+    let tunnel = zt.tunnel(BANK_VIP, &[]).await;
+    let (sender, conn) = http2::handshake(TokioExecutor::new(), tunnel)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let teller = ("x-role", "teller");
+    let cases = [
+        (vec![teller, ("host", "shop")], StatusCode::BAD_REQUEST),
+        (
+            vec![teller, ("host", "bank"), ("host", "bank")],
+            StatusCode::BAD_REQUEST,
+        ),
+        (vec![teller, ("host", "BANK")], StatusCode::OK),
+        (vec![teller], StatusCode::OK),
+    ];
+    for (headers, want) in cases {
+        let mut sender = sender.clone();
+        let req = get("/", "bank", &headers, true);
+        let reply = read_reply(step("h2 request", sender.send_request(req)).await.unwrap()).await;
+        assert_eq!(reply.status, want, "{headers:?}: {}", reply.body);
+        if want == StatusCode::BAD_REQUEST {
+            assert!(reply.body.contains("Host header"), "{}", reply.body);
+        }
+    }
+    assert_eq!(
+        rig.upstream.count(),
+        2,
+        "only the consistent requests went on"
+    );
+    rig.waypoint.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_head_sent_slowly_in_a_tunnel_is_cut_off() {
+    let rig = rig(5_000).await;
+    let zt = rig.ztunnel().await;
+    let mut io = TokioIo::new(zt.tunnel(BANK_VIP, &[]).await);
+    let started = Instant::now();
+    step("head", io.write_all(b"GET / HTTP/1.1\r\nhost: bank\r\n"))
+        .await
+        .unwrap();
+    // A header byte every 250 ms, for at most 8 s: the head never ends.
+    let mut closed_after = None;
+    for _ in 0..32 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if io.write_all(b"x").await.is_err() {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        let mut buf = [0u8; 256];
+        if let Ok(r) = tokio::time::timeout(Duration::from_millis(1), io.read(&mut buf)).await {
+            closed_after = Some(started.elapsed());
+            let _ = r;
+            break;
+        }
+    }
+    let took = closed_after.expect("the tunnel was closed while the head trickled in");
+    // requestHeaderTimeoutMs is 3000 in this rig.
+    assert!(took >= Duration::from_millis(2900), "{took:?}");
+    assert_eq!(rig.upstream.count(), 0);
     rig.waypoint.shutdown().await;
 }

@@ -21,10 +21,29 @@ pub struct ServiceConfig {
     /// Service port to target port.
     #[serde(default)]
     pub ports: BTreeMap<u16, u16>,
+    /// What each service port carries, as Kubernetes' `appProtocol` says it (keys are service
+    /// ports from `ports`). A port not listed is `HTTP` when the namespace has plugins, else
+    /// `TCP`. It decides how HBONE tunnels to the port are served; the client has no say.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub app_protocols: BTreeMap<u16, AppProtocol>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waypoint: Option<WaypointAddress>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subject_alt_names: Vec<String>,
+}
+
+/// The application protocol of a service port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AppProtocol {
+    /// HTTP/1.1 (a tunnel that opens with the HTTP/2 preface is served as HTTP/2 too).
+    #[serde(rename = "HTTP")]
+    Http,
+    /// HTTP/2 with prior knowledge (h2c), as gRPC uses it.
+    #[serde(rename = "HTTP2")]
+    Http2,
+    /// Opaque bytes: relayed as they are, past any L7 plugin.
+    #[serde(rename = "TCP")]
+    Tcp,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -118,6 +137,23 @@ impl ServiceConfig {
         if let Some(w) = &self.waypoint {
             parse_network_address(&w.destination)
                 .map_err(|r| ("waypoint.destination".to_owned(), r))?;
+        }
+        for port in self.app_protocols.keys() {
+            if !self.ports.contains_key(port) {
+                let known: Vec<String> = self.ports.keys().map(u16::to_string).collect();
+                return Err((
+                    format!("appProtocols.{port}"),
+                    format!(
+                        "port {port} is not a service port of `{}` (its `ports`: {})",
+                        self.hostname,
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+            }
         }
         Ok(())
     }

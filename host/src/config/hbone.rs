@@ -77,10 +77,10 @@ pub struct HboneConfig {
     /// for an HBONE endpoint).
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
-    /// How long to wait for a tunnel's first bytes when deciding whether
-    /// it carries HTTP. Protocols where the server speaks first get L4.
-    #[serde(default = "default_sniff_timeout_ms")]
-    pub sniff_timeout_ms: u64,
+    /// Removed: tunnels are no longer classified by their first bytes (a client could choose
+    /// its own treatment). Kept only to refuse old configs with a reason.
+    #[serde(default, skip_serializing)]
+    pub sniff_timeout_ms: Option<u64>,
     /// Port the destination ztunnels accept HBONE on.
     #[serde(default = "default_destination_port")]
     pub destination_port: u16,
@@ -101,9 +101,6 @@ fn default_handshake_timeout_ms() -> u64 {
 fn default_connect_timeout_ms() -> u64 {
     5_000
 }
-fn default_sniff_timeout_ms() -> u64 {
-    1_000
-}
 fn default_destination_port() -> u16 {
     15008
 }
@@ -122,7 +119,7 @@ impl Default for HboneConfig {
         HboneConfig {
             handshake_timeout_ms: default_handshake_timeout_ms(),
             connect_timeout_ms: default_connect_timeout_ms(),
-            sniff_timeout_ms: default_sniff_timeout_ms(),
+            sniff_timeout_ms: None,
             destination_port: default_destination_port(),
             max_concurrent_streams: default_max_concurrent_streams(),
             max_streams_per_connection: default_max_streams_per_connection(),
@@ -138,18 +135,23 @@ impl HboneConfig {
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
     }
-    pub fn sniff_timeout(&self) -> Duration {
-        Duration::from_millis(self.sniff_timeout_ms)
-    }
     pub fn pool_idle_timeout(&self) -> Duration {
         Duration::from_millis(self.pool_idle_timeout_ms)
     }
 
     pub(super) fn validate(&self) -> Result<(), FieldError> {
-        let ranges: [(&str, u64, u64, u64); 4] = [
+        if self.sniff_timeout_ms.is_some() {
+            return Err((
+                "sniffTimeoutMs".into(),
+                "is no longer supported: whether a tunnel is served as HTTP (through the \
+                 namespace's plugins) or as TCP is decided per service port, by \
+                 `services[].appProtocols`, never by the tunnel's first bytes"
+                    .into(),
+            ));
+        }
+        let ranges: [(&str, u64, u64, u64); 3] = [
             ("handshakeTimeoutMs", self.handshake_timeout_ms, 1, 300_000),
             ("connectTimeoutMs", self.connect_timeout_ms, 1, 300_000),
-            ("sniffTimeoutMs", self.sniff_timeout_ms, 1, 60_000),
             (
                 "poolIdleTimeoutMs",
                 self.pool_idle_timeout_ms,

@@ -10,11 +10,13 @@
 
 mod discovery;
 mod hbone;
+mod limits;
 mod plugin;
 
 pub use discovery::{
-    LocalWorkload, Protocol, ServiceConfig, WaypointAddress, parse_network_address,
+    AppProtocol, LocalWorkload, Protocol, ServiceConfig, WaypointAddress, parse_network_address,
 };
+pub use limits::LimitsConfig;
 
 /// The IP of a `network/ip` address that validation already accepted.
 pub fn discovery_address(s: &str) -> Result<std::net::IpAddr, String> {
@@ -76,6 +78,9 @@ pub struct Config {
     pub identity: Option<IdentityConfig>,
     #[serde(default)]
     pub hbone: HboneConfig,
+    /// Timeouts and connection caps of both listeners and of requests to upstreams.
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// On shutdown, how long open connections and tunnels may take to
     /// finish before they are closed.
     #[serde(default = "default_drain_timeout_ms")]
@@ -282,6 +287,9 @@ impl Config {
 
     fn validate(&self) -> Result<(), Error> {
         self.validate_hbone()?;
+        self.limits
+            .validate()
+            .map_err(|(f, reason)| self.invalid(format!("limits.{f}"), reason))?;
         let sb = &self.sandbox;
         if sb.call_timeout_ms == 0 || sb.call_timeout_ms > 60_000 {
             return Err(self.invalid(
@@ -517,7 +525,7 @@ namespaces:
             r#"
 listeners: { hbone: "127.0.0.1:0" }
 identity: { certDir: certs/waypoint, reloadIntervalMs: 500 }
-hbone: { destinationPort: 25008, sniffTimeoutMs: 200 }
+hbone: { destinationPort: 25008 }
 drainTimeoutMs: 1500
 namespaces:
   shop:
@@ -542,6 +550,36 @@ namespaces:
         let d = parse("{}").unwrap();
         assert_eq!(d.listeners.hbone, None);
         assert!(d.identity.is_none());
+    }
+
+    #[test]
+    fn app_protocols_and_limits_parse_with_defaults() {
+        let c = parse(
+            r#"
+services:
+  - { name: s, namespace: a, hostname: s.a, ports: { 80: 8080, 5432: 5432, 9090: 9090 },
+      appProtocols: { 5432: TCP, 9090: HTTP2 } }
+limits: { requestHeaderTimeoutMs: 500, maxConnections: 3 }
+"#,
+        )
+        .unwrap();
+        let svc = &c.services[0];
+        assert_eq!(svc.app_protocols.get(&5432), Some(&AppProtocol::Tcp));
+        assert_eq!(svc.app_protocols.get(&9090), Some(&AppProtocol::Http2));
+        assert_eq!(svc.app_protocols.get(&80), None);
+        assert_eq!(
+            c.limits.request_header_timeout(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(c.limits.max_connections, 3);
+        let d = parse("{}").unwrap().limits;
+        assert_eq!(d, LimitsConfig::default());
+        assert!(d.request_header_timeout() <= Duration::from_secs(60));
+        assert_eq!(d.idle_timeout(), Duration::from_secs(60));
+        assert_eq!(d.stream_idle_timeout(), Duration::from_secs(300));
+        assert_eq!(d.max_connections, 10_000);
+        assert_eq!(d.upstream_connect_timeout(), Duration::from_secs(5));
+        assert_eq!(d.upstream_response_timeout(), Duration::from_secs(60));
     }
 
     #[test]
@@ -578,6 +616,43 @@ namespaces:
                 "hbone.maxStreamsPerConnection",
             ),
             ("drainTimeoutMs: 9999999", "drainTimeoutMs"),
+            (
+                "hbone: { sniffTimeoutMs: 1000 }",
+                "hbone.sniffTimeoutMs`: is no longer supported",
+            ),
+            (
+                "services: [ { name: s, namespace: a, hostname: s.a, ports: { 80: 8080 }, appProtocols: { 81: HTTP } } ]",
+                "services[0].appProtocols.81`: port 81 is not a service port of `s.a` (its `ports`: 80)",
+            ),
+            (
+                "services: [ { name: s, namespace: a, hostname: s.a, ports: { 80: 8080 }, appProtocols: { 80: GRPC } } ]",
+                "unknown variant `GRPC`, expected one of `HTTP`, `HTTP2`, `TCP`",
+            ),
+            (
+                "limits: { requestHeaderTimeoutMs: 0 }",
+                "limits.requestHeaderTimeoutMs",
+            ),
+            (
+                "limits: { idleTimeoutMs: 99999999 }",
+                "limits.idleTimeoutMs",
+            ),
+            (
+                "limits: { streamIdleTimeoutMs: 1 }",
+                "limits.streamIdleTimeoutMs",
+            ),
+            ("limits: { maxConnections: 0 }", "limits.maxConnections"),
+            (
+                "limits: { upstreamConnectTimeoutMs: 0 }",
+                "limits.upstreamConnectTimeoutMs",
+            ),
+            (
+                "limits: { upstreamResponseTimeoutMs: 0 }",
+                "limits.upstreamResponseTimeoutMs",
+            ),
+            (
+                "limits: { headerTimeout: 5 }",
+                "unknown field `headerTimeout`",
+            ),
             (
                 "namespaces: { a: { authorization: { allow: [ { principals: ['spiffe://cluster.local/ns/a/sa/b'] } ] } } }",
                 "namespaces.a.authorization.allow[0].principals[0]`: `spiffe://cluster.local/ns/a/sa/b`: write principals without `spiffe://`",

@@ -81,7 +81,7 @@ identity:
   certDir: "{cert_dir}"
 services:
   - {{ name: shop, namespace: shop, hostname: shop.demo.svc, vips: ["/10.96.0.10"], ports: {{ 80: {port} }} }}
-  - {{ name: bank, namespace: bank, hostname: bank.demo.svc, vips: ["/10.96.0.11"], ports: {{ 80: {port} }} }}
+  - {{ name: bank, namespace: bank, hostname: bank.demo.svc, vips: ["/10.96.0.11"], ports: {{ 80: {port} }}, appProtocols: {{ 80: HTTP }} }}
 workloads:
   - uid: demo//v1/Pod/demo/echo
     name: echo

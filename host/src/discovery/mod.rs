@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::config::{self, Config, Protocol};
+use crate::config::{self, AppProtocol, Config, Protocol};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -27,6 +27,8 @@ pub struct Service {
     pub vips: Vec<IpAddr>,
     /// Service port to its endpoints on that port.
     ports: HashMap<u16, Vec<Endpoint>>,
+    /// The protocols the config declares for service ports (`appProtocols`).
+    app_protocols: HashMap<u16, AppProtocol>,
     next: AtomicUsize,
 }
 
@@ -48,6 +50,12 @@ pub struct Destination {
 }
 
 impl Destination {
+    /// The protocol the config declares for this port, if it declares one. Tunnels that name
+    /// a workload address have none.
+    pub fn app_protocol(&self) -> Option<AppProtocol> {
+        self.service.app_protocols.get(&self.port).copied()
+    }
+
     /// Picks the next endpoint, round robin.
     pub fn pick_endpoint(&self) -> Result<Endpoint, Error> {
         let eps = self
@@ -120,6 +128,7 @@ impl Discovery {
                 hostname: svc.hostname.to_ascii_lowercase(),
                 vips: vips.clone(),
                 ports,
+                app_protocols: svc.app_protocols.iter().map(|(p, a)| (*p, *a)).collect(),
                 next: AtomicUsize::new(0),
             });
             d.by_host.insert(service.hostname.clone(), service.clone());
@@ -176,6 +185,7 @@ impl Discovery {
             hostname: wl.name.clone(),
             vips: vec![addr.ip()],
             ports: HashMap::from([(addr.port(), vec![endpoint])]),
+            app_protocols: HashMap::new(),
             next: AtomicUsize::new(0),
         };
         Ok(Destination {
@@ -240,7 +250,7 @@ mod tests {
         let c = Config::from_yaml(
             r#"
 services:
-  - { name: a, namespace: ns1, hostname: a.ns1.svc, vips: ["/10.0.0.1"], ports: { 80: 8080 } }
+  - { name: a, namespace: ns1, hostname: a.ns1.svc, vips: ["/10.0.0.1"], ports: { 80: 8080, 5432: 5432 }, appProtocols: { 5432: TCP } }
   - { name: b, namespace: ns2, hostname: b.ns2.svc, ports: { 80: 80, 9090: 9090 } }
 workloads:
   - { uid: u1, name: a-1, namespace: ns1, workloadIps: [127.0.0.2], services: { ns1/a.ns1.svc: { 80: 8080 } } }
@@ -307,6 +317,10 @@ workloads:
         let ep = pod.pick_endpoint().unwrap();
         assert_eq!(ep.address, addr("127.0.0.3:9999"));
         assert_eq!(ep.service_account, "default");
+        assert_eq!(vip.app_protocol(), None);
+        let db = d.resolve_address(addr("10.0.0.1:5432")).unwrap();
+        assert_eq!(db.app_protocol(), Some(AppProtocol::Tcp));
+        assert_eq!(pod.app_protocol(), None);
         let err = d.resolve_address(addr("10.9.9.9:80")).unwrap_err();
         assert_eq!(err.to_string(), "no service matches host `10.9.9.9:80`");
     }

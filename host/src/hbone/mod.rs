@@ -3,11 +3,12 @@
 //! - [`server`]: the listener ztunnels send a service's traffic to. Each CONNECT stream names
 //!   `ip:port` (a service VIP or a workload address). Everything that can fail is done before
 //!   answering 200 (resolve, authorize, open the upstream connection); then the stream is either
-//!   served as HTTP through the namespace's plugin chain or relayed byte for byte.
+//!   served as HTTP through the namespace's plugin chain or relayed byte for byte, as the
+//!   service port's configured protocol says.
 //! - [`client`]: the onward hop to endpoints whose workload speaks HBONE, with a pool that
 //!   multiplexes tunnels over a few mTLS connections per destination.
 //! - [`authz`]: the connection-level (L4) authorization hook.
-//! - [`sniff`]: deciding whether a tunnel carries HTTP.
+//! - [`protocol`]: L7 or L4 for a tunnel, from the port's configured protocol.
 //! - [`drain`]: letting open tunnels finish on shutdown, within a deadline.
 //! - [`forward`]: a local port forwarded through HBONE, to drive a waypoint by hand.
 //!
@@ -18,8 +19,8 @@ pub mod authz;
 pub mod client;
 pub mod drain;
 pub mod forward;
+pub mod protocol;
 pub mod server;
-pub mod sniff;
 
 use std::net::SocketAddr;
 use std::time::Duration;

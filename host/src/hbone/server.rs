@@ -11,9 +11,10 @@
 //!    the workload speaks HBONE).
 //!
 //! Any failure so far answers the CONNECT with its status (400, 401, 503) and nothing else
-//! happens. Only then 200, and the stream is served: as HTTP through the namespace's plugin chain
-//! when the namespace has one and the first bytes are HTTP/1.x or the HTTP/2 preface, else as
-//! bytes copied both ways with half-close.
+//! happens. Only then 200, and the stream is served as the service port's configured protocol
+//! says ([`super::protocol`]): as HTTP through the namespace's plugin chain (bytes that are not
+//! HTTP close the tunnel, and the upstream connection opened for it never sees a byte), or as
+//! bytes copied both ways with half-close. What the client sends never changes which.
 
 use std::convert::Infallible;
 use std::io;
@@ -25,7 +26,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::Empty;
 use hyper::body::Incoming;
@@ -33,16 +34,16 @@ use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
 use super::drain::Watch;
-use super::sniff::{self, Detected, Prefixed};
+use super::protocol::Serving;
 use super::{BAGGAGE, Error, FORWARDED, TRACEPARENT, authz, parse_authority};
-use crate::config::{Config, HboneConfig};
+use crate::config::{Config, HboneConfig, LimitsConfig};
 use crate::discovery::{Destination, Endpoint};
+use crate::downstream::{self, ConnectionLimit, End, Mode};
 use crate::exchange::PeerIdentity;
 use crate::http::upstream::Conn;
 use crate::http::{ConnInfo, Pipeline};
@@ -53,6 +54,8 @@ pub struct Inbound {
     acceptor: Acceptor,
     pipeline: Arc<Pipeline>,
     settings: HboneConfig,
+    limits: LimitsConfig,
+    cap: Arc<ConnectionLimit>,
 }
 
 /// One mTLS connection's facts, shared by its streams.
@@ -70,6 +73,7 @@ struct Opened {
     upstream: Conn,
     /// `traceparent`, `baggage` and `forwarded` from the CONNECT.
     context: HeaderMap,
+    serving: Serving,
 }
 
 type Tunnel = TokioIo<Upgraded>;
@@ -77,16 +81,23 @@ type Tunnel = TokioIo<Upgraded>;
 impl Inbound {
     /// Listener settings come from `config`; namespace rules are read per tunnel from the
     /// pipeline's snapshot of the config in force, so reloads apply to new tunnels.
+    /// `cap` bounds the listener's TCP connections (each carries many tunnels).
     pub fn new(
         acceptor: Acceptor,
         pipeline: Arc<Pipeline>,
         config: Arc<ArcSwap<Config>>,
+        cap: Arc<ConnectionLimit>,
     ) -> Inbound {
-        let settings = config.load().hbone.clone();
+        let (settings, limits) = {
+            let c = config.load();
+            (c.hbone.clone(), c.limits.clone())
+        };
         Inbound {
             acceptor,
             pipeline,
             settings,
+            limits,
+            cap,
         }
     }
 }
@@ -106,11 +117,19 @@ pub async fn serve(listener: TcpListener, inbound: Arc<Inbound>, drain: Watch) {
             },
             _ = stop.draining() => return,
         };
+        let Some(admitted) = inbound.cap.admit(source) else {
+            drop(stream);
+            continue;
+        };
         let inbound = inbound.clone();
         let drain = drain.clone();
         let span = tracing::debug_span!("hbone", %source);
         tokio::spawn(
-            async move { inbound.connection(stream, source, drain).await }.instrument(span),
+            async move {
+                let _admitted = admitted;
+                inbound.connection(stream, source, drain).await
+            }
+            .instrument(span),
         );
     }
 }
@@ -257,6 +276,13 @@ impl Inbound {
             })?;
         }
 
+        let has_chain = self
+            .pipeline
+            .registry()
+            .chain(namespace)
+            .is_some_and(|c| !c.plugins.is_empty());
+        let serving = Serving::decide(destination.app_protocol(), has_chain);
+
         let endpoint = destination
             .pick_endpoint()
             .map_err(|source| Error::NoEndpoint { addr, source })?;
@@ -282,50 +308,45 @@ impl Inbound {
             endpoint,
             upstream,
             context,
+            serving,
         })
     }
 
     async fn serve_tunnel(
         &self,
-        mut down: Tunnel,
+        down: Tunnel,
         opened: Opened,
         peer: Arc<Peer>,
         drain: Watch,
         start: Instant,
     ) {
         let namespace = opened.destination.service.namespace.clone();
-        let has_chain = self
-            .pipeline
-            .registry()
-            .chain(&namespace)
-            .is_some_and(|c| !c.plugins.is_empty());
-        let (kind, prefix) = if has_chain {
-            match sniff::sniff(&mut down, self.settings.sniff_timeout()).await {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::debug!(error = %e, "tunnel failed before its first bytes");
-                    return;
-                }
-            }
-        } else {
-            (Detected::Opaque, BytesMut::new())
-        };
-        let mode = match kind {
-            Detected::Opaque => "L4",
-            Detected::Http1 | Detected::Http2 => "L7",
-        };
+        let serving = opened.serving;
         let counts = Arc::new(Counts::default());
         let down = Metered {
-            io: Prefixed::new(prefix, down),
+            io: down,
             counts: counts.clone(),
         };
         let (addr, endpoint) = (opened.addr, opened.endpoint.address);
-        match kind {
-            Detected::Opaque => relay(down, opened.upstream, drain).await,
-            Detected::Http1 | Detected::Http2 => {
-                self.serve_http(down, kind == Detected::Http2, opened, &peer, drain)
-                    .await
+        let refused = match serving {
+            Serving::Tcp => {
+                relay(down, opened.upstream, drain).await;
+                None
             }
+            Serving::Http(mode) => self.serve_http(down, mode, opened, &peer, drain).await,
+        };
+        if let Some(e) = &refused {
+            // One line per refused tunnel, with what the client sent instead of HTTP.
+            tracing::warn!(
+                target: "wayplug::access",
+                source = %peer.source,
+                principal = %peer.identity.principal(),
+                authority = %addr,
+                namespace = %namespace,
+                error = %e,
+                "tunnel closed: the port is HTTP (services[].appProtocols, or the default for a \
+                 namespace with plugins) and the bytes are not; nothing was forwarded"
+            );
         }
         tracing::info!(
             target: "wayplug::access",
@@ -334,7 +355,8 @@ impl Inbound {
             authority = %addr,
             namespace = %namespace,
             endpoint = %endpoint,
-            mode,
+            mode = serving.mode(),
+            refused = refused.is_some(),
             bytes_from_caller = counts.read.load(Ordering::Relaxed),
             bytes_to_caller = counts.written.load(Ordering::Relaxed),
             duration_ms = start.elapsed().as_secs_f64() * 1000.0,
@@ -343,33 +365,37 @@ impl Inbound {
     }
 
     /// L7: each request on the tunnel goes through the destination namespace's pipeline, which
-    /// forwards it to an endpoint itself.
+    /// forwards it to an endpoint itself. Returns why the tunnel was refused if its bytes were
+    /// not HTTP.
     async fn serve_http<IO>(
         &self,
         down: IO,
-        h2: bool,
+        mode: Mode,
         opened: Opened,
         peer: &Peer,
-        mut drain: Watch,
-    ) where
+        drain: Watch,
+    ) -> Option<String>
+    where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        // The connection opened to check the endpoint serves its first requests.
-        self.pipeline
-            .upstream()
-            .adopt(&opened.endpoint, opened.upstream, h2)
-            .await;
-        let info = ConnInfo {
+        let info = Arc::new(ConnInfo {
             source: peer.source,
             local: peer.local,
             peer: Some(peer.identity.clone()),
             destination: Some(opened.destination),
-        };
+        });
         let context = Arc::new(opened.context);
         let pipeline = self.pipeline.clone();
-        let service = service_fn(move |mut req: Request<Incoming>| {
+        // The connection opened to check the endpoint serves the first request, and joins the
+        // pool only once one has been parsed: until then the upstream gets nothing.
+        let first = Arc::new(std::sync::Mutex::new(Some((
+            opened.endpoint,
+            opened.upstream,
+        ))));
+        let handle = move |mut req: Request<Incoming>| {
             let pipeline = pipeline.clone();
             let info = info.clone();
+            let first = first.clone();
             // Plugins see the tunnel's trace context and forwarding facts as request headers,
             // and the trace continues upstream with the request.
             for name in context.keys() {
@@ -379,24 +405,35 @@ impl Inbound {
                     }
                 }
             }
-            async move { pipeline.handle(req, &info).await }
-        });
-        let builder = auto::Builder::new(TokioExecutor::new());
-        let served = builder.serve_connection(TokioIo::new(down), service);
-        tokio::pin!(served);
-        tokio::select! {
-            r = served.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "HTTP in tunnel ended with an error");
+            async move {
+                let pending = first.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some((endpoint, conn)) = pending {
+                    let h2 = req.version() == http::Version::HTTP_2;
+                    pipeline.upstream().adopt(&endpoint, conn, h2).await;
                 }
-                return;
+                pipeline.handle(req, &info).await
             }
-            _ = drain.draining() => {}
+        };
+        let (mut stop, mut forced) = (drain.clone(), drain);
+        let served = downstream::serve_http(
+            down,
+            mode,
+            &self.limits,
+            handle,
+            async move { stop.draining().await },
+            async move { forced.forced().await },
+        )
+        .await;
+        if let Some(reason) = served.end.reason() {
+            self.cap.metrics().closed(self.cap.listener(), reason);
         }
-        served.as_mut().graceful_shutdown();
-        tokio::select! {
-            _ = served.as_mut() => {}
-            _ = drain.forced() => {}
+        match served.end {
+            End::NotHttp(e) => Some(e),
+            End::Failed(e) => {
+                tracing::debug!(error = %e, "HTTP in tunnel ended with an error");
+                None
+            }
+            _ => None,
         }
     }
 }

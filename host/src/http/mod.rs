@@ -4,6 +4,7 @@
 //! Every error the data path can answer with is an [`Error`], and its HTTP
 //! status is decided in one place, [`Error::status`].
 
+pub mod authority;
 pub mod body;
 pub mod pipeline;
 pub mod server;
@@ -20,6 +21,8 @@ pub enum Error {
     #[error("the request names no host (no :authority and no Host header)")]
     MissingAuthority,
     #[error(transparent)]
+    Authority(#[from] authority::Error),
+    #[error(transparent)]
     Discovery(#[from] crate::discovery::Error),
     #[error("plugin `{plugin}` in namespace `{namespace}` {failure} (failStrategy FAIL_CLOSE)")]
     PluginFailed {
@@ -31,6 +34,8 @@ pub enum Error {
     UpstreamConnect { endpoint: String, reason: String },
     #[error("upstream {endpoint} failed: {reason}")]
     Upstream { endpoint: String, reason: String },
+    #[error("upstream {endpoint} sent {reason}")]
+    UpstreamTimeout { endpoint: String, reason: String },
     #[error("the {which} body is larger than the {limit} bytes a plugin may buffer")]
     BodyTooLarge { which: &'static str, limit: usize },
     #[error("the downstream request body failed: {0}")]
@@ -41,12 +46,13 @@ impl Error {
     pub fn status(&self) -> StatusCode {
         use crate::discovery::Error as D;
         match self {
-            Error::MissingAuthority => StatusCode::BAD_REQUEST,
+            Error::MissingAuthority | Error::Authority(_) => StatusCode::BAD_REQUEST,
             Error::Discovery(D::UnknownHost(_) | D::UnknownPort { .. }) => StatusCode::NOT_FOUND,
             Error::Discovery(D::NoEndpoints { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             Error::PluginFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::UpstreamConnect { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            Error::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             // Envoy's answers: the client sent too much (413), or the
             // upstream's answer could not be held for a plugin (500).
             Error::BodyTooLarge {

@@ -524,16 +524,11 @@ impl Pipeline {
             .as_ref()
             .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
 
-        // Phase 1: context.
-        let authority = parts.uri.authority().map(|a| a.to_string()).or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        });
-        let Some(authority) = authority else {
-            return Ok(self.early_error(Error::MissingAuthority));
+        // Phase 1: context. One authority per request, whichever listener it came on.
+        let authority = match super::authority::of_request(&parts) {
+            Ok(Some(a)) => a,
+            Ok(None) => return Ok(self.early_error(Error::MissingAuthority)),
+            Err(e) => return Ok(self.early_error(e.into())),
         };
         // One snapshot for the whole request: discovery and chains of the
         // same config.
@@ -685,6 +680,11 @@ impl Pipeline {
                 }
                 let err = if err.is_connect() {
                     Error::UpstreamConnect {
+                        endpoint: endpoint.address.to_string(),
+                        reason: err.to_string(),
+                    }
+                } else if err.is_response_timeout() {
+                    Error::UpstreamTimeout {
                         endpoint: endpoint.address.to_string(),
                         reason: err.to_string(),
                     }

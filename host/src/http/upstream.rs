@@ -32,8 +32,22 @@ use crate::discovery::Endpoint;
 use crate::hbone::{self, Target, Tunnel};
 use crate::tls::SpiffeId;
 
-/// Budget of a plain TCP connect.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an upstream may take: to accept a TCP connection, and to answer a request with its
+/// response head (`limits.upstreamConnectTimeoutMs`, `limits.upstreamResponseTimeoutMs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamTimeouts {
+    pub connect: Duration,
+    pub response_headers: Duration,
+}
+
+impl Default for UpstreamTimeouts {
+    fn default() -> Self {
+        UpstreamTimeouts {
+            connect: Duration::from_secs(5),
+            response_headers: Duration::from_secs(60),
+        }
+    }
+}
 /// A pooled connection unused for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle HTTP/1.1 connections kept per endpoint.
@@ -48,12 +62,19 @@ pub enum Error {
     Handshake(hyper::Error),
     #[error(transparent)]
     Http(hyper::Error),
+    #[error("no response head within {} ms (limits.upstreamResponseTimeoutMs)", .0.as_millis())]
+    ResponseTimeout(Duration),
 }
 
 impl Error {
     /// Whether the request never reached the endpoint because no connection could be made.
     pub fn is_connect(&self) -> bool {
         matches!(self, Error::Connect(_) | Error::Handshake(_))
+    }
+
+    /// Whether the endpoint took the request but sent no response head in time.
+    pub fn is_response_timeout(&self) -> bool {
+        matches!(self, Error::ResponseTimeout(_))
     }
 }
 
@@ -124,6 +145,7 @@ struct SharedH2 {
 
 pub struct Upstream {
     hbone: OnceLock<Arc<hbone::Client>>,
+    timeouts: OnceLock<UpstreamTimeouts>,
     h1: Mutex<HashMap<Key, Vec<IdleH1>>>,
     h2: Mutex<HashMap<Key, SharedH2>>,
     last_sweep: Mutex<Instant>,
@@ -154,10 +176,20 @@ impl Upstream {
     pub fn new() -> Upstream {
         Upstream {
             hbone: OnceLock::new(),
+            timeouts: OnceLock::new(),
             h1: Mutex::default(),
             h2: Mutex::default(),
             last_sweep: Mutex::new(Instant::now()),
         }
+    }
+
+    /// Sets the connect and response-head timeouts. Only the first call has an effect.
+    pub fn set_timeouts(&self, timeouts: UpstreamTimeouts) {
+        let _ = self.timeouts.set(timeouts);
+    }
+
+    fn timeouts(&self) -> UpstreamTimeouts {
+        self.timeouts.get().copied().unwrap_or_default()
     }
 
     /// Enables HBONE endpoints. Only the first call has an effect.
@@ -195,12 +227,14 @@ impl Upstream {
         match endpoint.protocol {
             Protocol::Tcp => {
                 let addr = endpoint.address;
-                match tokio::time::timeout(CONNECT_TIMEOUT, hbone::client::tcp_connect(addr)).await
-                {
+                let budget = self.timeouts().connect;
+                match tokio::time::timeout(budget, hbone::client::tcp_connect(addr)).await {
                     Ok(Ok(s)) => Ok(Conn::Tcp(s)),
                     Ok(Err(e)) => Err(Error::Connect(format!("TCP connect to {addr}: {e}"))),
                     Err(_) => Err(Error::Connect(format!(
-                        "TCP connect to {addr}: no answer within {CONNECT_TIMEOUT:?}"
+                        "TCP connect to {addr}: no answer within {} ms \
+                         (limits.upstreamConnectTimeoutMs)",
+                        budget.as_millis()
                     ))),
                 }
             }
@@ -284,7 +318,7 @@ impl Upstream {
                         (sender, false)
                     }
                 };
-                match sender.try_send_request(req).await {
+                match response_head(sender.try_send_request(req), self.timeouts()).await? {
                     Ok(resp) => return Ok(resp),
                     Err(mut e) => match (reused, e.take_message()) {
                         (true, Some(unsent)) => {
@@ -308,7 +342,7 @@ impl Upstream {
                     (handshake_h1(conn).await.map_err(Error::Handshake)?, false)
                 }
             };
-            match sender.try_send_request(req).await {
+            match response_head(sender.try_send_request(req), self.timeouts()).await? {
                 Ok(resp) => {
                     // A connection that switched protocols is no longer HTTP.
                     if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
@@ -373,6 +407,17 @@ impl Upstream {
         });
         lock(&self.h2).retain(|_, s| !s.sender.is_closed() && s.used.elapsed() < IDLE_TIMEOUT);
     }
+}
+
+/// A request's response head, within the response timeout. On timeout the request is
+/// abandoned (its connection is not reused).
+async fn response_head<F, T>(sent: F, timeouts: UpstreamTimeouts) -> Result<T, Error>
+where
+    F: std::future::Future<Output = T>,
+{
+    tokio::time::timeout(timeouts.response_headers, sent)
+        .await
+        .map_err(|_| Error::ResponseTimeout(timeouts.response_headers))
 }
 
 async fn ready(f: impl std::future::Future<Output = Result<(), hyper::Error>>) -> bool {

@@ -128,6 +128,17 @@ impl Metrics {
         }
     }
 
+    /// Adds a metric family owned by another module (it keeps its own handle to update it).
+    pub fn register(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        let mut registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        registry.register(name, help, metric);
+    }
+
     /// Prometheus text exposition of everything.
     pub fn encode(&self) -> String {
         let mut out = String::new();
