@@ -1,0 +1,114 @@
+//! Stream control and local responses. Effects apply once the current guest
+//! call returns.
+
+use http::StatusCode;
+use wasmtime::Linker;
+
+use super::common::*;
+use crate::exchange::{Exchange, LocalResponse};
+use crate::plugin::proxywasm::instance::{ContextKind, HostState};
+use crate::plugin::proxywasm::maps;
+
+// Stream types.
+const STREAM_HTTP_REQUEST: i32 = 0;
+const STREAM_HTTP_RESPONSE: i32 = 1;
+
+pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap("env", "proxy_continue_stream", |c: C<'_>, kind: i32| {
+        Ok(continue_stream(&c, kind))
+    })?;
+    linker.func_wrap("env", "proxy_continue_request", |c: C<'_>| {
+        Ok(continue_stream(&c, STREAM_HTTP_REQUEST))
+    })?;
+    linker.func_wrap("env", "proxy_continue_response", |c: C<'_>| {
+        Ok(continue_stream(&c, STREAM_HTTP_RESPONSE))
+    })?;
+    linker.func_wrap("env", "proxy_close_stream", |c: C<'_>, kind: i32| {
+        if !matches!(kind, STREAM_HTTP_REQUEST | STREAM_HTTP_RESPONSE) {
+            return Ok(BAD_ARGUMENT);
+        }
+        let Some(ex) = c.data().current_exchange() else {
+            return Ok(NOT_FOUND);
+        };
+        ex.lock().reset = true;
+        ex.wake();
+        Ok(OK)
+    })?;
+    linker.func_wrap("env", "proxy_clear_route_cache", |_c: C<'_>| Ok(OK))?;
+    linker.func_wrap(
+        "env",
+        "proxy_send_local_response",
+        |mut c: C<'_>,
+         code: i32,
+         dptr: i32,
+         dlen: i32,
+         bptr: i32,
+         blen: i32,
+         hptr: i32,
+         hlen: i32,
+         _grpc: i32| {
+            let details = read_or_status!(&mut c, dptr, dlen);
+            let body = read_or_status!(&mut c, bptr, blen);
+            let headers = read_or_status!(&mut c, hptr, hlen);
+            let Ok(status) = StatusCode::from_u16(code as u32 as u16) else {
+                return Ok(BAD_ARGUMENT);
+            };
+            if !(200..=599).contains(&status.as_u16()) {
+                return Ok(BAD_ARGUMENT);
+            }
+            let Some(headers) = maps::decode(&headers) else {
+                return Ok(BAD_ARGUMENT);
+            };
+            let Some(ex) = c.data().current_exchange() else {
+                return Ok(NOT_FOUND);
+            };
+            let plugin = c.data().plugin.name.clone();
+            ex.lock().local_response = Some(LocalResponse {
+                status,
+                headers: headers
+                    .into_iter()
+                    .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
+                    .collect(),
+                body: body.into(),
+                details: String::from_utf8_lossy(&details).into_owned(),
+                plugin,
+            });
+            ex.wake();
+            Ok(OK)
+        },
+    )?;
+
+    linker.func_wrap(
+        "env",
+        "proxy_set_effective_context",
+        |mut c: C<'_>, ctx: i32| {
+            let data = c.data_mut();
+            if data.contexts.contains_key(&(ctx as u32)) {
+                data.current = ctx as u32;
+                Ok(OK)
+            } else {
+                Ok(BAD_ARGUMENT)
+            }
+        },
+    )?;
+    linker.func_wrap("env", "proxy_done", |_c: C<'_>| Ok(OK))?;
+    Ok(())
+}
+
+fn continue_stream(c: &C<'_>, kind: i32) -> i32 {
+    let data = c.data();
+    let Some(ContextKind::Http(ex)) = data.contexts.get(&data.current) else {
+        return NOT_FOUND;
+    };
+    let ex: &Exchange = ex;
+    {
+        let mut st = ex.lock();
+        match kind {
+            STREAM_HTTP_REQUEST => st.resume_request = true,
+            STREAM_HTTP_RESPONSE => st.resume_response = true,
+            _ => return BAD_ARGUMENT,
+        }
+    }
+    ex.wake();
+    OK
+}
