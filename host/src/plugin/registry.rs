@@ -202,6 +202,7 @@ impl Registry {
             metrics: self.metrics.plugin_metrics(namespace, &spec.name),
             global_metrics: self.metrics.clone(),
             log_tail: Mutex::new(Default::default()),
+            limits_warned: Default::default(),
         });
 
         // Compiling takes Cranelift tenths of a second: keep it off the

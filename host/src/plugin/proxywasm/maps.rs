@@ -31,6 +31,36 @@ where
     out
 }
 
+/// Why a map from a guest was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapError {
+    Malformed,
+    TooManyPairs,
+    TooManyBytes,
+}
+
+/// Parses the encoding of at most `max_pairs` pairs whose keys and values
+/// add up to at most `max_bytes`, checking both before copying anything.
+pub fn decode_bounded(
+    bytes: &[u8],
+    max_pairs: usize,
+    max_bytes: usize,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>, MapError> {
+    if bytes.len() >= 4 {
+        let count = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+        if count > max_pairs {
+            return Err(MapError::TooManyPairs);
+        }
+        // Past the sizes table, everything is key and value bytes plus one
+        // NUL after each.
+        let payload = bytes.len().saturating_sub(4 + count * 8 + count * 2);
+        if payload > max_bytes {
+            return Err(MapError::TooManyBytes);
+        }
+    }
+    decode(bytes).ok_or(MapError::Malformed)
+}
+
 /// Parses the encoding; `None` when the bytes are not a well-formed map.
 pub fn decode(bytes: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
     if bytes.is_empty() {

@@ -7,6 +7,7 @@
 //! duration of the guest call.
 
 mod abi;
+mod guard;
 mod instance;
 mod maps;
 mod memory;

@@ -6,6 +6,7 @@ use wasmtime::Linker;
 use super::common::*;
 use crate::plugin::proxywasm::instance::HostState;
 use crate::plugin::proxywasm::memory;
+use crate::plugin::sandbox::Limit;
 
 // Buffer types.
 const HTTP_REQUEST_BODY: i32 = 0;
@@ -19,10 +20,11 @@ const PLUGIN_CONFIGURATION: i32 = 7;
 const CALL_DATA: i32 = 8;
 
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap(
+    host_fn!(
+        linker,
         "env",
         "proxy_get_buffer_bytes",
-        |mut c: C<'_>, kind: i32, start: i32, max: i32, ret_ptr: i32, ret_len: i32| {
+        |c, kind: i32, start: i32, max: i32, ret_ptr: i32, ret_len: i32| {
             let Some(bytes) = read_buffer(&c, kind) else {
                 return Ok(if known_buffer(kind) {
                     NOT_FOUND
@@ -35,10 +37,18 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             given(memory::give(&mut c, &bytes[start..end], ret_ptr, ret_len))
         },
     )?;
-    linker.func_wrap(
+    host_fn!(
+        linker,
         "env",
         "proxy_set_buffer_bytes",
-        |mut c: C<'_>, kind: i32, start: i32, size: i32, ptr: i32, len: i32| {
+        |c, kind: i32, start: i32, size: i32, ptr: i32, len: i32| {
+            let plugin = c.data().plugin.clone();
+            let max = plugin.limits.host.max_body_bytes;
+            let len_bytes = len as u32 as usize;
+            if len_bytes > max {
+                plugin.limit_exceeded(Limit::BodyBytes);
+                return Ok(BAD_ARGUMENT);
+            }
             let data = read_or_status!(&mut c, ptr, len);
             let Some(ex) = c.data().current_exchange() else {
                 return Ok(NOT_FOUND);
@@ -49,7 +59,15 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 HTTP_RESPONSE_BODY => &mut st.response_body,
                 _ => return Ok(BAD_ARGUMENT),
             };
-            splice(buf, start as u32 as usize, size as u32 as usize, &data);
+            let (start, size) = (start as u32 as usize, size as u32 as usize);
+            // The Rust SDK panics on any status but OK from set_buffer;
+            // BAD_ARGUMENT is one it knows, for a body no filter should grow
+            // past the limit the pipeline buffers anyway.
+            if spliced_len(buf.len(), start, size, len_bytes) > max {
+                plugin.limit_exceeded(Limit::BodyBytes);
+                return Ok(BAD_ARGUMENT);
+            }
+            splice(buf, start, size, &data);
             Ok(OK)
         },
     )?;
@@ -81,6 +99,13 @@ fn read_buffer(c: &C<'_>, kind: i32) -> Option<Vec<u8>> {
         PLUGIN_CONFIGURATION => Some(data.plugin.plugin_config.clone()),
         _ => None,
     }
+}
+
+/// The length `splice` leaves.
+fn spliced_len(len: usize, start: usize, size: usize, data: usize) -> usize {
+    let start = start.min(len);
+    let end = start.saturating_add(size).min(len);
+    len - (end - start) + data
 }
 
 /// Replaces `size` bytes at `start` with `data`, as Envoy does: a start
@@ -116,8 +141,10 @@ mod tests {
         ];
         for (orig, start, size, data, want) in cases {
             let mut b = BytesMut::from(*orig);
+            let predicted = spliced_len(b.len(), *start, *size, data.len());
             splice(&mut b, *start, *size, data.as_bytes());
             assert_eq!(&b[..], want.as_bytes(), "{orig} {start} {size} {data}");
+            assert_eq!(predicted, b.len(), "{orig} {start} {size} {data}");
         }
     }
 }

@@ -3,8 +3,11 @@
 
 use wasmtime::Caller;
 
-use super::super::instance::HostState;
-use super::super::memory::{self, GiveError};
+use crate::plugin::PluginShared;
+use crate::plugin::proxywasm::instance::HostState;
+use crate::plugin::proxywasm::maps::{self, MapError};
+use crate::plugin::proxywasm::memory::{self, GiveError};
+use crate::plugin::sandbox::Limit;
 
 pub mod status {
     pub const OK: i32 = 0;
@@ -35,6 +38,25 @@ pub fn status_of(r: Result<(), memory::OutOfBounds>) -> i32 {
     }
 }
 
+/// Decodes a map a guest passes in whole (local response headers, callout
+/// headers) within the header limits; `None` (for BAD_ARGUMENT) when it is
+/// malformed or too large, the latter counted.
+pub fn bounded_map(plugin: &PluginShared, raw: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    let limits = &plugin.limits.host;
+    match maps::decode_bounded(raw, limits.max_headers, limits.max_header_bytes) {
+        Ok(pairs) => Some(pairs),
+        Err(MapError::Malformed) => None,
+        Err(MapError::TooManyPairs) => {
+            plugin.limit_exceeded(Limit::Headers);
+            None
+        }
+        Err(MapError::TooManyBytes) => {
+            plugin.limit_exceeded(Limit::HeaderBytes);
+            None
+        }
+    }
+}
+
 /// Reads guest bytes, or returns `INVALID_MEMORY_ACCESS` from the host
 /// function.
 macro_rules! read_or_status {
@@ -46,3 +68,5 @@ macro_rules! read_or_status {
     };
 }
 pub(crate) use read_or_status;
+
+pub(crate) use crate::plugin::proxywasm::guard::host_fn;

@@ -6,8 +6,11 @@ use wasmtime::Linker;
 
 use super::common::*;
 use crate::exchange::ExchangeState;
+use crate::plugin::PluginShared;
 use crate::plugin::proxywasm::instance::HostState;
-use crate::plugin::proxywasm::{maps, memory};
+use crate::plugin::proxywasm::maps::{self, MapError};
+use crate::plugin::proxywasm::memory;
+use crate::plugin::sandbox::{HostLimits, Limit};
 
 // Map types.
 const HTTP_REQUEST_HEADERS: i32 = 0;
@@ -21,11 +24,16 @@ const HTTP_CALL_RESPONSE_TRAILERS: i32 = 7;
 
 type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// The most pseudo-headers a request map carries (`:authority`, `:path`,
+/// `:method`, `:scheme`, and `:protocol` for extended CONNECT).
+const PSEUDO_HEADERS: usize = 5;
+
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap(
+    host_fn!(
+        linker,
         "env",
         "proxy_get_header_map_pairs",
-        |mut c: C<'_>, kind: i32, ret_ptr: i32, ret_len: i32| {
+        |c, kind: i32, ret_ptr: i32, ret_len: i32| {
             let Some(pairs) = read_map(&c, kind) else {
                 return Ok(BAD_ARGUMENT);
             };
@@ -33,24 +41,40 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             given(memory::give(&mut c, &bytes, ret_ptr, ret_len))
         },
     )?;
-    linker.func_wrap(
+    host_fn!(
+        linker,
         "env",
         "proxy_set_header_map_pairs",
-        |mut c: C<'_>, kind: i32, ptr: i32, len: i32| {
+        |c, kind: i32, ptr: i32, len: i32| {
             let raw = read_or_status!(&mut c, ptr, len);
-            let Some(pairs) = maps::decode(&raw) else {
-                return Ok(BAD_ARGUMENT);
+            let plugin = c.data().plugin.clone();
+            // Pseudo-headers travel in the same list but are not stored as
+            // headers: allow for them in the count.
+            let limits = &plugin.limits.host;
+            let pairs = match maps::decode_bounded(
+                &raw,
+                limits.max_headers + PSEUDO_HEADERS,
+                limits.max_header_bytes,
+            ) {
+                Ok(pairs) => pairs,
+                Err(MapError::Malformed) => return Ok(BAD_ARGUMENT),
+                Err(MapError::TooManyPairs) => return Ok(refused(&plugin, Limit::Headers)),
+                Err(MapError::TooManyBytes) => return Ok(refused(&plugin, Limit::HeaderBytes)),
             };
-            Ok(edit_map(&c, kind, |m| {
+            if pairs.iter().filter(|(k, _)| !k.starts_with(b":")).count() > limits.max_headers {
+                return Ok(refused(&plugin, Limit::Headers));
+            }
+            Ok(edit_map(&c, kind, |m, limits| {
                 m.clear();
-                pairs.iter().try_for_each(|(k, v)| m.add(k, v))
+                pairs.iter().try_for_each(|(k, v)| m.add(k, v, limits))
             }))
         },
     )?;
-    linker.func_wrap(
+    host_fn!(
+        linker,
         "env",
         "proxy_get_header_map_value",
-        |mut c: C<'_>, kind: i32, kptr: i32, klen: i32, ret_ptr: i32, ret_len: i32| {
+        |c, kind: i32, kptr: i32, klen: i32, ret_ptr: i32, ret_len: i32| {
             let key = read_or_status!(&mut c, kptr, klen);
             let Some(pairs) = read_map(&c, kind) else {
                 return Ok(BAD_ARGUMENT);
@@ -65,30 +89,41 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             }
         },
     )?;
-    linker.func_wrap(
+    host_fn!(
+        linker,
         "env",
         "proxy_replace_header_map_value",
-        |mut c: C<'_>, kind: i32, kptr: i32, klen: i32, vptr: i32, vlen: i32| {
+        |c, kind: i32, kptr: i32, klen: i32, vptr: i32, vlen: i32| {
+            if let Some(status) = too_long(&c, klen, vlen) {
+                return Ok(status);
+            }
             let key = read_or_status!(&mut c, kptr, klen);
             let value = read_or_status!(&mut c, vptr, vlen);
-            Ok(edit_map(&c, kind, |m| m.replace(&key, &value)))
+            Ok(edit_map(&c, kind, |m, limits| {
+                m.replace(&key, &value, limits)
+            }))
         },
     )?;
-    linker.func_wrap(
+    host_fn!(
+        linker,
         "env",
         "proxy_add_header_map_value",
-        |mut c: C<'_>, kind: i32, kptr: i32, klen: i32, vptr: i32, vlen: i32| {
+        |c, kind: i32, kptr: i32, klen: i32, vptr: i32, vlen: i32| {
+            if let Some(status) = too_long(&c, klen, vlen) {
+                return Ok(status);
+            }
             let key = read_or_status!(&mut c, kptr, klen);
             let value = read_or_status!(&mut c, vptr, vlen);
-            Ok(edit_map(&c, kind, |m| m.add(&key, &value)))
+            Ok(edit_map(&c, kind, |m, limits| m.add(&key, &value, limits)))
         },
     )?;
-    linker.func_wrap(
+    host_fn!(
+        linker,
         "env",
         "proxy_remove_header_map_value",
-        |mut c: C<'_>, kind: i32, kptr: i32, klen: i32| {
+        |c, kind: i32, kptr: i32, klen: i32| {
             let key = read_or_status!(&mut c, kptr, klen);
-            Ok(edit_map(&c, kind, |m| {
+            Ok(edit_map(&c, kind, |m, _| {
                 m.remove(&key);
                 Ok(())
             }))
@@ -170,7 +205,43 @@ enum MapRef<'a> {
     Plain(&'a mut HeaderMap),
 }
 
+/// Why an edit was refused: a value no header may have, or a limit.
+enum EditError {
+    BadValue,
+    Limit(Limit),
+}
+
 struct BadValue;
+
+impl From<BadValue> for EditError {
+    fn from(_: BadValue) -> EditError {
+        EditError::BadValue
+    }
+}
+
+/// Checks that `headers`, without the entries named `replacing`, has room
+/// for one more entry of `added` bytes.
+fn room_for(
+    headers: &HeaderMap,
+    replacing: Option<&HeaderName>,
+    added: usize,
+    limits: &HostLimits,
+) -> Result<(), EditError> {
+    let (mut count, mut bytes) = (0usize, 0usize);
+    for (k, v) in headers {
+        if Some(k) != replacing {
+            count += 1;
+            bytes += k.as_str().len() + v.len();
+        }
+    }
+    if count + 1 > limits.max_headers {
+        return Err(EditError::Limit(Limit::Headers));
+    }
+    if bytes + added > limits.max_header_bytes {
+        return Err(EditError::Limit(Limit::HeaderBytes));
+    }
+    Ok(())
+}
 
 impl MapRef<'_> {
     fn headers(&mut self) -> &mut HeaderMap {
@@ -206,20 +277,22 @@ impl MapRef<'_> {
         Ok(())
     }
 
-    fn add(&mut self, key: &[u8], value: &[u8]) -> Result<(), BadValue> {
+    fn add(&mut self, key: &[u8], value: &[u8], limits: &HostLimits) -> Result<(), EditError> {
         if key.starts_with(b":") {
-            return self.set_pseudo(key, value);
+            return Ok(self.set_pseudo(key, value)?);
         }
         let (k, v) = header(key, value)?;
+        room_for(self.headers(), None, key.len() + value.len(), limits)?;
         self.headers().append(k, v);
         Ok(())
     }
 
-    fn replace(&mut self, key: &[u8], value: &[u8]) -> Result<(), BadValue> {
+    fn replace(&mut self, key: &[u8], value: &[u8], limits: &HostLimits) -> Result<(), EditError> {
         if key.starts_with(b":") {
-            return self.set_pseudo(key, value);
+            return Ok(self.set_pseudo(key, value)?);
         }
         let (k, v) = header(key, value)?;
+        room_for(self.headers(), Some(&k), key.len() + value.len(), limits)?;
         self.headers().insert(k, v);
         Ok(())
     }
@@ -243,7 +316,27 @@ fn header(key: &[u8], value: &[u8]) -> Result<(HeaderName, HeaderValue), BadValu
     ))
 }
 
-fn edit_map(c: &C<'_>, kind: i32, f: impl FnOnce(&mut MapRef<'_>) -> Result<(), BadValue>) -> i32 {
+/// Counts a refusal and answers BAD_ARGUMENT: the Rust SDK panics on
+/// every status but OK from the map setters, so no status would let it go
+/// on; this one at least names the call's fault.
+fn refused(plugin: &PluginShared, limit: Limit) -> i32 {
+    plugin.limit_exceeded(limit);
+    BAD_ARGUMENT
+}
+
+/// A key and value that could never fit are refused before being copied.
+fn too_long(c: &C<'_>, klen: i32, vlen: i32) -> Option<i32> {
+    let plugin = &c.data().plugin;
+    let total = (klen as u32 as usize).saturating_add(vlen as u32 as usize);
+    (total > plugin.limits.host.max_header_bytes).then(|| refused(plugin, Limit::HeaderBytes))
+}
+
+fn edit_map(
+    c: &C<'_>,
+    kind: i32,
+    f: impl FnOnce(&mut MapRef<'_>, &HostLimits) -> Result<(), EditError>,
+) -> i32 {
+    let plugin = &c.data().plugin;
     let Some(ex) = c.data().current_exchange() else {
         return NOT_FOUND;
     };
@@ -267,8 +360,9 @@ fn edit_map(c: &C<'_>, kind: i32, f: impl FnOnce(&mut MapRef<'_>) -> Result<(), 
         }
         _ => return BAD_ARGUMENT,
     };
-    match f(&mut map) {
+    match f(&mut map, &plugin.limits.host) {
         Ok(()) => OK,
-        Err(BadValue) => BAD_ARGUMENT,
+        Err(EditError::BadValue) => BAD_ARGUMENT,
+        Err(EditError::Limit(limit)) => refused(plugin, limit),
     }
 }

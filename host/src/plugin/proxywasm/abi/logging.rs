@@ -9,23 +9,25 @@ use crate::plugin::proxywasm::instance::HostState;
 use crate::plugin::proxywasm::memory;
 
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap(
+    host_fn!(
+        linker,
         "env",
         "proxy_log",
-        |mut c: C<'_>, level: i32, ptr: i32, len: i32| {
+        |c, level: i32, ptr: i32, len: i32| {
             let msg = read_or_status!(&mut c, ptr, len);
             c.data().plugin.log(level, &String::from_utf8_lossy(&msg));
             Ok(OK)
         },
     )?;
-    linker.func_wrap("env", "proxy_get_log_level", |mut c: C<'_>, ret: i32| {
+    host_fn!(linker, "env", "proxy_get_log_level", |c, ret: i32| {
         let level = c.data().plugin.log_level();
         Ok(status_of(memory::write_u32(&mut c, ret, level)))
     })?;
-    linker.func_wrap(
+    host_fn!(
+        linker,
         "env",
         "proxy_get_current_time_nanoseconds",
-        |mut c: C<'_>, ret: i32| {
+        |c, ret: i32| {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default()
@@ -33,10 +35,11 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             Ok(status_of(memory::write_u64(&mut c, ret, now)))
         },
     )?;
-    linker.func_wrap(
+    host_fn!(
+        linker,
         "env",
         "proxy_set_tick_period_milliseconds",
-        |mut c: C<'_>, period: i32| {
+        |c, period: i32| {
             let data = c.data_mut();
             data.tick_period = match period as u32 {
                 0 => None,

@@ -1,17 +1,39 @@
 //! Shared data (with compare-and-swap) and shared queues of a namespace.
+//!
+//! Sizes are checked before guest bytes are copied. The Rust SDK accepts
+//! only OK and CAS_MISMATCH from `set_shared_data` and only OK from
+//! `register_shared_queue` (it panics on anything else), so a refusal there
+//! is BAD_ARGUMENT: a status it knows, for a request no well-behaved plugin
+//! makes. A full queue answers NOT_FOUND, which the SDK returns as an error.
 
 use wasmtime::Linker;
 
 use super::common::*;
+use crate::plugin::PluginShared;
 use crate::plugin::proxywasm::instance::HostState;
 use crate::plugin::proxywasm::memory;
-use crate::plugin::shared::{CasError, QueueError};
+use crate::plugin::sandbox::Limit;
+use crate::plugin::shared::{MAX_KEY_BYTES, MAX_VALUE_BYTES, QueueError, SetError};
+
+/// Refuses a key or name longer than [`MAX_KEY_BYTES`] (counted).
+fn key_fits(plugin: &PluginShared, len: i32) -> bool {
+    let fits = len as u32 as usize <= MAX_KEY_BYTES;
+    if !fits {
+        plugin.limit_exceeded(Limit::SharedDataKey);
+    }
+    fits
+}
 
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap(
+    host_fn!(
+        linker,
         "env",
         "proxy_get_shared_data",
-        |mut c: C<'_>, kptr: i32, klen: i32, ret_ptr: i32, ret_len: i32, ret_cas: i32| {
+        |c, kptr: i32, klen: i32, ret_ptr: i32, ret_len: i32, ret_cas: i32| {
+            // No longer key can have been stored.
+            if klen as u32 as usize > MAX_KEY_BYTES {
+                return Ok(NOT_FOUND);
+            }
             let key = read_or_status!(&mut c, kptr, klen);
             let key = String::from_utf8_lossy(&key);
             let Some((value, cas)) = c.data().plugin.shared.get(&key) else {
@@ -21,42 +43,74 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 return Ok(INVALID_MEMORY_ACCESS);
             }
             given(memory::give(&mut c, &value, ret_ptr, ret_len))
-        },
+        }
     )?;
-    linker.func_wrap(
+    host_fn!(
+        linker,
         "env",
         "proxy_set_shared_data",
-        |mut c: C<'_>, kptr: i32, klen: i32, vptr: i32, vlen: i32, cas: i32| {
+        |c, kptr: i32, klen: i32, vptr: i32, vlen: i32, cas: i32| {
+            let plugin = c.data().plugin.clone();
+            if !key_fits(&plugin, klen) {
+                return Ok(BAD_ARGUMENT);
+            }
+            if vlen as u32 as usize > MAX_VALUE_BYTES {
+                plugin.limit_exceeded(Limit::SharedDataValue);
+                return Ok(BAD_ARGUMENT);
+            }
             let key = read_or_status!(&mut c, kptr, klen);
             let value = read_or_status!(&mut c, vptr, vlen);
             let key = String::from_utf8_lossy(&key);
-            match c.data().plugin.shared.set(&key, value, cas as u32) {
+            match plugin.shared.set(&key, value, cas as u32) {
                 Ok(()) => Ok(OK),
-                Err(CasError::Mismatch) => Ok(CAS_MISMATCH),
+                Err(SetError::CasMismatch) => Ok(CAS_MISMATCH),
+                Err(SetError::TooLarge) => {
+                    plugin.limit_exceeded(Limit::SharedDataValue);
+                    Ok(BAD_ARGUMENT)
+                }
+                Err(SetError::Full) => {
+                    plugin.limit_exceeded(Limit::SharedDataTotal);
+                    Ok(BAD_ARGUMENT)
+                }
             }
-        },
+        }
     )?;
 
     // Shared queues.
-    linker.func_wrap(
+    host_fn!(
+        linker,
         "env",
         "proxy_register_shared_queue",
-        |mut c: C<'_>, nptr: i32, nlen: i32, ret_id: i32| {
+        |c, nptr: i32, nlen: i32, ret_id: i32| {
+            if !key_fits(&c.data().plugin, nlen) {
+                return Ok(BAD_ARGUMENT);
+            }
             let name = read_or_status!(&mut c, nptr, nlen);
             let data = c.data();
-            let id = data.plugin.shared.register_queue(
+            let registered = data.plugin.shared.register_queue(
                 &data.plugin.vm_id,
                 &String::from_utf8_lossy(&name),
                 data.self_ref.clone(),
                 data.root_id,
             );
-            Ok(status_of(memory::write_u32(&mut c, ret_id, id)))
-        },
+            match registered {
+                Ok(id) => Ok(status_of(memory::write_u32(&mut c, ret_id, id))),
+                Err(_) => {
+                    data.plugin.limit_exceeded(Limit::Queues);
+                    Ok(BAD_ARGUMENT)
+                }
+            }
+        }
     )?;
-    linker.func_wrap(
+    host_fn!(
+        linker,
         "env",
         "proxy_resolve_shared_queue",
-        |mut c: C<'_>, vptr: i32, vlen: i32, nptr: i32, nlen: i32, ret_id: i32| {
+        |c, vptr: i32, vlen: i32, nptr: i32, nlen: i32, ret_id: i32| {
+            // No queue with a longer name or VM id can exist.
+            if vlen as u32 as usize > MAX_KEY_BYTES || nlen as u32 as usize > MAX_KEY_BYTES {
+                return Ok(NOT_FOUND);
+            }
             let vm_id = read_or_status!(&mut c, vptr, vlen);
             let name = read_or_status!(&mut c, nptr, nlen);
             let id = c.data().plugin.shared.resolve_queue(
@@ -67,28 +121,32 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 Some(id) => Ok(status_of(memory::write_u32(&mut c, ret_id, id))),
                 None => Ok(NOT_FOUND),
             }
-        },
+        }
     )?;
-    linker.func_wrap(
+    host_fn!(
+        linker,
         "env",
         "proxy_dequeue_shared_queue",
-        |mut c: C<'_>, id: i32, ret_ptr: i32, ret_len: i32| match c
-            .data()
-            .plugin
-            .shared
-            .dequeue(id as u32)
-        {
-            Ok(Some(item)) => given(memory::give(&mut c, &item, ret_ptr, ret_len)),
-            Ok(None) => Ok(EMPTY),
-            Err(_) => Ok(NOT_FOUND),
-        },
+        |c, id: i32, ret_ptr: i32, ret_len: i32| {
+            match c.data().plugin.shared.dequeue(id as u32) {
+                Ok(Some(item)) => given(memory::give(&mut c, &item, ret_ptr, ret_len)),
+                Ok(None) => Ok(EMPTY),
+                Err(_) => Ok(NOT_FOUND),
+            }
+        }
     )?;
-    linker.func_wrap(
+    host_fn!(
+        linker,
         "env",
         "proxy_enqueue_shared_queue",
-        |mut c: C<'_>, id: i32, ptr: i32, len: i32| {
+        |c, id: i32, ptr: i32, len: i32| {
+            let plugin = c.data().plugin.clone();
+            if len as u32 as usize > MAX_VALUE_BYTES {
+                plugin.limit_exceeded(Limit::QueueBytes);
+                return Ok(NOT_FOUND);
+            }
             let item = read_or_status!(&mut c, ptr, len);
-            match c.data().plugin.shared.enqueue(id as u32, item) {
+            match plugin.shared.enqueue(id as u32, item) {
                 Ok((owner, root)) => {
                     if let Some(owner) = owner.upgrade() {
                         owner.notify_queue(root, id as u32);
@@ -96,11 +154,18 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     Ok(OK)
                 }
                 Err(QueueError::NotFound) => Ok(NOT_FOUND),
-                // The SDKs know no "full" status; refusing the item as a
-                // bad argument is the closest they handle.
-                Err(QueueError::Full) => Ok(NOT_FOUND),
+                // The SDKs know no "full" status; NOT_FOUND is one they return
+                // to the plugin as an error instead of panicking.
+                Err(QueueError::TooManyItems) => {
+                    plugin.limit_exceeded(Limit::QueueItems);
+                    Ok(NOT_FOUND)
+                }
+                Err(QueueError::TooManyBytes) => {
+                    plugin.limit_exceeded(Limit::QueueBytes);
+                    Ok(NOT_FOUND)
+                }
             }
-        },
+        }
     )?;
 
     Ok(())

@@ -7,23 +7,23 @@ use wasmtime::Linker;
 use super::common::*;
 use crate::exchange::{Exchange, LocalResponse};
 use crate::plugin::proxywasm::instance::{ContextKind, HostState};
-use crate::plugin::proxywasm::maps;
+use crate::plugin::sandbox::Limit;
 
 // Stream types.
 const STREAM_HTTP_REQUEST: i32 = 0;
 const STREAM_HTTP_RESPONSE: i32 = 1;
 
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap("env", "proxy_continue_stream", |c: C<'_>, kind: i32| {
+    host_fn!(linker, "env", "proxy_continue_stream", |c, kind: i32| {
         Ok(continue_stream(&c, kind))
     })?;
-    linker.func_wrap("env", "proxy_continue_request", |c: C<'_>| {
+    host_fn!(linker, "env", "proxy_continue_request", |c| {
         Ok(continue_stream(&c, STREAM_HTTP_REQUEST))
     })?;
-    linker.func_wrap("env", "proxy_continue_response", |c: C<'_>| {
+    host_fn!(linker, "env", "proxy_continue_response", |c| {
         Ok(continue_stream(&c, STREAM_HTTP_RESPONSE))
     })?;
-    linker.func_wrap("env", "proxy_close_stream", |c: C<'_>, kind: i32| {
+    host_fn!(linker, "env", "proxy_close_stream", |c, kind: i32| {
         if !matches!(kind, STREAM_HTTP_REQUEST | STREAM_HTTP_RESPONSE) {
             return Ok(BAD_ARGUMENT);
         }
@@ -34,11 +34,12 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         ex.wake();
         Ok(OK)
     })?;
-    linker.func_wrap("env", "proxy_clear_route_cache", |_c: C<'_>| Ok(OK))?;
-    linker.func_wrap(
+    host_fn!(linker, "env", "proxy_clear_route_cache", |_c| Ok(OK))?;
+    host_fn!(
+        linker,
         "env",
         "proxy_send_local_response",
-        |mut c: C<'_>,
+        |c,
          code: i32,
          dptr: i32,
          dlen: i32,
@@ -47,22 +48,34 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
          hptr: i32,
          hlen: i32,
          _grpc: i32| {
-            let details = read_or_status!(&mut c, dptr, dlen);
-            let body = read_or_status!(&mut c, bptr, blen);
-            let headers = read_or_status!(&mut c, hptr, hlen);
+            let plugin = c.data().plugin.clone();
+            let limits = &plugin.limits.host;
+            if blen as u32 as usize > limits.max_body_bytes {
+                plugin.limit_exceeded(Limit::BodyBytes);
+                return Ok(BAD_ARGUMENT);
+            }
+            // The details only reach the log and the access log: a header's
+            // worth is plenty.
+            if dlen as u32 as usize > limits.max_header_bytes {
+                plugin.limit_exceeded(Limit::HeaderBytes);
+                return Ok(BAD_ARGUMENT);
+            }
             let Ok(status) = StatusCode::from_u16(code as u32 as u16) else {
                 return Ok(BAD_ARGUMENT);
             };
             if !(200..=599).contains(&status.as_u16()) {
                 return Ok(BAD_ARGUMENT);
             }
-            let Some(headers) = maps::decode(&headers) else {
+            let headers = read_or_status!(&mut c, hptr, hlen);
+            let Some(headers) = bounded_map(&plugin, &headers) else {
                 return Ok(BAD_ARGUMENT);
             };
+            let details = read_or_status!(&mut c, dptr, dlen);
+            let body = read_or_status!(&mut c, bptr, blen);
             let Some(ex) = c.data().current_exchange() else {
                 return Ok(NOT_FOUND);
             };
-            let plugin = c.data().plugin.name.clone();
+            let plugin = plugin.name.clone();
             ex.lock().local_response = Some(LocalResponse {
                 status,
                 headers: headers
@@ -78,10 +91,11 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         },
     )?;
 
-    linker.func_wrap(
+    host_fn!(
+        linker,
         "env",
         "proxy_set_effective_context",
-        |mut c: C<'_>, ctx: i32| {
+        |c, ctx: i32| {
             let data = c.data_mut();
             if data.contexts.contains_key(&(ctx as u32)) {
                 data.current = ctx as u32;
@@ -91,7 +105,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             }
         },
     )?;
-    linker.func_wrap("env", "proxy_done", |_c: C<'_>| Ok(OK))?;
+    host_fn!(linker, "env", "proxy_done", |_c| Ok(OK))?;
     Ok(())
 }
 
