@@ -150,3 +150,50 @@ mod tests {
         assert_eq!(decode(&[0xff, 0xff, 0xff, 0xff]), None);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+    fn pairs() -> impl Strategy<Value = Pairs> {
+        vec((vec(any::<u8>(), 0..24), vec(any::<u8>(), 0..48)), 0..12)
+    }
+
+    proptest! {
+        #[test]
+        fn decode_inverts_encode(pairs in pairs()) {
+            let bytes = encode(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+            prop_assert_eq!(decode(&bytes), Some(pairs.clone()));
+            let keys_and_values: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+            prop_assert_eq!(
+                decode_bounded(&bytes, pairs.len(), keys_and_values),
+                Ok(pairs.clone())
+            );
+            if !pairs.is_empty() {
+                prop_assert_eq!(
+                    decode_bounded(&bytes, pairs.len() - 1, usize::MAX),
+                    Err(MapError::TooManyPairs)
+                );
+            }
+            if keys_and_values > 0 {
+                prop_assert_eq!(
+                    decode_bounded(&bytes, usize::MAX, keys_and_values - 1),
+                    Err(MapError::TooManyBytes)
+                );
+            }
+        }
+
+        #[test]
+        fn decode_never_panics_and_what_it_accepts_re_encodes(bytes in vec(any::<u8>(), 0..256)) {
+            if let Some(pairs) = decode(&bytes) {
+                let again = encode(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+                prop_assert_eq!(decode(&again), Some(pairs));
+            }
+        }
+    }
+}

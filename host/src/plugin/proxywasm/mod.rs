@@ -7,6 +7,8 @@
 //! duration of the guest call.
 
 mod abi;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod guard;
 mod instance;
 mod maps;

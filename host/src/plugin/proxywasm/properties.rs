@@ -317,4 +317,35 @@ mod tests {
         st.current = 1;
         set(&mut st, &path("p.extra"), vec![1]).expect("the root context counts its own");
     }
+
+    proptest::proptest! {
+        /// Whatever path and value a plugin stores, reading the path back
+        /// (segments joined by NUL, as the SDKs spell it, with or without
+        /// trailing empty segments) returns the value.
+        #[test]
+        fn set_then_get_round_trips(
+            segments in proptest::collection::vec("[a-z_]{1,8}", 1..4),
+            value in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            extra_nuls in 0usize..3,
+        ) {
+            let (mut st, _ex) = state(None);
+            let path = segments.join("\0");
+            let spelled = format!("{path}{}", "\0".repeat(extra_nuls));
+            set(&mut st, path.as_bytes(), value.clone()).unwrap();
+            proptest::prop_assert_eq!(get(&st, spelled.as_bytes()), Some(value));
+        }
+
+        /// Integers go out as 8-byte little-endian, as Envoy encodes them.
+        #[test]
+        fn response_code_is_eight_bytes_little_endian(code in 100u16..1000) {
+            let (st, ex) = state(None);
+            ex.lock().response = Some(ResponseHead {
+                status: http::StatusCode::from_u16(code).unwrap(),
+                headers: Default::default(),
+            });
+            let v = get(&st, &path("response.code")).unwrap();
+            proptest::prop_assert_eq!(v.len(), 8);
+            proptest::prop_assert_eq!(i64::from_le_bytes(v.try_into().unwrap()), code as i64);
+        }
+    }
 }
