@@ -31,6 +31,9 @@ where
     out
 }
 
+/// Decoded pairs, keys and values as the guest sent them.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Why a map from a guest was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MapError {
@@ -41,11 +44,7 @@ pub enum MapError {
 
 /// Parses the encoding of at most `max_pairs` pairs whose keys and values
 /// add up to at most `max_bytes`, checking both before copying anything.
-pub fn decode_bounded(
-    bytes: &[u8],
-    max_pairs: usize,
-    max_bytes: usize,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, MapError> {
+pub fn decode_bounded(bytes: &[u8], max_pairs: usize, max_bytes: usize) -> Result<Pairs, MapError> {
     if bytes.len() >= 4 {
         let count = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
         if count > max_pairs {
@@ -62,7 +61,7 @@ pub fn decode_bounded(
 }
 
 /// Parses the encoding; `None` when the bytes are not a well-formed map.
-pub fn decode(bytes: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+pub fn decode(bytes: &[u8]) -> Option<Pairs> {
     if bytes.is_empty() {
         return Some(Vec::new());
     }
@@ -157,8 +156,6 @@ mod proptests {
     use proptest::prelude::*;
 
     use super::*;
-
-    type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
     fn pairs() -> impl Strategy<Value = Pairs> {
         vec((vec(any::<u8>(), 0..24), vec(any::<u8>(), 0..48)), 0..12)
