@@ -47,7 +47,8 @@ async fn bad_files_are_refused_with_reasons() {
                 "namespaces: {{ a: {{ plugins: [ {{ name: p, url: \"file://{}\" }} ] }} }}",
                 not_wasm.display()
             ),
-            "not a loadable WebAssembly module",
+            // `definitely not wasm`: one line naming the first bytes.
+            "not a loadable WebAssembly module: bad magic bytes 64 65 66 69 (a module starts with 00 61 73 6d)",
         ),
         (
             "namespaces: { a: { plugins: [ { name: p, url: \"builtin://nope\" } ] } }".into(),
@@ -67,6 +68,7 @@ async fn bad_files_are_refused_with_reasons() {
         let yaml = yaml.replacen("listeners: { http: 127.0.0.1:0 }\n", "", 1);
         let err = start_err(&yaml).await;
         assert!(err.contains(want), "`{err}` lacks `{want}` for:\n{yaml}");
+        assert!(!err.contains('\n'), "one line: {err}");
     }
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -257,6 +257,32 @@ async fn shared_data_and_queues() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_plugins_of_a_namespace_get_queues_of_their_own() {
+    // Both register a queue named `events`; the VM id (by default the
+    // plugin's name) keeps them apart.
+    let rig = rig(&namespaces(&[chain(
+        "alpha",
+        &[
+            plugin("first", "shared", ""),
+            plugin("second", "shared", ""),
+        ],
+    )]))
+    .await;
+    let r = send(rig.http, "GET", "alpha.test", "/s", &[], "").await;
+    assert_eq!(r.status, 200);
+    let seen = rig.upstream.last();
+    let first = seen
+        .headers
+        .get("x-queue-first")
+        .expect("first resolved its queue");
+    let second = seen
+        .headers
+        .get("x-queue-second")
+        .expect("second resolved its queue");
+    assert_ne!(first, second, "each plugin has its own `events` queue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_metrics_are_exported() {
     let rig = rig(&namespaces(&[chain(
         "alpha",

@@ -184,3 +184,103 @@ async fn plugins_that_fail_to_start_are_refused_with_the_reason() {
         assert!(err.contains(want), "{err} lacks {want}");
     }
 }
+
+/// What each `x-misbehave: abuse-<area>` request must get back from the
+/// host (see the fixture's docs), and the limits its refusals count under.
+const ABUSE: [(&str, &str, &[&str]); 7] = [
+    ("abuse-random", "28,0,21", &["random_bytes"]),
+    ("abuse-headers", "*,2,2,2", &["headers", "header_bytes"]),
+    ("abuse-body", "2,16,2", &["body_bytes"]),
+    (
+        "abuse-shared",
+        "2,2",
+        &["shared_data_value", "shared_data_key"],
+    ),
+    ("abuse-queue", "10000,1", &["queue_items"]),
+    ("abuse-metrics", "1000,2", &["metrics"]),
+    (
+        "abuse-properties",
+        "2,256,2",
+        &["property_bytes", "properties"],
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_functions_refuse_what_exceeds_the_limits_and_count_it() {
+    // A generous call budget: the floods make thousands of host calls in a
+    // debug build, and time limits are not what this test is about.
+    let rig = rig(&format!(
+        r#"sandbox: {{ callTimeoutMs: 5000, memoryLimitMiB: 16, instancesPerPlugin: 1, maxBufferedBodyBytes: 1048576 }}
+namespaces:
+  alpha:
+    plugins:
+      - name: bad
+        url: {}
+  beta:
+    plugins:
+      - name: good
+        url: {}
+"#,
+        fixture_url("misbehave"),
+        fixture_url("headers"),
+    ))
+    .await;
+    for (mode, want, _) in ABUSE {
+        let r = send(
+            rig.http,
+            "GET",
+            "alpha.test",
+            "/abuse",
+            &[("x-misbehave", mode)],
+            "",
+        )
+        .await;
+        assert_eq!(
+            r.status, 200,
+            "{mode}: the host survives and the plugin goes on: {r:?}"
+        );
+        let seen = rig.upstream.last();
+        let got = seen.headers["x-abuse-status"].to_str().unwrap().to_owned();
+        match want.strip_prefix("*,") {
+            // Headers already on the request count against the limit of
+            // 100, so the number added is a little under it.
+            Some(rest) => {
+                let (added, statuses) = got.split_once(',').unwrap();
+                let added: usize = added.parse().unwrap();
+                assert!((90..100).contains(&added), "{mode}: added {added}");
+                assert_eq!(statuses, rest, "{mode}");
+                assert!(
+                    !seen.headers.contains_key("x-flood-0"),
+                    "the flood was removed again"
+                );
+            }
+            None => assert_eq!(got, want, "{mode}"),
+        }
+        assert!(
+            seen.body.is_empty(),
+            "{mode}: body cleared: {}",
+            seen.body.len()
+        );
+        let ok = send(rig.http, "GET", "beta.test", "/", &[], "").await;
+        assert_eq!(ok.status, 200, "after {mode}, other namespaces serve");
+    }
+    let m = admin_get(rig.admin, "/metrics").await;
+    for (mode, _, limits) in ABUSE {
+        for limit in limits {
+            let want = format!(
+                r#"wayplug_plugin_limit_violations_total{{namespace="alpha",plugin="bad",limit="{limit}"}}"#
+            );
+            assert!(m.body.contains(&want), "{mode}: missing {want}");
+        }
+    }
+    assert!(
+        !m.body
+            .contains("wayplug_plugin_failures_total{namespace=\"alpha\""),
+        "refusals are statuses, not plugin failures:\n{}",
+        m.body
+    );
+    // The same instance keeps serving: nothing was poisoned.
+    let r = send(rig.http, "GET", "alpha.test", "/", &[], "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(rig.upstream.last().headers["x-misbehave"], "none");
+}

@@ -157,6 +157,14 @@ pub struct SandboxConfig {
     /// Largest request or response body a plugin may ask to buffer, in bytes.
     #[serde(default = "default_max_buffered_body")]
     pub max_buffered_body_bytes: usize,
+    /// Most entries a header or trailer map may reach through a plugin's
+    /// edits (Envoy's `max_headers_count`).
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Most bytes (names plus values) a header or trailer map may reach
+    /// through a plugin's edits (Envoy's `max_request_headers_kb`: 60 KiB).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
 }
 
 fn default_call_timeout_ms() -> u64 {
@@ -183,6 +191,12 @@ fn default_max_instances() -> u32 {
 fn default_max_buffered_body() -> usize {
     16 * 1024 * 1024
 }
+fn default_max_headers() -> usize {
+    100
+}
+fn default_max_header_bytes() -> usize {
+    60 * 1024
+}
 
 impl Default for SandboxConfig {
     fn default() -> Self {
@@ -194,6 +208,8 @@ impl Default for SandboxConfig {
             paused_request_timeout_ms: default_paused_request_timeout_ms(),
             max_instances: default_max_instances(),
             max_buffered_body_bytes: default_max_buffered_body(),
+            max_headers: default_max_headers(),
+            max_header_bytes: default_max_header_bytes(),
         }
     }
 }
@@ -315,6 +331,19 @@ impl Config {
                 format!("{} is out of range (1..=100000)", sb.requests_per_component),
             ));
         }
+        // `http::HeaderMap` cannot hold more than 32768 entries.
+        if sb.max_headers == 0 || sb.max_headers > 10_000 {
+            return Err(self.invalid(
+                "sandbox.maxHeaders",
+                format!("{} is out of range (1..=10000)", sb.max_headers),
+            ));
+        }
+        if sb.max_header_bytes < 1024 || sb.max_header_bytes > 1 << 20 {
+            return Err(self.invalid(
+                "sandbox.maxHeaderBytes",
+                format!("{} is out of range (1024..=1048576)", sb.max_header_bytes),
+            ));
+        }
         if sb.max_instances < 8 {
             return Err(self.invalid(
                 "sandbox.maxInstances",
@@ -419,6 +448,8 @@ mod tests {
         let c = parse("{}").unwrap();
         assert_eq!(c.sandbox.call_timeout_ms, 100);
         assert_eq!(c.sandbox.memory_limit_mib, 64);
+        assert_eq!(c.sandbox.max_headers, 100);
+        assert_eq!(c.sandbox.max_header_bytes, 60 * 1024);
         assert_eq!(c.listeners.admin.unwrap().port(), 15000);
     }
 
@@ -479,6 +510,8 @@ namespaces:
         let cases: &[(&str, &str)] = &[
             ("bogus: 1", "unknown field `bogus`"),
             ("sandbox: { callTimeoutMs: 0 }", "sandbox.callTimeoutMs"),
+            ("sandbox: { maxHeaders: 40000 }", "sandbox.maxHeaders"),
+            ("sandbox: { maxHeaderBytes: 10 }", "sandbox.maxHeaderBytes"),
             ("listeners: { http: nope }", "invalid socket address"),
             (
                 "namespaces: { a: { plugins: [ { name: p, url: 'http://x/p.wasm' } ] } }",

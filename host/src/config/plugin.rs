@@ -89,6 +89,11 @@ pub struct VmConfig {
     /// The plugin's whole environment: the host's own is never visible.
     #[serde(default)]
     pub env: Vec<EnvVar>,
+    /// Proxy-Wasm VM id, which scopes shared queue names. Defaults to the
+    /// plugin's name, so two plugins of a namespace share queues only when
+    /// they are given the same id on purpose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -198,6 +203,11 @@ impl PluginSpec {
         if self.plugin_type == PluginType::Network {
             return err("type", "NETWORK plugins are not supported; use HTTP".into());
         }
+        if let Some(id) = &self.vm_config.vm_id
+            && (id.is_empty() || id.len() > 128)
+        {
+            return err("vmConfig.vmId", "must be 1 to 128 characters".into());
+        }
         for (i, e) in self.vm_config.env.iter().enumerate() {
             if e.name.is_empty() || e.name.contains('=') || e.name.contains('\0') {
                 return err(
@@ -238,8 +248,38 @@ impl PluginSpec {
             .collect()
     }
 
+    /// Proxy-Wasm VM id: `vmConfig.vmId`, or the plugin's name.
+    pub fn vm_id(&self) -> &str {
+        self.vm_config.vm_id.as_deref().unwrap_or(&self.name)
+    }
+
     /// Proxy-Wasm root id.
     pub fn root_id(&self) -> &str {
         self.plugin_name.as_deref().unwrap_or("")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> PluginSpec {
+        serde_norway::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn vm_id_defaults_to_the_plugin_name() {
+        let a = spec("{ name: ratelimit, url: 'file:///a.wasm' }");
+        let b = spec("{ name: audit, url: 'file:///a.wasm' }");
+        assert_eq!(a.vm_id(), "ratelimit");
+        assert_ne!(
+            a.vm_id(),
+            b.vm_id(),
+            "two plugins never share one by accident"
+        );
+        let shared = spec("{ name: audit, url: 'file:///a.wasm', vmConfig: { vmId: ratelimit } }");
+        assert_eq!(shared.vm_id(), "ratelimit", "sharing is explicit");
+        let empty = spec("{ name: audit, url: 'file:///a.wasm', vmConfig: { vmId: '' } }");
+        assert_eq!(empty.validate().unwrap_err().0, "vmConfig.vmId");
     }
 }

@@ -1,6 +1,7 @@
 //! Prometheus metrics: the proxy's own, and those plugins define.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -31,6 +32,13 @@ pub struct PluginFailureLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLimitLabels {
+    pub namespace: String,
+    pub plugin: String,
+    pub limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PluginMetricLabels {
     pub namespace: String,
     pub plugin: String,
@@ -57,6 +65,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     plugin_requests: Family<PluginRequestLabels, Counter>,
     plugin_failures: Family<PluginFailureLabels, Counter>,
+    plugin_limit_violations: Family<PluginLimitLabels, Counter>,
     request_duration: HistogramFamily<NamespaceLabels>,
     plugin_counters: Family<PluginMetricLabels, Counter>,
     plugin_gauges: Family<PluginMetricLabels, Gauge>,
@@ -90,6 +99,12 @@ impl Metrics {
             "Plugin traps, timeouts and memory exhaustion",
             plugin_failures.clone(),
         );
+        let plugin_limit_violations = Family::<PluginLimitLabels, Counter>::default();
+        registry.register(
+            "plugin_limit_violations",
+            "Host function calls refused because a plugin asked for more than a sandbox limit allows",
+            plugin_limit_violations.clone(),
+        );
         let request_duration: HistogramFamily<NamespaceLabels> =
             Family::new_with_constructor(duration_histogram);
         registry.register(
@@ -121,6 +136,7 @@ impl Metrics {
             requests,
             plugin_requests,
             plugin_failures,
+            plugin_limit_violations,
             request_duration,
             plugin_counters,
             plugin_gauges,
@@ -182,6 +198,16 @@ impl Metrics {
             .inc();
     }
 
+    pub fn plugin_limit_violation(&self, namespace: &str, plugin: &str, limit: &str) {
+        self.plugin_limit_violations
+            .get_or_create(&PluginLimitLabels {
+                namespace: namespace.to_owned(),
+                plugin: plugin.to_owned(),
+                limit: limit.to_owned(),
+            })
+            .inc();
+    }
+
     pub fn plugin_metrics(self: &Arc<Self>, namespace: &str, plugin: &str) -> PluginMetrics {
         PluginMetrics {
             metrics: self.clone(),
@@ -196,6 +222,18 @@ impl Metrics {
 pub enum PluginMetricError {
     NotFound,
     BadArgument,
+}
+
+/// Metrics one plugin may define.
+pub const MAX_PLUGIN_METRICS: usize = 1000;
+
+/// Why a plugin could not define a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefineError {
+    /// Unknown type, or a name that is empty or longer than 200 bytes.
+    BadArgument,
+    /// The plugin already defined as many metrics as it may.
+    TooMany,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -222,21 +260,31 @@ pub struct PluginMetrics {
 }
 
 impl PluginMetrics {
-    /// Proxy-Wasm metric types: counter 0, gauge 1, histogram 2.
+    /// Like [`PluginMetrics::try_define`], without saying why it failed.
     pub fn define(&self, kind: i32, name: &str) -> Option<u32> {
+        self.try_define(kind, name).ok()
+    }
+
+    /// Proxy-Wasm metric types: counter 0, gauge 1, histogram 2. At most
+    /// [`MAX_PLUGIN_METRICS`] distinct metrics per plugin: each is a series
+    /// in every scrape, kept for the life of the process.
+    pub fn try_define(&self, kind: i32, name: &str) -> Result<u32, DefineError> {
         let kind = match kind {
             0 => Kind::Counter,
             1 => Kind::Gauge,
             2 => Kind::Histogram,
-            _ => return None,
+            _ => return Err(DefineError::BadArgument),
         };
         if name.is_empty() || name.len() > 200 {
-            return None;
+            return Err(DefineError::BadArgument);
         }
         let mut defs = self.defs.lock().unwrap_or_else(|e| e.into_inner());
         let key = (name.to_owned(), kind as u8);
         if let Some(id) = defs.by_name.get(&key) {
-            return Some(*id);
+            return Ok(*id);
+        }
+        if defs.by_id.len() >= MAX_PLUGIN_METRICS {
+            return Err(DefineError::TooMany);
         }
         let labels = PluginMetricLabels {
             namespace: self.namespace.clone(),
@@ -253,7 +301,7 @@ impl PluginMetrics {
         defs.by_id.push((kind, labels));
         let id = defs.by_id.len() as u32;
         defs.by_name.insert(key, id);
-        Some(id)
+        Ok(id)
     }
 
     fn lookup(&self, id: u32) -> Result<(Kind, PluginMetricLabels), PluginMetricError> {
@@ -277,9 +325,15 @@ impl PluginMetrics {
                     .inc_by(offset as u64);
             }
             Kind::Gauge => {
-                // Gauges saturate at 0: plugins see them as unsigned.
+                // Gauges saturate at 0: plugins see them as unsigned. One
+                // atomic update, so increments from instances running in
+                // parallel are never lost.
                 let g = self.metrics.plugin_gauges.get_or_create(&labels);
-                g.set(g.get().saturating_add(offset).max(0));
+                let _ = g
+                    .inner()
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                        Some(v.saturating_add(offset).max(0))
+                    });
             }
             _ => return Err(PluginMetricError::BadArgument),
         }
@@ -290,12 +344,10 @@ impl PluginMetrics {
         let (kind, labels) = self.lookup(id)?;
         match kind {
             Kind::Counter => {
-                // Recording a counter sets it, as Envoy does; it never goes down.
+                // Recording a counter sets it, as Envoy does; it never goes
+                // down, also when two instances record at once.
                 let c = self.metrics.plugin_counters.get_or_create(&labels);
-                let current = c.get();
-                if value > current {
-                    c.inc_by(value - current);
-                }
+                c.inner().fetch_max(value, Ordering::Relaxed);
             }
             Kind::Gauge => {
                 self.metrics
@@ -334,7 +386,7 @@ mod tests {
         assert_eq!(pm.define(0, "hits"), Some(c));
         let g = pm.define(1, "level").unwrap();
         let h = pm.define(2, "sizes").unwrap();
-        assert_eq!(pm.define(9, "x"), None);
+        assert_eq!(pm.try_define(9, "x"), Err(DefineError::BadArgument));
         pm.increment(c, 3).unwrap();
         assert_eq!(pm.increment(c, -1), Err(PluginMetricError::BadArgument));
         pm.increment(g, -5).unwrap();
@@ -356,5 +408,46 @@ mod tests {
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }
+    }
+
+    #[test]
+    fn metric_definitions_are_capped_per_plugin() {
+        let m = Arc::new(Metrics::new());
+        let pm = m.plugin_metrics("ns", "p");
+        for i in 0..MAX_PLUGIN_METRICS {
+            pm.try_define(0, &format!("m{i}")).unwrap();
+        }
+        assert_eq!(pm.try_define(0, "one_more"), Err(DefineError::TooMany));
+        assert_eq!(pm.try_define(0, "m0"), Ok(1), "a known name still resolves");
+        let other = m.plugin_metrics("ns", "q");
+        assert!(
+            other.try_define(0, "one_more").is_ok(),
+            "the cap is per plugin"
+        );
+    }
+
+    #[test]
+    fn gauge_and_counter_updates_from_threads_are_not_lost() {
+        let m = Arc::new(Metrics::new());
+        let pm = Arc::new(m.plugin_metrics("ns", "p"));
+        let g = pm.define(1, "inflight").unwrap();
+        let c = pm.define(0, "high_water").unwrap();
+        let threads: Vec<_> = (0..8u64)
+            .map(|t| {
+                let pm = pm.clone();
+                std::thread::spawn(move || {
+                    for i in 0..5_000u64 {
+                        pm.increment(g, 3).unwrap();
+                        pm.increment(g, -1).unwrap();
+                        pm.record(c, t * 5_000 + i).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(pm.get(g), Ok(8 * 5_000 * 2));
+        assert_eq!(pm.get(c), Ok(8 * 5_000 - 1), "the highest value recorded");
     }
 }

@@ -86,6 +86,7 @@ impl Engine {
                 deadline_ticks,
                 call_timeout,
                 memory_limit_bytes: memory_limit,
+                host: super::sandbox::HostLimits::from_config(sandbox),
             },
             stop,
         }))

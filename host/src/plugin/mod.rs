@@ -17,6 +17,7 @@ pub mod sandbox;
 pub mod shared;
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -97,6 +98,7 @@ pub struct Limits {
     pub deadline_ticks: u64,
     pub call_timeout: Duration,
     pub memory_limit_bytes: usize,
+    pub host: sandbox::HostLimits,
 }
 
 /// What all instances of one loaded plugin share.
@@ -114,6 +116,9 @@ pub struct PluginShared {
     pub metrics: PluginMetrics,
     global_metrics: Arc<Metrics>,
     log_tail: Mutex<VecDeque<(i32, String)>>,
+    /// One bit per [`sandbox::Limit`] already logged, so a plugin hammering
+    /// a limit logs once and is counted every time.
+    limits_warned: AtomicU32,
 }
 
 const LOG_TAIL: usize = 16;
@@ -166,6 +171,23 @@ impl PluginShared {
     fn take_log_tail(&self) -> Vec<String> {
         let mut tail = self.log_tail.lock().unwrap_or_else(|e| e.into_inner());
         tail.drain(..).map(|(_, m)| m).collect()
+    }
+
+    /// Counts (and the first time, logs) a guest's request that a host
+    /// limit refused.
+    pub fn limit_exceeded(&self, limit: sandbox::Limit) {
+        self.global_metrics
+            .plugin_limit_violation(&self.namespace, &self.name, limit.as_str());
+        let bit = 1u32 << (limit as u32);
+        if self.limits_warned.fetch_or(bit, Ordering::Relaxed) & bit == 0 {
+            tracing::warn!(
+                plugin = %self.name,
+                namespace = %self.namespace,
+                limit = limit.as_str(),
+                "plugin asked for more than a sandbox limit allows; refused (logged once per limit, \
+                 counted in wayplug_plugin_limit_violations_total)"
+            );
+        }
     }
 
     pub fn report_failure(&self, failure: &PluginFailure) {

@@ -335,6 +335,13 @@ impl Registry {
                 actual: sha256,
             });
         }
+        if let Some(reason) = not_wasm(&bytes) {
+            return Err(Error::Compile {
+                plugin,
+                namespace: ns,
+                reason,
+            });
+        }
         // A core module's header is `\0asm` then version 1; a component's
         // carries another version and layer. Decided once, here.
         let is_component =
@@ -362,7 +369,7 @@ impl Registry {
             name: spec.name.clone(),
             namespace: namespace.to_owned(),
             root_id: spec.root_id().to_owned(),
-            vm_id: String::new(),
+            vm_id: spec.vm_id().to_owned(),
             plugin_config: spec.plugin_config_bytes(),
             vm_config: Vec::new(),
             env: spec.environment(),
@@ -372,6 +379,7 @@ impl Registry {
             metrics: self.metrics.plugin_metrics(namespace, &spec.name),
             global_metrics: self.metrics.clone(),
             log_tail: Mutex::new(Default::default()),
+            limits_warned: Default::default(),
         });
 
         // Compiling takes Cranelift tenths of a second: keep it off the
@@ -398,7 +406,7 @@ impl Registry {
                 return Ok(PluginKind::Component(plugin));
             }
             let module = Module::new(&engine.wasm, &bytes)
-                .map_err(|e| LoadFailure::Compile(format!("{e:#}")))?;
+                .map_err(|e| LoadFailure::Compile(one_line(&format!("{e:#}"))))?;
             let module = ProxyWasmModule::new(&engine.proxy_wasm_linker, &module)
                 .map_err(LoadFailure::Abi)?;
             let plugin = ProxyWasmPlugin::new(module, shared2, instances).map_err(|e| match e {
@@ -453,4 +461,47 @@ enum LoadFailure {
     Compile(String),
     Abi(String),
     Start(String),
+}
+
+/// Names what is wrong with bytes that are not WebAssembly at all, in one
+/// line (wasmtime's own message dumps the bytes over several lines).
+fn not_wasm(bytes: &[u8]) -> Option<String> {
+    let head: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    if bytes.len() < 8 {
+        return Some(format!(
+            "{} bytes long, shorter than a module header",
+            bytes.len()
+        ));
+    }
+    (bytes[..4] != *b"\0asm").then(|| {
+        format!(
+            "bad magic bytes {} (a module starts with 00 61 73 6d)",
+            head.join(" ")
+        )
+    })
+}
+
+/// Joins a multi-line error into one log- and terminal-friendly line.
+fn one_line(msg: &str) -> String {
+    msg.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod load_tests {
+    use super::*;
+
+    #[test]
+    fn non_wasm_is_named_in_one_line() {
+        assert_eq!(
+            not_wasm(b"+L;\xfd and more").unwrap(),
+            "bad magic bytes 2b 4c 3b fd (a module starts with 00 61 73 6d)"
+        );
+        assert!(not_wasm(b"\0asm").unwrap().contains("4 bytes long"));
+        assert_eq!(not_wasm(b"\0asm\x01\0\0\0"), None);
+        assert_eq!(one_line("a\n  b\n\nc"), "a; b; c");
+    }
 }

@@ -1,5 +1,6 @@
 //! What both plugin ABIs share about running guest code safely: the memory
-//! limiter and the reading of a failed call.
+//! limiter, the bounds on what host functions do for a guest, and the
+//! reading of a failed call.
 
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -45,6 +46,79 @@ impl ResourceLimiter for MemoryLimiter {
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
+    }
+}
+
+/// Bounds on host memory a guest can make the host allocate, checked
+/// before the host allocates. Linear memory itself is bounded by
+/// [`MemoryLimiter`]; these bound the host's side.
+#[derive(Debug, Clone)]
+pub struct HostLimits {
+    /// Entries a header or trailer map may reach through a plugin's edits.
+    pub max_headers: usize,
+    /// Bytes (names plus values) a header or trailer map may reach.
+    pub max_header_bytes: usize,
+    /// Bytes a request or response body may reach through `set_buffer`.
+    pub max_body_bytes: usize,
+}
+
+impl HostLimits {
+    pub fn from_config(sandbox: &crate::config::SandboxConfig) -> HostLimits {
+        HostLimits {
+            max_headers: sandbox.max_headers,
+            max_header_bytes: sandbox.max_header_bytes,
+            max_body_bytes: sandbox.max_buffered_body_bytes,
+        }
+    }
+}
+
+/// Bytes of one value a plugin stores with `set_property`.
+pub const MAX_PROPERTY_BYTES: usize = 64 * 1024;
+/// Properties one context (a request, or the root) may store.
+pub const MAX_PROPERTIES: usize = 256;
+/// Bytes one `random_get` may ask for.
+pub const MAX_RANDOM_BYTES: usize = 1 << 20;
+/// Callouts one guest call may start.
+pub const MAX_CALLOUTS_PER_CALL: usize = 64;
+
+/// Which bound a guest ran into: the `limit` label of
+/// `wayplug_plugin_limit_violations_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Headers,
+    HeaderBytes,
+    BodyBytes,
+    SharedDataKey,
+    SharedDataValue,
+    SharedDataTotal,
+    QueueItems,
+    QueueBytes,
+    Queues,
+    Metrics,
+    PropertyBytes,
+    Properties,
+    RandomBytes,
+    Callouts,
+}
+
+impl Limit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::Headers => "headers",
+            Limit::HeaderBytes => "header_bytes",
+            Limit::BodyBytes => "body_bytes",
+            Limit::SharedDataKey => "shared_data_key",
+            Limit::SharedDataValue => "shared_data_value",
+            Limit::SharedDataTotal => "shared_data_total",
+            Limit::QueueItems => "queue_items",
+            Limit::QueueBytes => "queue_bytes",
+            Limit::Queues => "queues",
+            Limit::Metrics => "metrics",
+            Limit::PropertyBytes => "property_bytes",
+            Limit::Properties => "properties",
+            Limit::RandomBytes => "random_bytes",
+            Limit::Callouts => "callouts",
+        }
     }
 }
 

@@ -10,17 +10,40 @@ use std::sync::{Mutex, Weak};
 
 use super::proxywasm::Instance;
 
+/// Why `set` refused a value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CasError {
-    Mismatch,
+pub enum SetError {
+    CasMismatch,
+    /// Key longer than [`MAX_KEY_BYTES`] or value longer than
+    /// [`MAX_VALUE_BYTES`].
+    TooLarge,
+    /// Storing it would take the namespace past [`MAX_SHARED_DATA_BYTES`].
+    Full,
 }
+
+/// Bounds on what plugins may store, the same for both ABIs: a key, a value
+/// (also one queue item), everything one namespace's Proxy-Wasm shared data
+/// holds, queues per namespace and what one queue holds.
+pub const MAX_KEY_BYTES: usize = 1024;
+pub const MAX_VALUE_BYTES: usize = 1 << 20;
+pub const MAX_SHARED_DATA_BYTES: usize = 64 << 20;
+pub const MAX_QUEUES: usize = 1024;
+pub const MAX_QUEUE_ITEMS: usize = 10_000;
+pub const MAX_QUEUE_BYTES: usize = 16 << 20;
 
 #[derive(Default)]
 pub struct NamespaceShared {
-    data: Mutex<HashMap<String, (Vec<u8>, u32)>>,
+    data: Mutex<SharedData>,
     queues: Mutex<Queues>,
     /// Component plugins' key-value stores, one per plugin name.
     kv: Mutex<HashMap<String, std::sync::Arc<KvStore>>>,
+}
+
+#[derive(Default)]
+struct SharedData {
+    map: HashMap<String, (Vec<u8>, u32)>,
+    /// Key and value bytes held, against [`MAX_SHARED_DATA_BYTES`].
+    bytes: usize,
 }
 
 /// The component world's key-value store: 64-bit version tokens, where a
@@ -36,9 +59,6 @@ pub enum KvError {
     CasMismatch,
     TooLarge,
 }
-
-const MAX_KV_KEY: usize = 1024;
-const MAX_KV_VALUE: usize = 1 << 20;
 
 impl KvStore {
     pub fn get(&self, key: &str) -> Option<(Vec<u8>, u64)> {
@@ -59,7 +79,7 @@ impl KvStore {
     }
 
     pub fn set(&self, key: &str, value: Vec<u8>, cas: Option<u64>) -> Result<u64, KvError> {
-        if key.len() > MAX_KV_KEY || value.len() > MAX_KV_VALUE {
+        if key.len() > MAX_KEY_BYTES || value.len() > MAX_VALUE_BYTES {
             return Err(KvError::TooLarge);
         }
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
@@ -90,18 +110,23 @@ struct Queues {
 
 struct Queue {
     items: VecDeque<Vec<u8>>,
+    /// Bytes the items hold: a producer without a consumer stops at
+    /// [`MAX_QUEUE_BYTES`] or [`MAX_QUEUE_ITEMS`], whichever comes first.
+    bytes: usize,
     owner: Weak<Instance>,
     owner_root_context: u32,
 }
 
-/// Bound on items a queue holds, so a producer without a consumer cannot
-/// exhaust the host's memory.
-const MAX_QUEUE_ITEMS: usize = 10_000;
-
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueError {
     NotFound,
-    Full,
+    TooManyItems,
+    TooManyBytes,
 }
+
+/// The namespace already has [`MAX_QUEUES`] queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyQueues;
 
 impl NamespaceShared {
     /// The key-value store of the component plugin named `plugin`; it
@@ -120,24 +145,42 @@ impl NamespaceShared {
         self.data
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .map
             .get(key)
             .cloned()
     }
 
     /// Stores `value`; with a non-zero `cas` only if it still matches.
-    pub fn set(&self, key: &str, value: Vec<u8>, cas: u32) -> Result<(), CasError> {
-        let mut data = self.data.lock().unwrap_or_else(|e| e.into_inner());
-        let current = data.get(key).map(|(_, c)| *c).unwrap_or(0);
-        if cas != 0 && cas != current {
-            return Err(CasError::Mismatch);
+    pub fn set(&self, key: &str, value: Vec<u8>, cas: u32) -> Result<(), SetError> {
+        if key.len() > MAX_KEY_BYTES || value.len() > MAX_VALUE_BYTES {
+            return Err(SetError::TooLarge);
         }
+        let mut data = self.data.lock().unwrap_or_else(|e| e.into_inner());
+        let (current, old_len) = data
+            .map
+            .get(key)
+            .map_or((0, 0), |(v, c)| (*c, key.len() + v.len()));
+        if cas != 0 && cas != current {
+            return Err(SetError::CasMismatch);
+        }
+        let bytes = data.bytes - old_len + key.len() + value.len();
+        if bytes > MAX_SHARED_DATA_BYTES {
+            return Err(SetError::Full);
+        }
+        data.bytes = bytes;
         // Tokens start at 1 so that 0 always means "unconditional".
         let next = current.wrapping_add(1).max(1);
-        data.insert(key.to_owned(), (value, next));
+        data.map.insert(key.to_owned(), (value, next));
         Ok(())
     }
 
-    pub fn register_queue(&self, vm_id: &str, name: &str, owner: Weak<Instance>, root: u32) -> u32 {
+    pub fn register_queue(
+        &self,
+        vm_id: &str,
+        name: &str,
+        owner: Weak<Instance>,
+        root: u32,
+    ) -> Result<u32, TooManyQueues> {
         let mut q = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         let key = (vm_id.to_owned(), name.to_owned());
         if let Some(id) = q.by_name.get(&key).copied() {
@@ -145,7 +188,10 @@ impl NamespaceShared {
                 queue.owner = owner;
                 queue.owner_root_context = root;
             }
-            return id;
+            return Ok(id);
+        }
+        if q.queues.len() >= MAX_QUEUES {
+            return Err(TooManyQueues);
         }
         q.next_id += 1;
         let id = q.next_id;
@@ -154,11 +200,12 @@ impl NamespaceShared {
             id,
             Queue {
                 items: VecDeque::new(),
+                bytes: 0,
                 owner,
                 owner_root_context: root,
             },
         );
-        id
+        Ok(id)
     }
 
     pub fn resolve_queue(&self, vm_id: &str, name: &str) -> Option<u32> {
@@ -171,8 +218,12 @@ impl NamespaceShared {
         let mut q = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         let queue = q.queues.get_mut(&id).ok_or(QueueError::NotFound)?;
         if queue.items.len() >= MAX_QUEUE_ITEMS {
-            return Err(QueueError::Full);
+            return Err(QueueError::TooManyItems);
         }
+        if queue.bytes + item.len() > MAX_QUEUE_BYTES {
+            return Err(QueueError::TooManyBytes);
+        }
+        queue.bytes += item.len();
         queue.items.push_back(item);
         Ok((queue.owner.clone(), queue.owner_root_context))
     }
@@ -181,7 +232,11 @@ impl NamespaceShared {
     pub fn dequeue(&self, id: u32) -> Result<Option<Vec<u8>>, QueueError> {
         let mut q = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         let queue = q.queues.get_mut(&id).ok_or(QueueError::NotFound)?;
-        Ok(queue.items.pop_front())
+        let item = queue.items.pop_front();
+        if let Some(item) = &item {
+            queue.bytes -= item.len();
+        }
+        Ok(item)
     }
 }
 
@@ -196,9 +251,12 @@ mod tests {
         s.set("k", b"1".to_vec(), 0).unwrap();
         let (v, cas) = s.get("k").unwrap();
         assert_eq!(v, b"1");
-        assert_eq!(s.set("k", b"2".to_vec(), cas + 7), Err(CasError::Mismatch));
+        assert_eq!(
+            s.set("k", b"2".to_vec(), cas + 7),
+            Err(SetError::CasMismatch)
+        );
         s.set("k", b"2".to_vec(), cas).unwrap();
-        assert_eq!(s.set("k", b"3".to_vec(), cas), Err(CasError::Mismatch));
+        assert_eq!(s.set("k", b"3".to_vec(), cas), Err(SetError::CasMismatch));
         s.set("k", b"4".to_vec(), 0).unwrap();
         assert_eq!(s.get("k").unwrap().0, b"4");
     }
@@ -231,13 +289,68 @@ mod tests {
     #[test]
     fn queues_by_vm_and_name() {
         let s = NamespaceShared::default();
-        let id = s.register_queue("", "q", Weak::new(), 1);
-        assert_eq!(s.register_queue("", "q", Weak::new(), 1), id);
+        let id = s.register_queue("", "q", Weak::new(), 1).unwrap();
+        assert_eq!(s.register_queue("", "q", Weak::new(), 1), Ok(id));
         assert_eq!(s.resolve_queue("", "q"), Some(id));
         assert_eq!(s.resolve_queue("other", "q"), None);
         assert!(matches!(s.dequeue(id), Ok(None)));
         assert!(s.enqueue(id, b"a".to_vec()).is_ok());
         assert!(matches!(s.dequeue(id), Ok(Some(v)) if v == b"a"));
         assert!(matches!(s.dequeue(id + 1), Err(QueueError::NotFound)));
+    }
+
+    #[test]
+    fn shared_data_is_bounded_per_value_and_per_namespace() {
+        let s = NamespaceShared::default();
+        assert_eq!(
+            s.set(&"k".repeat(MAX_KEY_BYTES + 1), vec![], 0),
+            Err(SetError::TooLarge)
+        );
+        assert_eq!(
+            s.set("k", vec![0; MAX_VALUE_BYTES + 1], 0),
+            Err(SetError::TooLarge)
+        );
+        let per_key = MAX_VALUE_BYTES;
+        let fits = MAX_SHARED_DATA_BYTES / (per_key + 8);
+        for i in 0..fits {
+            s.set(&format!("key{i:04}"), vec![1; per_key], 0).unwrap();
+        }
+        assert_eq!(s.set("one-more", vec![1; per_key], 0), Err(SetError::Full));
+        // Replacing a value frees what it held first.
+        s.set("key0000", vec![2; per_key], 0).unwrap();
+        s.set("key0000", vec![], 0).unwrap();
+        s.set("one-more", vec![1; per_key], 0).unwrap();
+    }
+
+    #[test]
+    fn queues_are_bounded_in_items_bytes_and_number() {
+        let s = NamespaceShared::default();
+        let id = s.register_queue("vm", "q", Weak::new(), 1).unwrap();
+        for _ in 0..MAX_QUEUE_ITEMS {
+            assert!(s.enqueue(id, vec![]).is_ok());
+        }
+        assert!(matches!(
+            s.enqueue(id, vec![]),
+            Err(QueueError::TooManyItems)
+        ));
+        let big = s.register_queue("vm", "big", Weak::new(), 1).unwrap();
+        for _ in 0..MAX_QUEUE_BYTES / MAX_VALUE_BYTES {
+            assert!(s.enqueue(big, vec![0; MAX_VALUE_BYTES]).is_ok());
+        }
+        assert!(matches!(
+            s.enqueue(big, vec![0]),
+            Err(QueueError::TooManyBytes)
+        ));
+        assert!(matches!(s.dequeue(big), Ok(Some(_))));
+        assert!(s.enqueue(big, vec![0]).is_ok(), "dequeuing frees room");
+        for i in 2..MAX_QUEUES {
+            s.register_queue("vm", &format!("q{i}"), Weak::new(), 1)
+                .unwrap();
+        }
+        assert_eq!(
+            s.register_queue("vm", "too-many", Weak::new(), 1),
+            Err(TooManyQueues)
+        );
+        assert_eq!(s.register_queue("vm", "q", Weak::new(), 1), Ok(id));
     }
 }

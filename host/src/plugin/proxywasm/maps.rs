@@ -31,8 +31,37 @@ where
     out
 }
 
+/// Decoded pairs, keys and values as the guest sent them.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Why a map from a guest was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapError {
+    Malformed,
+    TooManyPairs,
+    TooManyBytes,
+}
+
+/// Parses the encoding of at most `max_pairs` pairs whose keys and values
+/// add up to at most `max_bytes`, checking both before copying anything.
+pub fn decode_bounded(bytes: &[u8], max_pairs: usize, max_bytes: usize) -> Result<Pairs, MapError> {
+    if bytes.len() >= 4 {
+        let count = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+        if count > max_pairs {
+            return Err(MapError::TooManyPairs);
+        }
+        // Past the sizes table, everything is key and value bytes plus one
+        // NUL after each.
+        let payload = bytes.len().saturating_sub(4 + count * 8 + count * 2);
+        if payload > max_bytes {
+            return Err(MapError::TooManyBytes);
+        }
+    }
+    decode(bytes).ok_or(MapError::Malformed)
+}
+
 /// Parses the encoding; `None` when the bytes are not a well-formed map.
-pub fn decode(bytes: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+pub fn decode(bytes: &[u8]) -> Option<Pairs> {
     if bytes.is_empty() {
         return Some(Vec::new());
     }
@@ -118,5 +147,50 @@ mod tests {
         no_nul[last] = b'x';
         assert_eq!(decode(&no_nul), None);
         assert_eq!(decode(&[0xff, 0xff, 0xff, 0xff]), None);
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn pairs() -> impl Strategy<Value = Pairs> {
+        vec((vec(any::<u8>(), 0..24), vec(any::<u8>(), 0..48)), 0..12)
+    }
+
+    proptest! {
+        #[test]
+        fn decode_inverts_encode(pairs in pairs()) {
+            let bytes = encode(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+            prop_assert_eq!(decode(&bytes), Some(pairs.clone()));
+            let keys_and_values: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+            prop_assert_eq!(
+                decode_bounded(&bytes, pairs.len(), keys_and_values),
+                Ok(pairs.clone())
+            );
+            if !pairs.is_empty() {
+                prop_assert_eq!(
+                    decode_bounded(&bytes, pairs.len() - 1, usize::MAX),
+                    Err(MapError::TooManyPairs)
+                );
+            }
+            if keys_and_values > 0 {
+                prop_assert_eq!(
+                    decode_bounded(&bytes, usize::MAX, keys_and_values - 1),
+                    Err(MapError::TooManyBytes)
+                );
+            }
+        }
+
+        #[test]
+        fn decode_never_panics_and_what_it_accepts_re_encodes(bytes in vec(any::<u8>(), 0..256)) {
+            if let Some(pairs) = decode(&bytes) {
+                let again = encode(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+                prop_assert_eq!(decode(&again), Some(pairs));
+            }
+        }
     }
 }

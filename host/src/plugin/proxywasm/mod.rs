@@ -10,6 +10,9 @@
 //! moving the request to the slot's replacement).
 
 mod abi;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
+mod guard;
 mod instance;
 mod maps;
 mod memory;

@@ -6,6 +6,7 @@
 use std::time::UNIX_EPOCH;
 
 use super::instance::HostState;
+use crate::plugin::sandbox::{Limit, MAX_PROPERTIES};
 
 fn int(v: i64) -> Vec<u8> {
     v.to_le_bytes().to_vec()
@@ -109,16 +110,24 @@ pub fn get(state: &HostState, path: &[u8]) -> Option<Vec<u8>> {
     })
 }
 
-pub fn set(state: &mut HostState, path: &[u8], value: Vec<u8>) {
+/// Stores a value for the current context; at most [`MAX_PROPERTIES`]
+/// distinct paths per context (the size of each is checked by the caller).
+pub fn set(state: &mut HostState, path: &[u8], value: Vec<u8>) -> Result<(), Limit> {
     let key = dotted(path);
-    match state.current_exchange() {
+    let exchange = state.current_exchange();
+    let mut guard;
+    let map = match &exchange {
         Some(ex) => {
-            ex.lock().properties.insert(key, value);
+            guard = ex.lock();
+            &mut guard.properties
         }
-        None => {
-            state.root_properties.insert(key, value);
-        }
+        None => &mut state.root_properties,
+    };
+    if map.len() >= MAX_PROPERTIES && !map.contains_key(&key) {
+        return Err(Limit::Properties);
     }
+    map.insert(key, value);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -132,6 +141,7 @@ mod tests {
     use crate::exchange::{Exchange, PeerIdentity, RequestHead, RequestInfo, ResponseHead};
     use crate::metrics::Metrics;
     use crate::plugin::proxywasm::instance::{ContextKind, MemoryLimiter};
+    use crate::plugin::sandbox::HostLimits;
     use crate::plugin::{Limits, PluginShared, callout::Callouts, shared::NamespaceShared};
 
     fn state(peer: Option<PeerIdentity>) -> (HostState, Arc<Exchange>) {
@@ -148,12 +158,14 @@ mod tests {
                 deadline_ticks: 1,
                 call_timeout: Duration::from_millis(1),
                 memory_limit_bytes: 1 << 20,
+                host: HostLimits::from_config(&Default::default()),
             },
             shared: Arc::new(NamespaceShared::default()),
             callouts: Arc::new(Callouts::new(Default::default())),
             metrics: metrics.plugin_metrics("shop", "authz"),
             global_metrics: metrics,
             log_tail: Mutex::new(Default::default()),
+            limits_warned: Default::default(),
         });
         let mut headers = http::HeaderMap::new();
         headers.insert("user-agent", "curl/8".parse().unwrap());
@@ -277,7 +289,7 @@ mod tests {
     #[test]
     fn set_property_is_per_request_and_read_back() {
         let (mut st, ex) = state(None);
-        set(&mut st, &path("my.flag"), b"on".to_vec());
+        set(&mut st, &path("my.flag"), b"on".to_vec()).unwrap();
         assert_eq!(get(&st, &path("my.flag")), Some(b"on".to_vec()));
         assert_eq!(ex.lock().properties.get("my.flag"), Some(&b"on".to_vec()));
         st.current = 1;
@@ -286,8 +298,54 @@ mod tests {
             None,
             "the root context has its own properties"
         );
-        set(&mut st, &path("my.flag"), b"root".to_vec());
+        set(&mut st, &path("my.flag"), b"root".to_vec()).unwrap();
         assert_eq!(get(&st, &path("my.flag")), Some(b"root".to_vec()));
         assert_eq!(get(&st, &path("plugin_name")), Some(b"authz".to_vec()));
+    }
+
+    #[test]
+    fn set_property_keeps_at_most_max_properties_per_context() {
+        let (mut st, _ex) = state(None);
+        for i in 0..MAX_PROPERTIES {
+            set(&mut st, &path(&format!("p.{i}")), vec![1]).unwrap();
+        }
+        assert_eq!(
+            set(&mut st, &path("p.extra"), vec![1]),
+            Err(Limit::Properties)
+        );
+        set(&mut st, &path("p.0"), vec![2]).expect("replacing a stored path is fine");
+        st.current = 1;
+        set(&mut st, &path("p.extra"), vec![1]).expect("the root context counts its own");
+    }
+
+    proptest::proptest! {
+        /// Whatever path and value a plugin stores, reading the path back
+        /// (segments joined by NUL, as the SDKs spell it, with or without
+        /// trailing empty segments) returns the value.
+        #[test]
+        fn set_then_get_round_trips(
+            segments in proptest::collection::vec("[a-z_]{1,8}", 1..4),
+            value in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            extra_nuls in 0usize..3,
+        ) {
+            let (mut st, _ex) = state(None);
+            let path = segments.join("\0");
+            let spelled = format!("{path}{}", "\0".repeat(extra_nuls));
+            set(&mut st, path.as_bytes(), value.clone()).unwrap();
+            proptest::prop_assert_eq!(get(&st, spelled.as_bytes()), Some(value));
+        }
+
+        /// Integers go out as 8-byte little-endian, as Envoy encodes them.
+        #[test]
+        fn response_code_is_eight_bytes_little_endian(code in 100u16..1000) {
+            let (st, ex) = state(None);
+            ex.lock().response = Some(ResponseHead {
+                status: http::StatusCode::from_u16(code).unwrap(),
+                headers: Default::default(),
+            });
+            let v = get(&st, &path("response.code")).unwrap();
+            proptest::prop_assert_eq!(v.len(), 8);
+            proptest::prop_assert_eq!(i64::from_le_bytes(v.try_into().unwrap()), code as i64);
+        }
     }
 }

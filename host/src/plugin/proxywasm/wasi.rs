@@ -11,10 +11,12 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use wasmtime::{Caller, ExternType, Linker, Module, Val, ValType};
+use wasmtime::{ExternType, Linker, Module, Val, ValType};
 
+use super::guard::host_fn;
 use super::instance::HostState;
 use super::memory;
+use crate::plugin::sandbox::{Limit, MAX_RANDOM_BYTES};
 
 const MODULE: &str = "wasi_snapshot_preview1";
 
@@ -24,8 +26,6 @@ const EFAULT: i32 = 21;
 const EINVAL: i32 = 28;
 const ENOSYS: i32 = 52;
 const ESPIPE: i32 = 70;
-
-type C<'a> = Caller<'a, HostState>;
 
 fn fault(r: Result<(), memory::OutOfBounds>) -> i32 {
     if r.is_ok() { SUCCESS } else { EFAULT }
@@ -52,22 +52,24 @@ const PROVIDED: &[&str] = &[
 ];
 
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap(
+    host_fn!(
+        linker,
         MODULE,
         "args_sizes_get",
-        |mut c: C<'_>, argc: i32, size: i32| {
+        |c, argc: i32, size: i32| {
             let r =
                 memory::write_u32(&mut c, argc, 0).and_then(|_| memory::write_u32(&mut c, size, 0));
             Ok(fault(r))
         },
     )?;
-    linker.func_wrap(MODULE, "args_get", |_c: C<'_>, _argv: i32, _buf: i32| {
+    host_fn!(linker, MODULE, "args_get", |_c, _argv: i32, _buf: i32| {
         Ok(SUCCESS)
     })?;
-    linker.func_wrap(
+    host_fn!(
+        linker,
         MODULE,
         "environ_sizes_get",
-        |mut c: C<'_>, count: i32, size: i32| {
+        |c, count: i32, size: i32| {
             let env = &c.data().env;
             let n = env.len() as u32;
             let bytes: usize = env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
@@ -76,28 +78,25 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             Ok(fault(r))
         },
     )?;
-    linker.func_wrap(
-        MODULE,
-        "environ_get",
-        |mut c: C<'_>, ptrs: i32, buf: i32| {
-            let env = c.data().env.clone();
-            let mut at = buf as u32;
-            for (i, (k, v)) in env.iter().enumerate() {
-                let entry = format!("{k}={v}\0");
-                if memory::write_u32(&mut c, ptrs.wrapping_add(4 * i as i32), at).is_err()
-                    || memory::write(&mut c, at as i32, entry.as_bytes()).is_err()
-                {
-                    return Ok(EFAULT);
-                }
-                at = at.wrapping_add(entry.len() as u32);
+    host_fn!(linker, MODULE, "environ_get", |c, ptrs: i32, buf: i32| {
+        let env = c.data().env.clone();
+        let mut at = buf as u32;
+        for (i, (k, v)) in env.iter().enumerate() {
+            let entry = format!("{k}={v}\0");
+            if memory::write_u32(&mut c, ptrs.wrapping_add(4 * i as i32), at).is_err()
+                || memory::write(&mut c, at as i32, entry.as_bytes()).is_err()
+            {
+                return Ok(EFAULT);
             }
-            Ok(SUCCESS)
-        },
-    )?;
-    linker.func_wrap(
+            at = at.wrapping_add(entry.len() as u32);
+        }
+        Ok(SUCCESS)
+    },)?;
+    host_fn!(
+        linker,
         MODULE,
         "clock_time_get",
-        |mut c: C<'_>, id: i32, _precision: i64, ret: i32| {
+        |c, id: i32, _precision: i64, ret: i32| {
             let ns = match id {
                 0 => SystemTime::now()
                     .duration_since(UNIX_EPOCH)
@@ -109,27 +108,40 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             Ok(fault(memory::write_u64(&mut c, ret, ns)))
         },
     )?;
-    linker.func_wrap(
-        MODULE,
-        "clock_res_get",
-        |mut c: C<'_>, id: i32, ret: i32| {
-            if !(0..=3).contains(&id) {
-                return Ok(EINVAL);
-            }
-            Ok(fault(memory::write_u64(&mut c, ret, 1)))
-        },
-    )?;
-    linker.func_wrap(MODULE, "random_get", |mut c: C<'_>, ptr: i32, len: i32| {
-        let mut buf = vec![0u8; len as u32 as usize];
-        if getrandom::fill(&mut buf).is_err() {
-            return Ok(ENOSYS);
+    host_fn!(linker, MODULE, "clock_res_get", |c, id: i32, ret: i32| {
+        if !(0..=3).contains(&id) {
+            return Ok(EINVAL);
         }
-        Ok(fault(memory::write(&mut c, ptr, &buf)))
+        Ok(fault(memory::write_u64(&mut c, ret, 1)))
+    },)?;
+    host_fn!(linker, MODULE, "random_get", |c, ptr: i32, len: i32| {
+        let len = len as u32 as usize;
+        if len > MAX_RANDOM_BYTES {
+            c.data().plugin.limit_exceeded(Limit::RandomBytes);
+            return Ok(EINVAL);
+        }
+        // Filled in place: the host allocates nothing, whatever the length.
+        let Ok(mem) = memory::memory(&mut c) else {
+            return Ok(EFAULT);
+        };
+        let start = ptr as u32 as usize;
+        let Some(dest) = mem
+            .data_mut(&mut c)
+            .get_mut(start..start.saturating_add(len))
+        else {
+            return Ok(EFAULT);
+        };
+        Ok(if getrandom::fill(dest).is_ok() {
+            SUCCESS
+        } else {
+            ENOSYS
+        })
     })?;
-    linker.func_wrap(
+    host_fn!(
+        linker,
         MODULE,
         "fd_write",
-        |mut c: C<'_>, fd: i32, iovs: i32, iovs_len: i32, written: i32| {
+        |c, fd: i32, iovs: i32, iovs_len: i32, written: i32| {
             if !(1..=2).contains(&fd) {
                 return Ok(EBADF);
             }
@@ -149,59 +161,57 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             Ok(fault(memory::write_u32(&mut c, written, total)))
         },
     )?;
-    linker.func_wrap(
+    host_fn!(
+        linker,
         MODULE,
         "fd_read",
-        |_c: C<'_>, _: i32, _: i32, _: i32, _: i32| Ok(EBADF),
+        |_c, _a1: i32, _a2: i32, _a3: i32, _a4: i32| Ok(EBADF),
     )?;
-    linker.func_wrap(MODULE, "fd_close", |_c: C<'_>, fd: i32| {
+    host_fn!(linker, MODULE, "fd_close", |_c, fd: i32| {
         Ok(if (0..=2).contains(&fd) {
             SUCCESS
         } else {
             EBADF
         })
     })?;
-    linker.func_wrap(
+    host_fn!(
+        linker,
         MODULE,
         "fd_seek",
-        |_c: C<'_>, fd: i32, _: i64, _: i32, _: i32| {
+        |_c, fd: i32, _a1: i64, _a2: i32, _a3: i32| {
             Ok(if (0..=2).contains(&fd) { ESPIPE } else { EBADF })
         },
     )?;
-    linker.func_wrap(
-        MODULE,
-        "fd_fdstat_get",
-        |mut c: C<'_>, fd: i32, ret: i32| {
-            if !(0..=2).contains(&fd) {
-                return Ok(EBADF);
-            }
-            // filetype character device, no flags, all rights.
-            let mut stat = [0u8; 24];
-            stat[0] = 2;
-            stat[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
-            stat[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
-            Ok(fault(memory::write(&mut c, ret, &stat)))
-        },
-    )?;
+    host_fn!(linker, MODULE, "fd_fdstat_get", |c, fd: i32, ret: i32| {
+        if !(0..=2).contains(&fd) {
+            return Ok(EBADF);
+        }
+        // filetype character device, no flags, all rights.
+        let mut stat = [0u8; 24];
+        stat[0] = 2;
+        stat[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+        stat[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+        Ok(fault(memory::write(&mut c, ret, &stat)))
+    },)?;
     // No preopened directories: the plugin has no file system.
-    linker.func_wrap(MODULE, "fd_prestat_get", |_c: C<'_>, _: i32, _: i32| {
-        Ok(EBADF)
-    })?;
-    linker.func_wrap(
+    host_fn!(
+        linker,
+        MODULE,
+        "fd_prestat_get",
+        |_c, _a1: i32, _a2: i32| { Ok(EBADF) }
+    )?;
+    host_fn!(
+        linker,
         MODULE,
         "fd_prestat_dir_name",
-        |_c: C<'_>, _: i32, _: i32, _: i32| Ok(EBADF),
+        |_c, _a1: i32, _a2: i32, _a3: i32| Ok(EBADF),
     )?;
-    linker.func_wrap(MODULE, "sched_yield", |_c: C<'_>| Ok(SUCCESS))?;
-    linker.func_wrap(
-        MODULE,
-        "proc_exit",
-        |_c: C<'_>, code: i32| -> wasmtime::Result<()> {
-            Err(wasmtime::Error::msg(format!(
-                "the plugin called proc_exit({code})"
-            )))
-        },
-    )?;
+    host_fn!(linker, MODULE, "sched_yield", |_c| Ok(SUCCESS))?;
+    host_fn!(linker, MODULE, "proc_exit", |_c, code: i32| {
+        Err::<(), _>(wasmtime::Error::msg(format!(
+            "the plugin called proc_exit({code})"
+        )))
+    },)?;
     Ok(())
 }
 

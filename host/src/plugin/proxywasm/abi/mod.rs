@@ -1,0 +1,38 @@
+//! The host side of the Proxy-Wasm ABI 0.2.1: every function a plugin may
+//! import from module `env`, one file per ABI area.
+//!
+//! Conventions: pointers and lengths come from the guest and are checked on
+//! every use (a bad one is `INVALID_MEMORY_ACCESS`). A host function returns
+//! a status code; it returns an error (trapping the guest) only when the
+//! guest's own allocator misbehaves, since the instance can no longer be
+//! trusted then. Status codes are chosen among those the SDKs handle for
+//! each call: the Rust SDK panics on any other.
+//!
+//! Imports are one-way: every area uses `common`, no area uses another, and
+//! this file only wires them together.
+
+mod buffers;
+mod calls;
+mod common;
+mod headers;
+mod logging;
+mod metrics;
+mod properties;
+mod shared;
+mod stream;
+
+use wasmtime::Linker;
+
+use super::instance::HostState;
+
+pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    logging::add_to_linker(linker)?;
+    buffers::add_to_linker(linker)?;
+    headers::add_to_linker(linker)?;
+    properties::add_to_linker(linker)?;
+    shared::add_to_linker(linker)?;
+    stream::add_to_linker(linker)?;
+    calls::add_to_linker(linker)?;
+    metrics::add_to_linker(linker)?;
+    Ok(())
+}
