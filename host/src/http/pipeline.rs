@@ -27,12 +27,12 @@ use http_body_util::BodyExt;
 
 use super::Error;
 use super::body::{self, BoxError, Holding, ProxyBody};
-use crate::exchange::{
-    Exchange, LocalResponse, PeerIdentity, RequestHead, RequestInfo, ResponseHead, RouteChoice,
-};
 use super::upstream::Upstream;
 use crate::config::FailStrategy;
 use crate::discovery::{Destination, Discovery};
+use crate::exchange::{
+    Exchange, LocalResponse, PeerIdentity, RequestHead, RequestInfo, ResponseHead, RouteChoice,
+};
 use crate::metrics::Metrics;
 use crate::plugin::{FilterStatus, HttpFilter, Plugin, PluginFailure, Registry};
 
@@ -127,6 +127,12 @@ impl Drop for Filters {
                 .get(LOCAL_RESPONSE_BY)
                 .map(|v| String::from_utf8_lossy(v).into_owned())
                 .unwrap_or_default(),
+            decisions = st
+                .decisions
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(";"),
             duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
             "request"
         );
