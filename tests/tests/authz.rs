@@ -92,13 +92,16 @@ fn metric(metrics: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Method, path, headers and the status the client must see.
+type Row<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], u16);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policies_allow_deny_dry_run_and_audit() {
     let (wp, upstream) = start(POLICIES).await.expect("the policies load");
     let http = wp.http_addr.unwrap();
     let admin = wp.admin_addr.unwrap();
 
-    let rows: &[(&str, &str, &[(&str, &str)], u16)] = &[
+    let rows: &[Row<'_>] = &[
         ("GET", "/orders", &[], 200),
         ("HEAD", "/orders", &[], 200),
         ("DELETE", "/orders/1", &[], 403),

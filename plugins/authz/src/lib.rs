@@ -105,10 +105,17 @@ impl Counters {
         } else {
             self.denied.inc();
         }
-        self.dry_run_denied.add(out.dry_run_denied.into());
-        self.dry_run_allowed.add(out.dry_run_allowed.into());
-        self.audited.add(out.audited.into());
-        self.cel_errors.add(out.cel_errors.into());
+        // Each count is a call into the waypoint: skip the zeros.
+        for (counter, n) in [
+            (&self.dry_run_denied, out.dry_run_denied),
+            (&self.dry_run_allowed, out.dry_run_allowed),
+            (&self.audited, out.audited),
+            (&self.cel_errors, out.cel_errors),
+        ] {
+            if n > 0 {
+                counter.add(n.into());
+            }
+        }
     }
 }
 

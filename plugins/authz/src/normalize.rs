@@ -67,23 +67,24 @@ fn decode(bytes: &[u8], mode: Normalization) -> Result<Vec<u8>, PathError> {
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
-        if b == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                let c = h * 16 + l;
-                if c == 0 {
-                    return Err(PathError::EncodedNul);
-                }
-                let slash = c == b'/' || c == b'\\';
-                if unreserved(c) || (slash && mode == Normalization::DecodeAndMergeSlashes) {
-                    out.push(c);
-                } else {
-                    out.push(b'%');
-                    out.push(bytes[i + 1].to_ascii_uppercase());
-                    out.push(bytes[i + 2].to_ascii_uppercase());
-                }
-                i += 3;
-                continue;
+        if b == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            let c = h * 16 + l;
+            if c == 0 {
+                return Err(PathError::EncodedNul);
             }
+            let slash = c == b'/' || c == b'\\';
+            if unreserved(c) || (slash && mode == Normalization::DecodeAndMergeSlashes) {
+                out.push(c);
+            } else {
+                out.push(b'%');
+                out.push(bytes[i + 1].to_ascii_uppercase());
+                out.push(bytes[i + 2].to_ascii_uppercase());
+            }
+            i += 3;
+            continue;
         }
         out.push(b);
         i += 1;
