@@ -1,0 +1,185 @@
+//! Decision time of `builtin://authz` for one ALLOW policy of 20 rules, two
+//! of them with CEL conditions; every request walks all 20 rules and runs
+//! both expressions.
+//!
+//! - `authz/native_evaluate`: the evaluator alone, natively (no Wasm).
+//! - `authz/filter`: the guest work of one request: the component call
+//!   (context creation, `on-request`, end-of-request callbacks).
+//! - `authz/pipeline_deny`: a whole request through `Pipeline::handle`, in
+//!   process, denied after the last rule, so no socket or upstream is
+//!   involved.
+//!
+//! Run: `cargo bench -p wayplug-tests --bench authz`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, Method, Request};
+use http_body_util::Full;
+use serde_json::{Value, json};
+use wayplug::config::{Config, PluginSpec};
+use wayplug::discovery::Discovery;
+use wayplug::exchange::{Exchange, RequestHead, RequestInfo};
+use wayplug::http::pipeline::Limits;
+use wayplug::http::{ConnInfo, Pipeline};
+use wayplug::metrics::Metrics;
+use wayplug::plugin::callout::Callouts;
+use wayplug::plugin::engine::Engine;
+use wayplug::plugin::{Plugin, Registry};
+use wayplug_authz::Authz;
+use wayplug_sdk::Policy as _;
+
+fn policy() -> Value {
+    let mut rules: Vec<Value> = (0..18)
+        .map(|i| json!({"to": [{"operation": {"methods": ["GET"], "paths": [format!("/svc{i}/*")]}}]}))
+        .collect();
+    rules.push(json!({
+        "to": [{"operation": {"paths": ["/orders/*"]}}],
+        "when": [{"key": "cel", "values": ["request.headers['x-user'] == 'bob'"]}]
+    }));
+    rules.push(json!({
+        "to": [{"operation": {"paths": ["/orders/*"]}}],
+        "when": [{"key": "cel", "values": ["request.url_path.matches('^/orders/[0-9]+$') && source.address != ''"]}]
+    }));
+    json!({"policies": [{
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "twenty", "namespace": "bench"},
+        "spec": {
+            "targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint"}],
+            "rules": rules,
+        }
+    }]})
+}
+
+fn spec() -> PluginSpec {
+    serde_json::from_value(json!({
+        "name": "authz",
+        "url": "builtin://authz",
+        "pluginConfig": policy(),
+    }))
+    .unwrap()
+}
+
+const YAML: &str = r#"
+listeners: { http: null, admin: null }
+sandbox: { instancesPerPlugin: 1 }
+services:
+  - { name: api, namespace: bench, hostname: api.bench, ports: { 80: 9 } }
+workloads:
+  - { uid: u, name: api, namespace: bench, workloadIps: ["127.0.0.1"], services: { bench/api.bench: { 80: 9 } } }
+"#;
+
+fn info() -> RequestInfo {
+    RequestInfo {
+        id: "bench".into(),
+        namespace: "bench".into(),
+        service_hostname: "api.bench".into(),
+        service_name: "api".into(),
+        source: SocketAddr::from(([127, 0, 0, 1], 40000)),
+        destination: SocketAddr::from(([127, 0, 0, 1], 80)),
+        protocol: "HTTP/1.1",
+        peer: None,
+        start: SystemTime::now(),
+    }
+}
+
+fn head(path: &str) -> RequestHead {
+    let mut headers = HeaderMap::new();
+    for (k, v) in [
+        ("x-user", "alice"),
+        ("user-agent", "bench/1.0"),
+        ("accept", "*/*"),
+        ("x-request-id", "0123456789abcdef0123456789abcdef"),
+    ] {
+        headers.insert(k, v.parse().unwrap());
+    }
+    RequestHead {
+        method: Method::GET,
+        scheme: "http".into(),
+        authority: "api.bench".into(),
+        path: path.into(),
+        headers,
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let native = wayplug_sdk::testing::configure::<Authz>(&policy().to_string()).unwrap();
+    let req = wayplug_sdk::Request::builder()
+        .path("/orders/42")
+        .header("x-user", "alice")
+        .build();
+    c.bench_function("authz/native_evaluate", |b| {
+        b.iter(|| {
+            let out = native.decide(&req, wayplug_authz::Protocol::Http).unwrap();
+            assert!(out.allowed);
+        })
+    });
+    assert!(native.on_request(&req).is_allow());
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = Config::from_yaml(YAML, "bench.yaml", Path::new(".")).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let engine = Engine::new(&config.sandbox).unwrap();
+    let registry = Arc::new(Registry::new(
+        engine,
+        metrics.clone(),
+        Arc::new(Callouts::new(Default::default())),
+        config.sandbox.clone(),
+        wayplug::demo::builtins(),
+    ));
+    let chain = rt
+        .block_on(registry.build_chain("bench", &[spec()], Path::new(".")))
+        .unwrap();
+    let plugin: Arc<Plugin> = chain.plugins[0].clone();
+    registry.install("bench", Some(chain));
+
+    c.bench_function("authz/filter", |b| {
+        b.iter(|| {
+            let ex = Arc::new(Exchange::new(info(), head("/orders/42")));
+            let mut f = plugin.new_filter(&ex, false).unwrap();
+            f.on_request_headers(true).unwrap();
+            assert!(ex.lock().local_response.is_none(), "allowed by rule 19");
+            f.finish();
+        })
+    });
+
+    let pipeline = Pipeline::new(
+        Discovery::from_config(&config),
+        registry.clone(),
+        metrics.clone(),
+        Limits {
+            paused_request_timeout: std::time::Duration::from_secs(1),
+            max_buffered_body: 1 << 20,
+        },
+    );
+    let conn = ConnInfo {
+        source: SocketAddr::from(([127, 0, 0, 1], 40000)),
+        local: SocketAddr::from(([127, 0, 0, 1], 15006)),
+        peer: None,
+        destination: None,
+    };
+    c.bench_function("authz/pipeline_deny", |b| {
+        b.to_async(&rt).iter(|| async {
+            let req = Request::builder()
+                .uri("/orders/abc")
+                .header("host", "api.bench")
+                .header("x-user", "alice")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let resp = pipeline.handle(req, &conn).await.unwrap();
+            assert_eq!(resp.status(), 403);
+        })
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
