@@ -110,6 +110,7 @@ mod tests {
                 body: Bytes::new(),
                 details: String::new(),
                 plugin: "p".into(),
+                grpc_status: None,
             });
             st.route = Some(RouteChoice {
                 service: "other".into(),

@@ -1771,7 +1771,7 @@ mod tests {
 
     /// A pipeline with no plugins: `svc.test` goes to `port` on loopback,
     /// `down.test` to a port nothing listens on.
-    fn pipeline(port: u16) -> Pipeline {
+    async fn pipeline(port: u16) -> Pipeline {
         let yaml = format!(
             r#"
 services:
@@ -1790,8 +1790,8 @@ workloads:
             config.sandbox.clone(),
             Default::default(),
         ));
+        registry.apply(config).await.unwrap();
         Pipeline::new(
-            Discovery::from_config(&config),
             registry,
             metrics,
             Limits {
@@ -1834,7 +1834,7 @@ workloads:
     #[tokio::test]
     async fn forwards_end_to_end_headers_and_keeps_the_length() {
         let (addr, seen) = upstream().await;
-        let p = pipeline(addr.port());
+        let p = pipeline(addr.port()).await;
         let req = Request::builder()
             .uri("/x")
             .header("host", "svc.test")
@@ -1864,7 +1864,7 @@ workloads:
 
     #[tokio::test]
     async fn data_path_errors_answer_with_their_status() {
-        let p = pipeline(1);
+        let p = pipeline(1).await;
         let cases = [
             ("nowhere.test", 404, "nowhere.test"),
             ("down.test", 503, "cannot connect to upstream 127.0.0.1:1"),
@@ -1889,7 +1889,7 @@ workloads:
 
     #[tokio::test]
     async fn a_grpc_call_gets_its_error_in_grpc() {
-        let p = pipeline(1);
+        let p = pipeline(1).await;
         let req = Request::builder()
             .method("POST")
             .uri("/pkg.Svc/Call")
@@ -1914,7 +1914,7 @@ workloads:
     async fn an_upgrade_the_connection_cannot_carry_goes_on_as_plain_http() {
         // Driven in process, the request has no stream to hand over.
         let (addr, seen) = upstream().await;
-        let p = pipeline(addr.port());
+        let p = pipeline(addr.port()).await;
         let req = Request::builder()
             .uri("/chat")
             .header("host", "svc.test")

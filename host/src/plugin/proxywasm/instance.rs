@@ -607,6 +607,7 @@ mod tests {
             metrics: metrics.plugin_metrics("ns", "t"),
             global_metrics: metrics,
             log_tail: Mutex::default(),
+            limits_warned: Default::default(),
         });
         Instance::start(&module, shared).unwrap()
     }
