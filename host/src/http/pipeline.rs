@@ -27,12 +27,12 @@ use http_body_util::BodyExt;
 
 use super::Error;
 use super::body::{self, BoxError, Holding, ProxyBody};
-use crate::exchange::{
-    Exchange, LocalResponse, PeerIdentity, RequestHead, RequestInfo, ResponseHead, RouteChoice,
-};
 use super::upstream::Upstream;
 use crate::config::FailStrategy;
 use crate::discovery::{Destination, Discovery};
+use crate::exchange::{
+    Exchange, LocalResponse, PeerIdentity, RequestHead, RequestInfo, ResponseHead, RouteChoice,
+};
 use crate::metrics::Metrics;
 use crate::plugin::{FilterStatus, HttpFilter, Plugin, PluginFailure, Registry};
 
@@ -615,8 +615,10 @@ impl Pipeline {
             .await)
     }
 
-    /// Resolves a plugin's route choice and applies its rewrites; an unknown
-    /// service is the plugin's failure.
+    /// Resolves a plugin's route choice and applies its rewrites. A backend
+    /// the waypoint does not know answers 500, as Envoy does for a route to
+    /// a missing cluster: the plugin worked, its configuration points
+    /// nowhere, so no fail strategy applies.
     fn apply_route(
         &self,
         exchange: &Exchange,
@@ -630,10 +632,11 @@ impl Pipeline {
             .load()
             .resolve_authority(&authority, port)
             .map_err(|e| {
-                let err = Error::PluginFailed {
+                let err = Error::UnknownBackend {
                     plugin: choice.plugin.clone(),
                     namespace: exchange.info.namespace.clone(),
-                    failure: PluginFailure::BadDecision(format!("routed to {authority}: {e}")),
+                    backend: authority.clone(),
+                    reason: e.to_string(),
                 };
                 error_response(&err, &choice.plugin)
             })?;

@@ -117,6 +117,7 @@ impl ComponentPlugin {
             instance,
             exchange: exchange.clone(),
             response_headers: Vec::new(),
+            response_changes: None,
             let_through: false,
             has_body_hook: self.exports.body.is_some(),
         }))
@@ -238,6 +239,9 @@ struct ComponentFilter {
     exchange: Arc<Exchange>,
     /// Headers the request decision asked to add to the response.
     response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Set/add/remove changes the request decision asked for on the
+    /// response head (HTTPRoute's ResponseHeaderModifier).
+    response_changes: Option<types::HeaderChanges>,
     /// The plugin let the request through (its body hook then runs).
     let_through: bool,
     /// Read from the plugin's exports at load.
@@ -380,6 +384,13 @@ impl ComponentFilter {
         for (k, v) in &changes.response_headers {
             self.response_headers.push(header(k, v)?);
         }
+        let rc = &changes.response_changes;
+        if !(rc.set.is_empty() && rc.add.is_empty() && rc.remove.is_empty()) {
+            // Checked now, so a bad name fails the request decision rather
+            // than surfacing later on the response.
+            apply(&mut HeaderMap::new(), rc)?;
+            self.response_changes = Some(changes.response_changes.clone());
+        }
         apply(
             &mut self.exchange.lock().request.headers,
             &changes.request_headers,
@@ -439,6 +450,9 @@ impl HttpFilter for ComponentFilter {
             if let Some(resp) = st.response.as_mut() {
                 for (k, v) in &self.response_headers {
                     resp.headers.append(k.clone(), v.clone());
+                }
+                if let Some(changes) = &self.response_changes {
+                    apply(&mut resp.headers, changes)?;
                 }
             }
         }
