@@ -1,11 +1,15 @@
-//! Compiles the demo plugins the binary embeds, into `$OUT_DIR/demo/`:
+//! Compiles the plugins the binary embeds, into `$OUT_DIR/demo/` (the demo's
+//! Proxy-Wasm plugins) and `$OUT_DIR/builtin/` (the policy components):
 //! `include_bytes!(concat!(env!("OUT_DIR"), "/demo/header_allowlist_proxywasm.wasm"))`.
 
 use std::path::PathBuf;
 
-use wayplug_wasm_build::{GuestBuild, GuestPackage, WASIP1, workspace_root};
+use wayplug_wasm_build::{GuestBuild, GuestPackage, WASIP1, WASIP2, workspace_root};
 
 const DEMO_PLUGINS: &[&str] = &["header-allowlist-proxywasm", "add-headers-proxywasm"];
+
+/// Policy components shipped as `builtin://NAME`: (package, folder under plugins/).
+const BUILTIN_COMPONENTS: &[(&str, &str)] = &[("wayplug-route", "route")];
 
 fn main() {
     let root = workspace_root();
@@ -16,4 +20,10 @@ fn main() {
     GuestBuild::new(&root, WASIP1)
         .packages(packages)
         .run(&out_dir.join("demo"));
+    let components = BUILTIN_COMPONENTS
+        .iter()
+        .map(|(name, dir)| GuestPackage::new(*name, root.join("plugins").join(dir)));
+    GuestBuild::new(&root, WASIP2)
+        .packages(components)
+        .run(&out_dir.join("builtin"));
 }

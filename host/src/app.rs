@@ -21,6 +21,7 @@ use crate::plugin::callout::Callouts;
 use crate::plugin::engine::Engine;
 use crate::plugin::registry::Builtins;
 use crate::plugin::{self, Registry};
+use crate::policy::Policies;
 use crate::tls::{self, Acceptor, CertStore, CertWatcher, Connector};
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,7 @@ pub struct Waypoint {
     tasks: Vec<JoinHandle<()>>,
     identity: Option<Identity>,
     drain: Drain,
+    policies: Arc<Policies>,
 }
 
 /// The waypoint's certificate, kept current by its watcher.
@@ -103,7 +105,14 @@ impl Waypoint {
             config.sandbox.clone(),
             builtins,
         ));
-        registry.apply(&config.namespaces, &config.base_dir).await?;
+        let policies = Arc::new(Policies::default());
+        policies
+            .apply(&config, |namespaces| {
+                let registry = registry.clone();
+                let base_dir = config.base_dir.clone();
+                async move { registry.apply(&namespaces, &base_dir).await }
+            })
+            .await?;
         let pipeline = Arc::new(Pipeline::new(
             Discovery::from_config(&config),
             registry.clone(),
@@ -181,6 +190,12 @@ impl Waypoint {
                 drain.watch(),
             )));
         }
+        tasks.push(tokio::spawn(watch_policies(
+            pipeline.clone(),
+            config.clone(),
+            policies.clone(),
+            rx.clone(),
+        )));
         if let Some(l) = admin_listener {
             let admin = Arc::new(Admin {
                 metrics,
@@ -201,7 +216,13 @@ impl Waypoint {
             tasks,
             identity,
             drain,
+            policies,
         })
+    }
+
+    /// What the last read of `policyDir` refused, one message per resource.
+    pub fn policy_errors(&self) -> Vec<String> {
+        self.policies.errors()
     }
 
     /// The waypoint's certificate store, when it has an identity.
@@ -257,9 +278,12 @@ impl Waypoint {
                 "HBONE settings changed: restart to apply them".into(),
             ));
         }
-        self.pipeline
-            .registry()
-            .apply(&new.namespaces, &new.base_dir)
+        let registry = self.pipeline.registry().clone();
+        let base_dir = new.base_dir.clone();
+        self.policies
+            .apply(&new, |namespaces| async move {
+                registry.apply(&namespaces, &base_dir).await
+            })
             .await?;
         self.pipeline.set_discovery(Discovery::from_config(&new));
         self.config.store(Arc::new(new));
@@ -276,6 +300,37 @@ impl Waypoint {
         let deadline = self.config.load().drain_timeout();
         if self.drain.finish(deadline).await {
             tracing::info!("drained");
+        }
+    }
+}
+
+/// Applies `policyDir` changes as they appear, through the same path as a
+/// config reload. Stops on shutdown.
+async fn watch_policies(
+    pipeline: Arc<Pipeline>,
+    config: Arc<ArcSwap<Config>>,
+    policies: Arc<Policies>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let interval = config.load().policy_poll_interval();
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => return,
+        }
+        let current = config.load_full();
+        if !policies.changed(&current).await {
+            continue;
+        }
+        let registry = pipeline.registry().clone();
+        let base_dir = current.base_dir.clone();
+        let applied = policies
+            .apply(&current, |namespaces| async move {
+                registry.apply(&namespaces, &base_dir).await
+            })
+            .await;
+        if let Err(e) = applied {
+            tracing::error!(error = %e, "policy change rejected; keeping the running policies");
         }
     }
 }

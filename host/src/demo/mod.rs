@@ -64,6 +64,10 @@ pub fn builtins() -> Builtins {
             "add-headers",
             &include_bytes!(concat!(env!("OUT_DIR"), "/demo/add_headers_proxywasm.wasm"))[..],
         ),
+        (
+            "route",
+            &include_bytes!(concat!(env!("OUT_DIR"), "/builtin/wayplug_route.wasm"))[..],
+        ),
     ])
 }
 
