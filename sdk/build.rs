@@ -14,7 +14,7 @@ const PACKAGE_LINE: &str = "package wayplug:policy@0.1.0;";
 
 /// The interfaces the SDK's own bindings generate; the plugin's bindings reuse
 /// them so that both crates agree on one set of Rust types.
-const SHARED_INTERFACES: &[&str] = &["types", "log", "clock", "metrics", "kv", "config"];
+const SHARED_INTERFACES: &[&str] = &["types", "log", "clock", "metrics", "kv", "config", "trace"];
 
 fn main() {
     let wit_dir =

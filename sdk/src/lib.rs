@@ -86,7 +86,8 @@
 //! # Host services
 //!
 //! [`log`](mod@log) (and the [`info!`] family), [`clock`], [`metrics`], [`kv`] (shared
-//! key-value store with compare-and-swap) and [`config`]. Natively these use
+//! key-value store with compare-and-swap), [`config`] and [`trace`] (which policy
+//! decided). Natively these use
 //! the in-memory stand-in described in [`testing`].
 
 #![deny(missing_docs)]
@@ -107,6 +108,7 @@ mod policy;
 mod request;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
+pub mod trace;
 #[cfg(target_arch = "wasm32")]
 mod wasm;
 
@@ -117,7 +119,7 @@ pub use decision::{
 pub use pattern::matches_pattern;
 pub use policy::{BodyHook, ConfigError, Policy, ResponseHook, parse_config};
 pub use request::{
-    DEFAULT_SOURCE_ADDRESS, Destination, Identity, Request, RequestBuilder, Response,
+    Connection, DEFAULT_SOURCE_ADDRESS, Destination, Identity, Request, RequestBuilder, Response,
     ResponseBuilder,
 };
 

@@ -142,6 +142,16 @@ impl Default for Destination {
     }
 }
 
+/// Facts about the connection a request arrived on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Connection {
+    /// The caller authenticated with a mesh certificate (mutual TLS).
+    pub mtls: bool,
+    /// The TLS server name (SNI) the caller asked for, when the waypoint
+    /// terminated TLS that carried one; HBONE tunnels carry none.
+    pub requested_server_name: Option<String>,
+}
+
 /// The head of an HTTP request.
 ///
 /// In a plugin the fields are read from the waypoint on first use, so a
@@ -169,6 +179,7 @@ struct RequestData {
     headers: Vec<(String, String)>,
     source: Identity,
     destination: Destination,
+    connection: Connection,
 }
 
 impl Request {
@@ -184,6 +195,7 @@ impl Request {
             headers: Vec::new(),
             source: Identity::default(),
             destination: Destination::default(),
+            connection: None,
         }
     }
 
@@ -299,6 +311,15 @@ impl Request {
         }
     }
 
+    /// The connection the request arrived on.
+    pub fn connection(&self) -> &Connection {
+        match &self.inner {
+            Inner::Built(data) => &data.connection,
+            #[cfg(target_arch = "wasm32")]
+            Inner::Live(live) => live.connection(),
+        }
+    }
+
     /// Whether the path matches an Istio-style pattern (`prefix*`,
     /// `*suffix`, `*` or exact); see [`matches_pattern`].
     ///
@@ -325,6 +346,7 @@ pub struct RequestBuilder {
     headers: Vec<(String, String)>,
     source: Identity,
     destination: Destination,
+    connection: Option<Connection>,
 }
 
 impl RequestBuilder {
@@ -385,11 +407,22 @@ impl RequestBuilder {
         self
     }
 
+    /// Sets the connection facts; by default `mtls` is whether the source
+    /// has a mesh identity, and there is no server name.
+    pub fn connection(mut self, connection: Connection) -> Self {
+        self.connection = Some(connection);
+        self
+    }
+
     /// Finishes the request.
     pub fn build(self) -> Request {
         let authority = self
             .authority
             .unwrap_or_else(|| self.destination.service.clone());
+        let connection = self.connection.unwrap_or_else(|| Connection {
+            mtls: self.source.is_authenticated(),
+            requested_server_name: None,
+        });
         Request {
             inner: Inner::Built(Box::new(RequestData {
                 method: self.method,
@@ -400,6 +433,7 @@ impl RequestBuilder {
                 headers: self.headers,
                 source: self.source,
                 destination: self.destination,
+                connection,
             })),
         }
     }
@@ -552,6 +586,11 @@ mod tests {
         assert_eq!(req.authority(), "example.default.svc.cluster.local");
         assert_eq!(req.destination(), &Destination::default());
         assert!(!req.source().is_authenticated());
+        assert_eq!(req.connection(), &Connection::default());
+        let meshed = Request::builder()
+            .source(Identity::spiffe("cluster.local", "shop", "web"))
+            .build();
+        assert!(meshed.connection().mtls, "a mesh identity implies mTLS");
     }
 
     #[test]

@@ -153,6 +153,24 @@ pub fn set_log_level(level: Level) {
     native::set_min_level(level);
 }
 
+/// One decision a policy recorded with [`trace::record_decision`](crate::trace::record_decision).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionRecord {
+    /// The policy that decided.
+    pub policy: String,
+    /// The rule of that policy, counted from 0, when one rule decided.
+    pub rule: Option<u32>,
+    /// The outcome, e.g. `allow` or `deny`.
+    pub outcome: String,
+    /// Free-form detail.
+    pub detail: String,
+}
+
+/// The decisions recorded on this thread since the last call, oldest first.
+pub fn take_decisions() -> Vec<DecisionRecord> {
+    native::take_decisions()
+}
+
 /// The value of a metric a policy defined on this thread.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MetricValue {

@@ -16,7 +16,7 @@ use crate::decision::{
     RequestChanges, ResponseDecision, Route,
 };
 use crate::policy::{BodyHook, Policy, ResponseHook, configure_policy};
-use crate::request::{Destination, Identity, Request, Response};
+use crate::request::{Connection, Destination, Identity, Request, Response};
 
 /// Bindings for the types and imports of `wayplug:policy`. The exports are
 /// generated in the plugin's own crate by `export_policy!`, for the world
@@ -37,6 +37,7 @@ pub mod bindings {
                 import wayplug:policy/metrics@0.1.0;
                 import wayplug:policy/kv@0.1.0;
                 import wayplug:policy/config@0.1.0;
+                import wayplug:policy/trace@0.1.0;
             }
         ",
         world: "wayplug:sdk/imports",
@@ -60,6 +61,7 @@ pub(crate) struct LiveRequest {
     query: OnceCell<Option<String>>,
     source: OnceCell<Identity>,
     destination: OnceCell<Destination>,
+    connection: OnceCell<Connection>,
 }
 
 impl LiveRequest {
@@ -121,6 +123,18 @@ impl LiveRequest {
                 namespace: dest.namespace,
                 port: dest.port,
                 address: dest.address,
+            }
+        })
+    }
+}
+
+impl LiveRequest {
+    pub(crate) fn connection(&self) -> &Connection {
+        self.connection.get_or_init(|| {
+            let conn = CURRENT_REQUEST.with(|r| r.connection());
+            Connection {
+                mtls: conn.mtls,
+                requested_server_name: conn.requested_server_name,
             }
         })
     }

@@ -97,6 +97,34 @@ pub struct RouteChoice {
     pub plugin: String,
 }
 
+/// A plugin's account of which policy decided the request (the WIT `trace`
+/// import), kept for the access log and for offline test suites.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionRecord {
+    /// The plugin entry that recorded it.
+    pub plugin: String,
+    pub policy: String,
+    pub rule: Option<u32>,
+    pub outcome: String,
+    pub detail: String,
+}
+
+impl std::fmt::Display for DecisionRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.plugin, self.policy)?;
+        if let Some(rule) = self.rule {
+            write!(f, "[{rule}]")?;
+        }
+        write!(f, "={}", self.outcome)
+    }
+}
+
+/// At most this many decision records are kept per request; a plugin that
+/// records more in a loop cannot grow the host's memory without bound.
+pub const MAX_DECISIONS: usize = 32;
+/// Each string of a decision record is cut to this many bytes.
+pub const MAX_DECISION_FIELD: usize = 512;
+
 #[derive(Debug)]
 pub struct ExchangeState {
     pub request: RequestHead,
@@ -121,6 +149,9 @@ pub struct ExchangeState {
     pub request_sent: bool,
     /// Where a plugin routed the request; the last choice wins.
     pub route: Option<RouteChoice>,
+    /// Which policies decided, as plugins recorded it (at most
+    /// [`MAX_DECISIONS`]).
+    pub decisions: Vec<DecisionRecord>,
 }
 
 #[derive(Debug)]
@@ -149,9 +180,25 @@ impl Exchange {
                 properties: HashMap::new(),
                 request_sent: false,
                 route: None,
+                decisions: Vec::new(),
             }),
             wake: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Keeps a decision record within the per-request bounds; returns the
+    /// record as kept (cut to size), or `None` once the request has
+    /// [`MAX_DECISIONS`].
+    pub fn record_decision(&self, mut record: DecisionRecord) -> Option<DecisionRecord> {
+        for field in [&mut record.policy, &mut record.outcome, &mut record.detail] {
+            truncate_at_char(field, MAX_DECISION_FIELD);
+        }
+        let mut st = self.lock();
+        if st.decisions.len() >= MAX_DECISIONS {
+            return None;
+        }
+        st.decisions.push(record.clone());
+        Some(record)
     }
 
     pub fn lock(&self) -> MutexGuard<'_, ExchangeState> {
@@ -167,5 +214,73 @@ impl Exchange {
 
     pub async fn woken(&self) {
         self.wake.notified().await
+    }
+}
+
+fn truncate_at_char(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exchange() -> Exchange {
+        let info = RequestInfo {
+            id: "1".into(),
+            namespace: "shop".into(),
+            service_hostname: "api.shop.svc.cluster.local".into(),
+            service_name: "api".into(),
+            source: "127.0.0.1:1".parse().unwrap(),
+            destination: "127.0.0.1:2".parse().unwrap(),
+            protocol: "HTTP/1.1",
+            peer: None,
+            start: SystemTime::now(),
+        };
+        let head = RequestHead {
+            method: Method::GET,
+            scheme: "http".into(),
+            authority: "api".into(),
+            path: "/".into(),
+            headers: HeaderMap::new(),
+        };
+        Exchange::new(info, head)
+    }
+
+    fn record(detail: &str) -> DecisionRecord {
+        DecisionRecord {
+            plugin: "authz".into(),
+            policy: "shop/p".into(),
+            rule: Some(1),
+            outcome: "deny".into(),
+            detail: detail.into(),
+        }
+    }
+
+    #[test]
+    fn decision_records_are_bounded() {
+        let ex = exchange();
+        for _ in 0..MAX_DECISIONS {
+            assert!(ex.record_decision(record("x")).is_some());
+        }
+        assert!(ex.record_decision(record("one too many")).is_none());
+        assert_eq!(ex.lock().decisions.len(), MAX_DECISIONS);
+    }
+
+    #[test]
+    fn decision_fields_are_cut_on_a_char_boundary() {
+        let ex = exchange();
+        let long = "é".repeat(MAX_DECISION_FIELD);
+        ex.record_decision(record(&long));
+        let kept = ex.lock().decisions[0].detail.clone();
+        assert!(kept.len() <= MAX_DECISION_FIELD);
+        assert!(kept.chars().all(|c| c == 'é'));
+        assert_eq!(ex.lock().decisions[0].to_string(), "authz:shop/p[1]=deny");
     }
 }

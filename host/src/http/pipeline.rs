@@ -127,6 +127,12 @@ impl Drop for Filters {
                 .get(LOCAL_RESPONSE_BY)
                 .map(|v| String::from_utf8_lossy(v).into_owned())
                 .unwrap_or_default(),
+            decisions = st
+                .decisions
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(";"),
             duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
             "request"
         );

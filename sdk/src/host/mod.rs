@@ -10,6 +10,7 @@ pub(crate) mod native;
 pub(crate) use native::{
     clock_monotonic, clock_now, config_get, config_plugin_name, kv_delete, kv_get, kv_set,
     log_enabled, log_write, metric_define, metric_get, metric_increment, metric_record,
+    trace_record,
 };
 
 #[cfg(target_arch = "wasm32")]
@@ -18,4 +19,5 @@ mod wasm;
 pub(crate) use wasm::{
     clock_monotonic, clock_now, config_get, config_plugin_name, kv_delete, kv_get, kv_set,
     log_enabled, log_write, metric_define, metric_get, metric_increment, metric_record,
+    trace_record,
 };

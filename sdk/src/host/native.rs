@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::kv::KvError;
 use crate::log::Level;
 use crate::metrics::{MetricError, MetricKind};
-use crate::testing::{LogRecord, MetricValue};
+use crate::testing::{DecisionRecord, LogRecord, MetricValue};
 
 struct Metric {
     name: String,
@@ -32,6 +32,7 @@ struct State {
     last_cas: u64,
     config: String,
     plugin_name: String,
+    decisions: Vec<DecisionRecord>,
 }
 
 impl Default for State {
@@ -47,6 +48,7 @@ impl Default for State {
             last_cas: 0,
             config: String::new(),
             plugin_name: DEFAULT_PLUGIN_NAME.to_string(),
+            decisions: Vec::new(),
         }
     }
 }
@@ -262,6 +264,21 @@ pub(crate) fn set_config(config: &str) {
 
 pub(crate) fn config_plugin_name() -> String {
     with(|state| state.plugin_name.clone())
+}
+
+pub(crate) fn trace_record(policy: &str, rule: Option<u32>, outcome: &str, detail: &str) {
+    with(|state| {
+        state.decisions.push(DecisionRecord {
+            policy: policy.to_string(),
+            rule,
+            outcome: outcome.to_string(),
+            detail: detail.to_string(),
+        })
+    });
+}
+
+pub(crate) fn take_decisions() -> Vec<DecisionRecord> {
+    with(|state| std::mem::take(&mut state.decisions))
 }
 
 pub(crate) fn set_plugin_name(name: &str) {

@@ -3,7 +3,7 @@
 use crate::kv::KvError;
 use crate::log::Level;
 use crate::metrics::{MetricError, MetricKind};
-use crate::wasm::bindings::wayplug::policy::{clock, config, kv, log, metrics};
+use crate::wasm::bindings::wayplug::policy::{clock, config, kv, log, metrics, trace};
 
 fn wit_level(level: Level) -> log::Level {
     match level {
@@ -85,4 +85,8 @@ pub(crate) fn config_get() -> String {
 
 pub(crate) fn config_plugin_name() -> String {
     config::plugin_name()
+}
+
+pub(crate) fn trace_record(policy: &str, rule: Option<u32>, outcome: &str, detail: &str) {
+    trace::record_decision(policy, rule, outcome, detail);
 }

@@ -7,8 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use wasmtime::component::{Resource, ResourceTable};
 
 use super::bindings::types;
-use super::bindings::wayplug::policy::{clock, config, kv, log, metrics};
-use crate::exchange::Exchange;
+use super::bindings::wayplug::policy::{clock, config, kv, log, metrics, trace};
+use crate::exchange::{DecisionRecord, Exchange};
 use crate::metrics::PluginMetricError;
 use crate::plugin::PluginShared;
 use crate::plugin::sandbox::MemoryLimiter;
@@ -29,6 +29,9 @@ pub struct ComponentState {
     pub limiter: MemoryLimiter,
     pub plugin: Arc<PluginShared>,
     pub kv: Arc<KvStore>,
+    /// The exchange of the guest call in progress, for imports such as
+    /// `trace` that take no request handle; `None` between calls.
+    pub current: Option<Arc<Exchange>>,
 }
 
 fn joined(h: &http::HeaderMap, name: &str) -> Option<String> {
@@ -133,6 +136,17 @@ impl types::HostRequest for ComponentState {
             namespace: ex.info.namespace.clone(),
             port: ex.info.destination.port(),
             address: ex.info.destination.to_string(),
+        })
+    }
+    fn connection(&mut self, r: Resource<RequestRef>) -> wasmtime::Result<types::Connection> {
+        let ex = self.req(&r)?;
+        Ok(types::Connection {
+            // A peer identity exists only when the caller presented a mesh
+            // certificate over mutual TLS (HBONE).
+            mtls: ex.info.peer.is_some(),
+            // No listener terminates TLS with a server name today: HBONE
+            // carries no SNI and the plaintext listener has no TLS.
+            requested_server_name: None,
         })
     }
     fn drop(&mut self, r: Resource<RequestRef>) -> wasmtime::Result<()> {
@@ -311,6 +325,42 @@ impl kv::Host for ComponentState {
         cas: Option<u64>,
     ) -> wasmtime::Result<Result<(), kv::KvError>> {
         Ok(self.kv.delete(&key, cas).map_err(kv_error))
+    }
+}
+
+impl trace::Host for ComponentState {
+    fn record_decision(
+        &mut self,
+        policy: String,
+        rule: Option<u32>,
+        outcome: String,
+        detail: String,
+    ) -> wasmtime::Result<()> {
+        let Some(exchange) = &self.current else {
+            self.plugin.log(
+                3,
+                "trace.record-decision called outside a request; the record is dropped",
+            );
+            return Ok(());
+        };
+        let record = DecisionRecord {
+            plugin: self.plugin.name.clone(),
+            policy,
+            rule,
+            outcome,
+            detail,
+        };
+        if let Some(kept) = exchange.record_decision(record) {
+            tracing::info!(
+                target: "wayplug::decision",
+                id = %exchange.info.id,
+                namespace = %self.plugin.namespace,
+                decision = %kept,
+                detail = %kept.detail,
+                "policy decision"
+            );
+        }
+        Ok(())
     }
 }
 

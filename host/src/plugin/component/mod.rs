@@ -154,6 +154,7 @@ impl ComponentInstance {
             limiter: MemoryLimiter::new(shared.limits.memory_limit_bytes),
             plugin: shared.clone(),
             kv: shared.shared.plugin_kv(&shared.name),
+            current: None,
         };
         let mut store = Store::new(pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
@@ -348,9 +349,11 @@ impl ComponentFilter {
     ) -> Result<R, PluginFailure> {
         let exchange = self.exchange.clone();
         self.instance.call(|inner| {
+            inner.store.data_mut().current = Some(exchange.clone());
             let req = inner.store.data_mut().table.push(RequestRef { exchange })?;
             let borrowed = Resource::new_borrow(req.rep());
             let r = f(inner, borrowed);
+            inner.store.data_mut().current = None;
             inner.store.data_mut().table.delete(req)?;
             r
         })
@@ -462,6 +465,7 @@ impl HttpFilter for ComponentFilter {
                 return Ok(None);
             };
             let g = g.clone();
+            inner.store.data_mut().current = Some(exchange.clone());
             let table = &mut inner.store.data_mut().table;
             let req = table.push(RequestRef {
                 exchange: exchange.clone(),
@@ -472,6 +476,7 @@ impl HttpFilter for ComponentFilter {
                 Resource::new_borrow(req.rep()),
                 Resource::new_borrow(resp.rep()),
             );
+            inner.store.data_mut().current = None;
             let table = &mut inner.store.data_mut().table;
             table.delete(req)?;
             table.delete(resp)?;
