@@ -9,7 +9,8 @@ use wayplug_wasm_build::{GuestBuild, GuestPackage, WASIP1, WASIP2, workspace_roo
 const DEMO_PLUGINS: &[&str] = &["header-allowlist-proxywasm", "add-headers-proxywasm"];
 
 /// Policy components shipped as `builtin://NAME`: (package, folder under plugins/).
-const BUILTIN_COMPONENTS: &[(&str, &str)] = &[("wayplug-route", "route")];
+const BUILTIN_COMPONENTS: &[(&str, &str)] =
+    &[("wayplug-authz", "authz"), ("wayplug-route", "route")];
 
 fn main() {
     let root = workspace_root();

@@ -65,6 +65,10 @@ pub fn builtins() -> Builtins {
             &include_bytes!(concat!(env!("OUT_DIR"), "/demo/add_headers_proxywasm.wasm"))[..],
         ),
         (
+            "authz",
+            &include_bytes!(concat!(env!("OUT_DIR"), "/builtin/wayplug_authz.wasm"))[..],
+        ),
+        (
             "route",
             &include_bytes!(concat!(env!("OUT_DIR"), "/builtin/wayplug_route.wasm"))[..],
         ),

@@ -9,7 +9,8 @@
 //!
 //! A namespace's HTTPRoutes become one `builtin://route` entry (named
 //! [`ROUTE_PLUGIN`]) whose configuration is every route document of the
-//! namespace, in file order, plus the Services the waypoint knows;
+//! namespace, in file order, plus the Services the waypoint knows; its
+//! AuthorizationPolicies one `builtin://authz` entry ([`AUTHZ_PLUGIN`]);
 //! WasmPlugins become plugin entries of their own.
 
 mod wasm_plugin;
@@ -21,12 +22,14 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 use crate::config::{Config, NamespaceConfig, PluginSpec, PluginUrl};
-use crate::plugin::registry::BUILTIN_ROUTE;
+use crate::plugin::registry::{BUILTIN_AUTHZ, BUILTIN_ROUTE};
 
 pub use yaml::{Fingerprint, MAX_DOCUMENTS_PER_FILE, MAX_FILE_BYTES, MAX_FILES, fingerprint};
 
 /// The chain entry that carries a namespace's HTTPRoutes.
 pub const ROUTE_PLUGIN: &str = "httproute";
+/// The chain entry that carries a namespace's AuthorizationPolicies.
+pub const AUTHZ_PLUGIN: &str = "authorizationpolicy";
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PolicyError {
@@ -81,6 +84,7 @@ struct Origin {
 #[derive(Debug, Clone)]
 enum Compiled {
     Route(Value),
+    Authz(Value),
     Plugin(Box<PluginSpec>),
 }
 
@@ -270,11 +274,9 @@ impl Reader<'_> {
         let compiled = match kind {
             "HTTPRoute" => self.route(doc),
             "WasmPlugin" => self.wasm_plugin(&origin, &id, doc),
-            _ => Err(format!(
-                "AuthorizationPolicy {}/{}: the built-in authorization plugin is not part of \
-                 this build",
-                id.namespace, id.name
-            )),
+            _ => wayplug_authz::parse_policy(doc)
+                .map(|_| Compiled::Authz(doc.clone()))
+                .map_err(|e| e.to_string()),
         };
         match compiled {
             Ok(compiled) => {
@@ -391,6 +393,7 @@ impl Reader<'_> {
         let spec = wasm_plugin::plugin_spec(&id.name, &id.namespace, &doc["spec"], dir)
             .map_err(|(field, reason)| format!("{what}: field `{field}`: {reason}"))?;
         if spec.name == ROUTE_PLUGIN
+            || spec.name == AUTHZ_PLUGIN
             || self
                 .config
                 .namespaces
@@ -424,9 +427,14 @@ impl PolicySet {
     pub fn namespaces(&self, config: &Config) -> BTreeMap<String, NamespaceConfig> {
         let mut namespaces = config.namespaces.clone();
         let mut routes: BTreeMap<&str, Vec<(&Origin, &Value)>> = BTreeMap::new();
+        let mut authz: BTreeMap<&str, Vec<(&Origin, &Value)>> = BTreeMap::new();
         for (key, res) in &self.resources {
             match &res.compiled {
                 Compiled::Route(doc) => routes
+                    .entry(key.namespace.as_str())
+                    .or_default()
+                    .push((&res.origin, doc)),
+                Compiled::Authz(doc) => authz
                     .entry(key.namespace.as_str())
                     .or_default()
                     .push((&res.origin, doc)),
@@ -449,6 +457,22 @@ impl PolicySet {
                 })
             })
             .collect();
+        for (ns, mut docs) in authz {
+            docs.sort_by(|a, b| a.0.cmp(b.0));
+            let docs: Vec<&Value> = docs.into_iter().map(|(_, d)| d).collect();
+            let entry = json!({
+                "name": AUTHZ_PLUGIN,
+                "url": String::from(PluginUrl::Builtin(BUILTIN_AUTHZ.to_owned())),
+                "pluginConfig": {"policies": docs},
+            });
+            let spec: PluginSpec =
+                serde_json::from_value(entry).expect("the authz entry is a valid plugin spec");
+            namespaces
+                .entry(ns.to_owned())
+                .or_default()
+                .plugins
+                .push(spec);
+        }
         for (ns, mut docs) in routes {
             // File order is the tie-break for routes without a creation time.
             docs.sort_by(|a, b| a.0.cmp(b.0));

@@ -225,3 +225,57 @@ spec:
         [("MODE".to_owned(), "demo".to_owned())]
     );
 }
+
+#[test]
+fn authorization_policies_compile_and_bad_cel_is_refused() {
+    let dir = temp_dir("authz");
+    let policy = |name: &str, cel: &str| {
+        format!(
+            r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{ name: {name}, namespace: shop }}
+spec:
+  targetRefs: [{{ kind: Service, group: "", name: web }}]
+  action: ALLOW
+  rules:
+    - when: [{{ key: cel, values: ["{cel}"] }}]
+"#
+        )
+    };
+    let selector = "apiVersion: security.istio.io/v1beta1\nkind: AuthorizationPolicy\nmetadata: { name: sel, namespace: shop }\nspec:\n  selector: { matchLabels: { app: web } }\n";
+    std::fs::write(
+        dir.join("authz.yaml"),
+        format!(
+            "{}---\n{}---\n{selector}",
+            policy("alice", "request.headers['x-user'] == 'alice'"),
+            policy("broken", "request.path == ")
+        ),
+    )
+    .unwrap();
+    let cfg = config(&dir);
+    let loaded = load(&dir, &cfg, &PolicySet::default());
+    let errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(
+        errors[0].contains("document 1: AuthorizationPolicy shop/broken:")
+            && errors[0].contains("CEL expression `request.path == ` does not compile"),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        errors[1].contains("document 2: AuthorizationPolicy shop/sel:")
+            && errors[1].contains("targetRefs"),
+        "{}",
+        errors[1]
+    );
+    let ns = loaded.set.namespaces(&cfg);
+    let entry = ns["shop"]
+        .plugins
+        .iter()
+        .find(|p| p.name == AUTHZ_PLUGIN)
+        .unwrap();
+    assert_eq!(entry.url, PluginUrl::Builtin("authz".into()));
+    let policies = &entry.plugin_config.as_ref().unwrap()["policies"];
+    assert_eq!(policies.as_array().unwrap().len(), 1);
+    assert_eq!(policies[0]["metadata"]["name"], "alice");
+}
