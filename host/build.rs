@@ -1,6 +1,6 @@
 //! Compiles the plugins the binary embeds, into `$OUT_DIR/demo/` (the demo's
-//! Proxy-Wasm plugins) and `$OUT_DIR/builtin/` (the policy components):
-//! `include_bytes!(concat!(env!("OUT_DIR"), "/demo/header_allowlist_proxywasm.wasm"))`.
+//! Proxy-Wasm plugins) and `$OUT_DIR/builtin/` (the built-in policies, as
+//! components): `include_bytes!(concat!(env!("OUT_DIR"), "/builtin/wayplug_authz.wasm"))`.
 
 use std::path::PathBuf;
 
@@ -8,9 +8,8 @@ use wayplug_wasm_build::{GuestBuild, GuestPackage, WASIP1, WASIP2, workspace_roo
 
 const DEMO_PLUGINS: &[&str] = &["header-allowlist-proxywasm", "add-headers-proxywasm"];
 
-/// Policy components shipped as `builtin://NAME`: (package, folder under plugins/).
-const BUILTIN_COMPONENTS: &[(&str, &str)] =
-    &[("wayplug-authz", "authz"), ("wayplug-route", "route")];
+/// Built-in policy components under `plugins/`, by directory and package.
+const BUILTIN_PLUGINS: &[(&str, &str)] = &[("authz", "wayplug-authz"), ("route", "wayplug-route")];
 
 fn main() {
     let root = workspace_root();
@@ -21,10 +20,10 @@ fn main() {
     GuestBuild::new(&root, WASIP1)
         .packages(packages)
         .run(&out_dir.join("demo"));
-    let components = BUILTIN_COMPONENTS
+    let builtins = BUILTIN_PLUGINS
         .iter()
-        .map(|(name, dir)| GuestPackage::new(*name, root.join("plugins").join(dir)));
+        .map(|(dir, name)| GuestPackage::new(*name, root.join("plugins").join(dir)));
     GuestBuild::new(&root, WASIP2)
-        .packages(components)
+        .packages(builtins)
         .run(&out_dir.join("builtin"));
 }

@@ -181,9 +181,7 @@ async fn call(waypoint: SocketAddr, client: &Arc<ClientConfig>, path: &str, user
     let resp = step("CONNECT", h2.send_request(connect)).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK, "CONNECT {WEB_VIP}");
     let tunnel = step("upgrade", hyper::upgrade::on(resp)).await.unwrap();
-    let (mut sender, conn) = step("h1", http1::handshake(tunnel))
-        .await
-        .unwrap();
+    let (mut sender, conn) = step("h1", http1::handshake(tunnel)).await.unwrap();
     tokio::spawn(conn);
     let req = Request::builder()
         .uri(path)
@@ -270,7 +268,8 @@ async fn bad_policies_are_named_and_the_previous_ones_keep_serving() {
     let rig = rig().await;
     let dir = &rig.policy_dir;
     // Each edit breaks one resource in its own way.
-    let unknown_field = route("web").replace("backendRefs: [{ name: web,", "backendRefz: [{ name: web,");
+    let unknown_field =
+        route("web").replace("backendRefs: [{ name: web,", "backendRefz: [{ name: web,");
     let bad_cel = AUTHZ.replace("== 'alice'", "== ");
     let ghost = route("web")
         .replace("name: web, namespace: shop", "name: ghost, namespace: shop")
@@ -291,13 +290,34 @@ async fn bad_policies_are_named_and_the_previous_ones_keep_serving() {
         (errors.len() == 4).then_some(errors)
     })
     .await
-    .unwrap_or_else(|| panic!("expected four errors, got {:#?}", rig.waypoint.policy_errors()));
+    .unwrap_or_else(|| {
+        panic!(
+            "expected four errors, got {:#?}",
+            rig.waypoint.policy_errors()
+        )
+    });
     let file = |name: &str| dir.join(name).display().to_string();
     let expect = [
-        (file("authz.yaml"), "document 0: AuthorizationPolicy shop/web-callers:", "CEL expression `request.headers['x-user'] == ` does not compile"),
-        (file("more.yaml"), "document 0: HTTPRoute shop/ghost: field `spec.rules[1].backendRefs[0].name`:", "Service shop/nowhere is not known to the waypoint"),
-        (file("more.yaml"), "document 1: malformed YAML, document skipped:", ""),
-        (file("route.yaml"), "document 0: HTTPRoute shop/web: field `spec.rules[1].backendRefz`:", "unknown field `backendRefz`"),
+        (
+            file("authz.yaml"),
+            "document 0: AuthorizationPolicy shop/web-callers:",
+            "CEL expression `request.headers['x-user'] == ` does not compile",
+        ),
+        (
+            file("more.yaml"),
+            "document 0: HTTPRoute shop/ghost: field `spec.rules[1].backendRefs[0].name`:",
+            "Service shop/nowhere is not known to the waypoint",
+        ),
+        (
+            file("more.yaml"),
+            "document 1: malformed YAML, document skipped:",
+            "",
+        ),
+        (
+            file("route.yaml"),
+            "document 0: HTTPRoute shop/web: field `spec.rules[1].backendRefz`:",
+            "unknown field `backendRefz`",
+        ),
     ];
     for (error, (file, head, detail)) in errors.iter().zip(expect) {
         assert!(
@@ -305,8 +325,16 @@ async fn bad_policies_are_named_and_the_previous_ones_keep_serving() {
             "{error}\nexpected {file}: {head} ... {detail}"
         );
     }
-    assert!(errors[0].ends_with("its previous version stays in force"), "{}", errors[0]);
-    assert!(errors[3].ends_with("its previous version stays in force"), "{}", errors[3]);
+    assert!(
+        errors[0].ends_with("its previous version stays in force"),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        errors[3].ends_with("its previous version stays in force"),
+        "{}",
+        errors[3]
+    );
 
     // The waypoint serves with the policies it had.
     rig.assert_serving("v1").await;

@@ -14,6 +14,30 @@ use crate::plugin::PluginShared;
 use crate::plugin::sandbox::MemoryLimiter;
 use crate::plugin::shared::{KvError, KvStore};
 
+/// Defines `wasi:random/insecure-seed`, the one WASI function Rust's
+/// standard library calls on its own: every `HashMap` seeds its hasher with
+/// it (the `cel` parser builds maps at load). It hands out no capability,
+/// only a per-call random seed against hash flooding.
+pub fn add_insecure_seed(
+    linker: &mut wasmtime::component::Linker<ComponentState>,
+) -> wasmtime::Result<()> {
+    // The linker matches semver-compatible imports, so guests built against
+    // any 0.2.x release link to this.
+    linker
+        .instance("wasi:random/insecure-seed@0.2.6")?
+        .func_wrap("insecure-seed", |_store, (): ()| {
+            let mut bytes = [0u8; 16];
+            let _ = getrandom::fill(&mut bytes);
+            let (a, b) = bytes.split_at(8);
+            let seed = (
+                u64::from_le_bytes(a.try_into().expect("8 bytes")),
+                u64::from_le_bytes(b.try_into().expect("8 bytes")),
+            );
+            Ok((seed,))
+        })?;
+    Ok(())
+}
+
 /// The request a call is about; valid for that call only.
 pub struct RequestRef {
     pub exchange: Arc<Exchange>,

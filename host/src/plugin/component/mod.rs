@@ -36,6 +36,7 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<ComponentState>> {
         _,
         wasmtime::component::HasSelf<ComponentState>,
     >(&mut linker, |s| s)?;
+    host::add_insecure_seed(&mut linker)?;
     Ok(linker)
 }
 
