@@ -350,3 +350,50 @@ async fn bad_policies_are_named_and_the_previous_ones_keep_serving() {
     rig.assert_serving("v1").await;
     rig.waypoint.shutdown().await;
 }
+
+/// The demo's `store` namespace does what `wayplug run` says it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_store_namespace_allows_denies_and_routes() {
+    let dir = temp_dir("demo");
+    let echo = wayplug::demo::start_echo().await.unwrap();
+    let store = wayplug::demo::StoreBackends::start().await.unwrap();
+    let certs = wayplug::demo::write_certs(&dir).unwrap();
+    let policies = wayplug::demo::write_policies(&dir).unwrap();
+    let mut config = wayplug::demo::config(echo, store, &certs, &policies).unwrap();
+    config.listeners.http = Some("127.0.0.1:0".parse().unwrap());
+    config.listeners.admin = None;
+    config.listeners.hbone = None;
+    let waypoint = Waypoint::start(config, wayplug::demo::builtins())
+        .await
+        .expect("the demo starts");
+    assert_eq!(waypoint.policy_errors(), Vec::<String>::new());
+    let http = waypoint.http_addr.unwrap();
+    let get = |path: &'static str, user: &'static str| async move {
+        harness::send(http, "GET", "store.demo.svc", path, &[("x-user", user)], "").await
+    };
+    let r = step("store /", get("/", "alice")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.body.starts_with("served by store-web\nGET /\n"),
+        "{}",
+        r.body
+    );
+    assert!(!r.body.contains("x-wayplug-route"), "{}", r.body);
+    let r = step("store /api", get("/api/items", "bob")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.body.starts_with("served by store-api\nGET /api/items\n"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body.contains("x-wayplug-route: store-api\n"),
+        "{}",
+        r.body
+    );
+    let r = step("store denied", get("/api/items", "mallory")).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(r.body, "RBAC: access denied");
+    waypoint.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
