@@ -320,7 +320,7 @@ mod tests {
 
     #[test]
     fn chain_order_follows_istio_waypoints() {
-        let mut specs = vec![
+        let mut specs = [
             spec("route", "builtin://route", "AUTHN"),
             spec("stats", "file://s.wasm", "STATS"),
             spec("last", "file://l.wasm", "UNSPECIFIED_PHASE"),

@@ -1106,16 +1106,17 @@ impl Reader<'_> {
                  a ReferenceGrant, which the waypoint does not read",
                 b.name
             ))
-        } else if b.port.is_none() || b.port == Some(0) {
-            BackendTarget::Invalid(format!(
-                "backendRef {field} to Service {ns}/{} has no port",
-                b.name
-            ))
         } else {
-            BackendTarget::Service {
-                namespace: ns.to_owned(),
-                name: b.name.clone(),
-                port: b.port.expect("checked above"),
+            match b.port {
+                Some(port) if port != 0 => BackendTarget::Service {
+                    namespace: ns.to_owned(),
+                    name: b.name.clone(),
+                    port,
+                },
+                _ => BackendTarget::Invalid(format!(
+                    "backendRef {field} to Service {ns}/{} has no port",
+                    b.name
+                )),
             }
         };
         Ok(BackendRef {
