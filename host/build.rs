@@ -9,7 +9,7 @@ use wayplug_wasm_build::{GuestBuild, GuestPackage, WASIP1, WASIP2, workspace_roo
 const DEMO_PLUGINS: &[&str] = &["header-allowlist-proxywasm", "add-headers-proxywasm"];
 
 /// Built-in policy components under `plugins/`, by directory and package.
-const BUILTIN_PLUGINS: &[(&str, &str)] = &[("authz", "wayplug-authz")];
+const BUILTIN_PLUGINS: &[(&str, &str)] = &[("authz", "wayplug-authz"), ("route", "wayplug-route")];
 
 fn main() {
     let root = workspace_root();

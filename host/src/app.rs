@@ -25,6 +25,7 @@ use crate::plugin::callout::Callouts;
 use crate::plugin::engine::Engine;
 use crate::plugin::registry::Builtins;
 use crate::plugin::{self, Registry};
+use crate::policy::Policies;
 use crate::tls::{self, Acceptor, CertStore, CertWatcher, Connector};
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +80,7 @@ pub struct Waypoint {
     tasks: Vec<JoinHandle<()>>,
     identity: Option<Identity>,
     drain: Drain,
+    policies: Arc<Policies>,
 }
 
 /// The waypoint's certificate, kept current by its watcher.
@@ -130,7 +132,12 @@ impl Waypoint {
             config.sandbox.clone(),
             builtins,
         ));
-        registry.apply(config.clone()).await?;
+        let policies = Arc::new(Policies::default());
+        policies
+            .apply(&config, |namespaces| {
+                install(&registry, &config, namespaces)
+            })
+            .await?;
         let pipeline = Arc::new(Pipeline::new(
             registry.clone(),
             metrics.clone(),
@@ -227,6 +234,12 @@ impl Waypoint {
                 drain.watch(),
             )));
         }
+        tasks.push(tokio::spawn(watch_policies(
+            pipeline.clone(),
+            config.clone(),
+            policies.clone(),
+            rx.clone(),
+        )));
         if let Some(l) = admin_listener {
             let admin = Arc::new(Admin {
                 metrics,
@@ -247,7 +260,13 @@ impl Waypoint {
             tasks,
             identity,
             drain,
+            policies,
         })
+    }
+
+    /// What the last read of `policyDir` refused, one message per resource.
+    pub fn policy_errors(&self) -> Vec<String> {
+        self.policies.errors()
     }
 
     /// The waypoint's certificate store, when it has an identity.
@@ -308,10 +327,14 @@ impl Waypoint {
                 "limits changed: restart to apply them".into(),
             ));
         }
-        // Config, discovery and chains become visible together, as one
-        // snapshot; the copy kept here (listener settings, drain, the HBONE
-        // listener's settings) follows right after.
-        self.pipeline.registry().apply(new.clone()).await?;
+        // Config, discovery and chains (with what the policy folder
+        // compiled) become visible together, as one snapshot; the copy kept
+        // here (listener settings, drain, the HBONE listener's settings)
+        // follows right after.
+        let registry = self.pipeline.registry().clone();
+        self.policies
+            .apply(&new, |namespaces| install(&registry, &new, namespaces))
+            .await?;
         self.config.store(Arc::new(new));
         Ok(())
     }
@@ -393,6 +416,48 @@ impl Waypoint {
         let deadline = self.config.load().drain_timeout();
         if self.drain.finish(deadline).await {
             tracing::info!("drained");
+        }
+    }
+}
+
+/// Installs `config` with the namespace chains its policy folder compiled
+/// (the config's own when it names none), as one snapshot.
+async fn install(
+    registry: &Registry,
+    config: &Config,
+    namespaces: std::collections::BTreeMap<String, config::NamespaceConfig>,
+) -> Result<(), plugin::Error> {
+    let mut full = config.clone();
+    full.namespaces = namespaces;
+    registry.apply(full).await
+}
+
+/// Applies `policyDir` changes as they appear, through the same path as a
+/// config reload. Stops on shutdown.
+async fn watch_policies(
+    pipeline: Arc<Pipeline>,
+    config: Arc<ArcSwap<Config>>,
+    policies: Arc<Policies>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let interval = config.load().policy_poll_interval();
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => return,
+        }
+        let current = config.load_full();
+        if !policies.changed(&current).await {
+            continue;
+        }
+        let registry = pipeline.registry().clone();
+        let applied = policies
+            .apply(&current, |namespaces| {
+                install(&registry, &current, namespaces)
+            })
+            .await;
+        if let Err(e) = applied {
+            tracing::error!(error = %e, "policy change rejected; keeping the running policies");
         }
     }
 }

@@ -16,4 +16,5 @@ pub mod hbone;
 pub mod http;
 pub mod metrics;
 pub mod plugin;
+pub mod policy;
 pub mod tls;

@@ -153,7 +153,11 @@ async fn run_demo() -> anyhow::Result<()> {
         .context("starting the demo upstream")?;
     let certs_dir = std::env::temp_dir().join(format!("wayplug-demo-{}", std::process::id()));
     let certs = demo::write_certs(&certs_dir).context("writing the demo's certificates")?;
-    let config = demo::config(echo, &certs)?;
+    let store = demo::StoreBackends::start()
+        .await
+        .context("starting the demo's store backends")?;
+    let policies = demo::write_policies(&certs_dir).context("writing the demo's policies")?;
+    let config = demo::config(echo, store, &certs, &policies)?;
     let waypoint = Waypoint::start(config, demo::builtins()).await?;
     let http = waypoint
         .http_addr

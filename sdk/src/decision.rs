@@ -47,6 +47,9 @@ pub struct RequestChanges {
     pub request_headers: HeaderChanges,
     /// Headers to add to the response the caller receives.
     pub response_headers: Vec<Header>,
+    /// Changes to the response head the caller receives (set, add, remove),
+    /// applied before response hooks run.
+    pub response_changes: HeaderChanges,
 }
 
 /// A response the waypoint sends instead of forwarding the request.
@@ -352,6 +355,26 @@ impl Decision {
         self
     }
 
+    /// Changes the head of the response the caller receives from upstream
+    /// (set, add and remove), before response hooks see it. A decision that
+    /// answers locally builds its own response, so there this does nothing
+    /// (and debug builds panic).
+    pub fn with_response_changes(mut self, changes: HeaderChanges) -> Self {
+        if let Some(request) = self.request_changes_mut("with_response_changes") {
+            request.response_changes = changes;
+        }
+        self
+    }
+
+    /// The changes to the response head, if the request is forwarded.
+    pub fn response_changes(&self) -> Option<&HeaderChanges> {
+        match self {
+            Decision::Continue(changes) => Some(&changes.response_changes),
+            Decision::Route(route) => Some(&route.changes.response_changes),
+            Decision::Respond(_) | Decision::Redirect(_) => None,
+        }
+    }
+
     fn route_mut(&mut self, what: &str) -> Option<&mut Route> {
         match self {
             Decision::Route(route) => Some(route),
@@ -610,6 +633,7 @@ fn validate_local_response(response: &LocalResponse) -> Result<(), InvalidDecisi
 
 fn validate_request_changes(changes: &RequestChanges) -> Result<(), InvalidDecision> {
     validate_header_changes(&changes.request_headers)?;
+    validate_header_changes(&changes.response_changes)?;
     validate_headers(&changes.response_headers)
 }
 

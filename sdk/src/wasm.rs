@@ -178,6 +178,7 @@ fn wit_request_changes(changes: RequestChanges) -> wit::RequestChanges {
     wit::RequestChanges {
         request_headers: wit_header_changes(changes.request_headers),
         response_headers: changes.response_headers,
+        response_changes: wit_header_changes(changes.response_changes),
     }
 }
 

@@ -186,11 +186,12 @@ namespaces:
     )
     .await;
     assert_eq!(
-        r.status, 503,
-        "a route to an unknown service fails the plugin: {r:?}"
+        r.status, 500,
+        "a route to an unknown service answers 500, as Envoy does: {r:?}"
     );
     assert!(
-        r.body.contains("routed to ghost.shop.test:80"),
+        r.body
+            .contains("routed to backend `ghost.shop.test:80`, which the waypoint does not know"),
         "{}",
         r.body
     );

@@ -81,6 +81,14 @@ pub struct Config {
     /// Timeouts and connection caps of both listeners and of requests to upstreams.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// A folder of Kubernetes YAML (AuthorizationPolicy, HTTPRoute,
+    /// WasmPlugin) compiled into the namespace chains and watched for
+    /// changes; relative to the config file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_dir: Option<PathBuf>,
+    /// How often `policyDir` is checked for changes.
+    #[serde(default = "default_policy_poll_interval_ms")]
+    pub policy_poll_interval_ms: u64,
     /// On shutdown, how long open connections and tunnels may take to
     /// finish before they are closed.
     #[serde(default = "default_drain_timeout_ms")]
@@ -240,6 +248,10 @@ fn default_upstream_timeout_ms() -> u64 {
     5_000
 }
 
+fn default_policy_poll_interval_ms() -> u64 {
+    2_000
+}
+
 fn default_drain_timeout_ms() -> u64 {
     5_000
 }
@@ -296,6 +308,15 @@ impl Config {
         }
     }
 
+    /// The policy folder, resolved from the config file's directory.
+    pub fn policy_dir(&self) -> Option<PathBuf> {
+        self.policy_dir.as_ref().map(|d| self.base_dir.join(d))
+    }
+
+    pub fn policy_poll_interval(&self) -> Duration {
+        Duration::from_millis(self.policy_poll_interval_ms)
+    }
+
     /// How long shutdown waits for open connections.
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
@@ -307,6 +328,15 @@ impl Config {
             .validate()
             .map_err(|(f, reason)| self.invalid(format!("limits.{f}"), reason))?;
         let sb = &self.sandbox;
+        if !(50..=60_000).contains(&self.policy_poll_interval_ms) {
+            return Err(self.invalid(
+                "policyPollIntervalMs",
+                format!(
+                    "{} is out of range (50..=60000)",
+                    self.policy_poll_interval_ms
+                ),
+            ));
+        }
         if sb.call_timeout_ms == 0 || sb.call_timeout_ms > 60_000 {
             return Err(self.invalid(
                 "sandbox.callTimeoutMs",

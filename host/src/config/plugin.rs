@@ -177,7 +177,7 @@ impl PluginUrl {
 }
 
 impl PluginSpec {
-    pub(super) fn validate(&self) -> Result<(), FieldError> {
+    pub(crate) fn validate(&self) -> Result<(), FieldError> {
         let err = |f: &str, r: String| Err((f.to_owned(), r));
         if self.name.is_empty() || self.name.len() > 128 {
             return err("name", "must be 1 to 128 characters".into());

@@ -68,12 +68,75 @@ pub fn builtins() -> Builtins {
             "authz",
             &include_bytes!(concat!(env!("OUT_DIR"), "/builtin/wayplug_authz.wasm"))[..],
         ),
+        (
+            "route",
+            &include_bytes!(concat!(env!("OUT_DIR"), "/builtin/wayplug_route.wasm"))[..],
+        ),
     ])
 }
 
-/// The demo config, pointing both services at the echo upstream.
-pub fn config(echo: SocketAddr, certs: &DemoCerts) -> Result<Config, config::Error> {
+/// The `store` namespace's two backends, each an echo that says which it is.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreBackends {
+    pub web: SocketAddr,
+    pub api: SocketAddr,
+}
+
+impl StoreBackends {
+    pub async fn start() -> std::io::Result<StoreBackends> {
+        Ok(StoreBackends {
+            web: start_labelled_echo("store-web").await?,
+            api: start_labelled_echo("store-api").await?,
+        })
+    }
+}
+
+/// The `store` namespace's policies, as Kubernetes YAML: an
+/// AuthorizationPolicy with one CEL condition, and an HTTPRoute that sends
+/// `/api` to one backend (adding a header) and the rest to the other.
+pub const STORE_POLICIES: &str = r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: store-users, namespace: store }
+spec:
+  targetRefs: [{ kind: Service, group: "", name: store }]
+  action: ALLOW
+  rules:
+    - when: [{ key: cel, values: ["request.headers['x-user'] in ['alice', 'bob']"] }]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: { name: store, namespace: store }
+spec:
+  parentRefs: [{ group: "", kind: Service, name: store }]
+  rules:
+    - matches: [{ path: { type: PathPrefix, value: /api } }]
+      filters:
+        - type: RequestHeaderModifier
+          requestHeaderModifier: { set: [{ name: x-wayplug-route, value: store-api }] }
+      backendRefs: [{ name: store-api, port: 80 }]
+    - backendRefs: [{ name: store-web, port: 80 }]
+"#;
+
+/// Writes [`STORE_POLICIES`] into `dir/policies` and returns that folder,
+/// the demo's `policyDir`.
+pub fn write_policies(dir: &Path) -> std::io::Result<PathBuf> {
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies)?;
+    std::fs::write(policies.join("store.yaml"), STORE_POLICIES)?;
+    Ok(policies)
+}
+
+/// The demo config, pointing `shop` and `bank` at the echo upstream and
+/// `store`'s two backends at theirs.
+pub fn config(
+    echo: SocketAddr,
+    store: StoreBackends,
+    certs: &DemoCerts,
+    policy_dir: &Path,
+) -> Result<Config, config::Error> {
     let port = echo.port();
+    let (web, api) = (store.web.port(), store.api.port());
+    let policy_dir = policy_dir.display();
     let cert_dir = certs.waypoint.display();
     let yaml = format!(
         r#"
@@ -83,9 +146,13 @@ listeners:
   hbone: "127.0.0.1:15008"
 identity:
   certDir: "{cert_dir}"
+policyDir: "{policy_dir}"
 services:
   - {{ name: shop, namespace: shop, hostname: shop.demo.svc, vips: ["/10.96.0.10"], ports: {{ 80: {port} }} }}
   - {{ name: bank, namespace: bank, hostname: bank.demo.svc, vips: ["/10.96.0.11"], ports: {{ 80: {port} }}, appProtocols: {{ 80: HTTP }} }}
+  - {{ name: store, namespace: store, hostname: store.demo.svc, vips: ["/10.96.0.12"], ports: {{ 80: {web} }} }}
+  - {{ name: store-web, namespace: store, hostname: store-web.demo.svc, ports: {{ 80: {web} }} }}
+  - {{ name: store-api, namespace: store, hostname: store-api.demo.svc, ports: {{ 80: {api} }} }}
 workloads:
   - uid: demo//v1/Pod/demo/echo
     name: echo
@@ -96,6 +163,9 @@ workloads:
     services:
       shop/shop.demo.svc: {{ 80: {port} }}
       bank/bank.demo.svc: {{ 80: {port} }}
+      store/store.demo.svc: {{ 80: {web} }}
+      store/store-web.demo.svc: {{ 80: {web} }}
+      store/store-api.demo.svc: {{ 80: {api} }}
 namespaces:
   shop:
     plugins:
@@ -125,6 +195,11 @@ namespaces:
 /// The demo's upstream: answers every request with what it received, so the
 /// plugins' header changes are visible.
 pub async fn start_echo() -> std::io::Result<SocketAddr> {
+    start_labelled_echo("echo").await
+}
+
+/// An echo upstream whose answers start with `served by <label>`.
+pub async fn start_labelled_echo(label: &'static str) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
@@ -137,7 +212,7 @@ pub async fn start_echo() -> std::io::Result<SocketAddr> {
                         .await
                         .map(|b| b.to_bytes())
                         .unwrap_or_default();
-                    let mut text = format!("{} {}\n", parts.method, parts.uri);
+                    let mut text = format!("served by {label}\n{} {}\n", parts.method, parts.uri);
                     for (k, v) in &parts.headers {
                         text.push_str(&format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())));
                     }
@@ -192,6 +267,9 @@ pub fn instructions(http: SocketAddr, admin: Option<SocketAddr>) -> String {
 
 Namespace `shop` runs allowlist (x-user must be alice or bob) then stamp (adds headers).
 Namespace `bank` runs tellers-only (x-role must be teller, else 401).
+Namespace `store` is configured by Kubernetes YAML in the policyDir: an AuthorizationPolicy
+(CEL: x-user must be alice or bob) and an HTTPRoute (/api to store-api with a header, the rest
+to store-web).
 
   # allowed: the echo upstream shows the headers the plugins added
   curl -i -H 'host: shop.demo.svc' -H 'x-user: alice' http://{http}/cart
@@ -200,6 +278,11 @@ Namespace `bank` runs tellers-only (x-role must be teller, else 401).
   # allowed in bank, denied (401) without the role
   curl -i -H 'host: bank.demo.svc' -H 'x-role: teller' http://{http}/balance
   curl -i -H 'host: bank.demo.svc' http://{http}/balance
+  # store: routed to store-web, then by path to store-api (which sees x-wayplug-route)
+  curl -i -H 'host: store.demo.svc' -H 'x-user: alice' http://{http}/
+  curl -i -H 'host: store.demo.svc' -H 'x-user: alice' http://{http}/api/items
+  # denied by the AuthorizationPolicy's CEL condition (403 RBAC: access denied)
+  curl -i -H 'host: store.demo.svc' -H 'x-user: mallory' http://{http}/api/items
   # HTTP/2 (h2c prior knowledge) works on the same port
   curl -i --http2-prior-knowledge -H 'host: shop.demo.svc' -H 'x-user: bob' http://{http}/
 "

@@ -30,6 +30,16 @@ pub enum Error {
         namespace: String,
         failure: PluginFailure,
     },
+    /// Envoy answers a route to a backend it does not know with 500.
+    #[error(
+        "plugin `{plugin}` in namespace `{namespace}` routed to backend `{backend}`, which the waypoint does not know: {reason}"
+    )]
+    UnknownBackend {
+        plugin: String,
+        namespace: String,
+        backend: String,
+        reason: String,
+    },
     #[error("cannot connect to upstream {endpoint}: {reason}")]
     UpstreamConnect { endpoint: String, reason: String },
     #[error("upstream {endpoint} failed: {reason}")]
@@ -50,6 +60,7 @@ impl Error {
             Error::Discovery(D::UnknownHost(_) | D::UnknownPort { .. }) => StatusCode::NOT_FOUND,
             Error::Discovery(D::NoEndpoints { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             Error::PluginFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::UnknownBackend { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Error::UpstreamConnect { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Error::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,

@@ -1288,11 +1288,15 @@ fn apply_route(
 ) -> Result<Destination, LocalResponse> {
     let port = choice.port.unwrap_or(current.port);
     let authority = format!("{}:{port}", choice.service);
+    // A backend the waypoint does not know answers 500, as Envoy does for a
+    // route to a missing cluster: the plugin worked, its configuration points
+    // nowhere, so no fail strategy applies.
     let dest = discovery.resolve_authority(&authority, port).map_err(|e| {
-        let err = Error::PluginFailed {
+        let err = Error::UnknownBackend {
             plugin: choice.plugin.clone(),
             namespace: exchange.info.namespace.clone(),
-            failure: PluginFailure::BadDecision(format!("routed to {authority}: {e}")),
+            backend: authority.clone(),
+            reason: e.to_string(),
         };
         error_response(&err, &choice.plugin)
     })?;

@@ -29,7 +29,7 @@ use super::engine::Engine;
 use super::proxywasm::{ProxyWasmModule, ProxyWasmPlugin, StartError};
 use super::shared::NamespaceShared;
 use super::{Error, Plugin, PluginKind, PluginShared};
-use crate::config::{Config, FailStrategy, PluginSpec, PluginUrl, SandboxConfig};
+use crate::config::{Config, FailStrategy, Phase, PluginSpec, PluginUrl, SandboxConfig};
 use crate::discovery::Discovery;
 use crate::metrics::Metrics;
 
@@ -260,7 +260,8 @@ impl Registry {
         }));
     }
 
-    /// Loads every plugin of a namespace and orders them.
+    /// Loads every plugin of a namespace and orders them as Istio's waypoint
+    /// does (see [`chain_position`]), then higher priority first, then name.
     pub async fn build_chain(
         &self,
         namespace: &str,
@@ -282,11 +283,16 @@ impl Registry {
             plugins.push(Arc::new(self.load(namespace, r).await?));
         }
         plugins.sort_by(|a, b| {
-            (a.spec.phase, -(a.spec.priority as i64), &a.spec.name).cmp(&(
-                b.spec.phase,
-                -(b.spec.priority as i64),
-                &b.spec.name,
-            ))
+            (
+                chain_position(&a.spec),
+                -(a.spec.priority as i64),
+                &a.spec.name,
+            )
+                .cmp(&(
+                    chain_position(&b.spec),
+                    -(b.spec.priority as i64),
+                    &b.spec.name,
+                ))
         });
         Ok(Chain {
             namespace: namespace.to_owned(),
@@ -457,6 +463,27 @@ impl Registry {
     }
 }
 
+/// The built-in authorization plugin (AuthorizationPolicy).
+pub const BUILTIN_AUTHZ: &str = "authz";
+/// The built-in routing plugin (HTTPRoute).
+pub const BUILTIN_ROUTE: &str = "route";
+
+/// Where a plugin runs in its chain, as in Istio's waypoint: AUTHN plugins,
+/// then the built-in authorization (its DENY before ALLOW is internal), then
+/// AUTHZ, STATS and unspecified-phase plugins, and routing last, so every
+/// policy sees the request as the caller sent it and the route decides
+/// where it finally goes. A built-in's own `phase` does not move it.
+pub fn chain_position(spec: &PluginSpec) -> u8 {
+    match (&spec.url, spec.phase) {
+        (PluginUrl::Builtin(name), _) if name == BUILTIN_ROUTE => 5,
+        (PluginUrl::Builtin(name), _) if name == BUILTIN_AUTHZ => 1,
+        (_, Phase::Authn) => 0,
+        (_, Phase::Authz) => 2,
+        (_, Phase::Stats) => 3,
+        (_, Phase::Unspecified) => 4,
+    }
+}
+
 enum LoadFailure {
     Compile(String),
     Abi(String),
@@ -503,5 +530,33 @@ mod load_tests {
         assert!(not_wasm(b"\0asm").unwrap().contains("4 bytes long"));
         assert_eq!(not_wasm(b"\0asm\x01\0\0\0"), None);
         assert_eq!(one_line("a\n  b\n\nc"), "a; b; c");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, url: &str, phase: &str) -> PluginSpec {
+        serde_json::from_value(serde_json::json!({"name": name, "url": url, "phase": phase}))
+            .unwrap()
+    }
+
+    #[test]
+    fn chain_order_follows_istio_waypoints() {
+        let mut specs = [
+            spec("route", "builtin://route", "AUTHN"),
+            spec("stats", "file://s.wasm", "STATS"),
+            spec("last", "file://l.wasm", "UNSPECIFIED_PHASE"),
+            spec("authz-plugin", "file://z.wasm", "AUTHZ"),
+            spec("authz", "builtin://authz", "STATS"),
+            spec("authn", "file://n.wasm", "AUTHN"),
+        ];
+        specs.sort_by_key(chain_position);
+        let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["authn", "authz", "authz-plugin", "stats", "last", "route"]
+        );
     }
 }

@@ -172,6 +172,7 @@ impl ComponentPlugin {
             instance: Some(instance),
             exchange: exchange.clone(),
             response_headers: Vec::new(),
+            response_changes: None,
             let_through: false,
             body_done: false,
         }))
@@ -290,6 +291,9 @@ struct ComponentFilter {
     exchange: Arc<Exchange>,
     /// Headers the request decision asked to add to the response.
     response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Set/add/remove changes the request decision asked for on the
+    /// response head (HTTPRoute's ResponseHeaderModifier).
+    response_changes: Option<Changes>,
     /// The plugin let the request through (its body hook then runs).
     let_through: bool,
     /// The body hook has run.
@@ -498,6 +502,14 @@ impl ComponentFilter {
             .iter()
             .map(|(k, v)| header(k, v))
             .collect::<Result<Vec<_>, _>>()?;
+        let rc = &changes.response_changes;
+        let response_changes = if rc.set.is_empty() && rc.add.is_empty() && rc.remove.is_empty() {
+            None
+        } else {
+            // Checked now, so a bad name fails the request decision rather
+            // than surfacing later on the response.
+            Some(Changes::check(rc)?)
+        };
         let request = Changes::check(&changes.request_headers)?;
         {
             let mut st = self.exchange.lock();
@@ -507,6 +519,9 @@ impl ComponentFilter {
             }
         }
         self.response_headers.extend(response_headers);
+        if response_changes.is_some() {
+            self.response_changes = response_changes;
+        }
         self.let_through = true;
         Ok(())
     }
@@ -577,6 +592,9 @@ impl HttpFilter for ComponentFilter {
             if let Some(resp) = st.response.as_mut() {
                 for (k, v) in &self.response_headers {
                     resp.headers.append(k.clone(), v.clone());
+                }
+                if let Some(changes) = self.response_changes.take() {
+                    changes.apply(&mut resp.headers);
                 }
             }
         }
