@@ -71,7 +71,17 @@ mod tests {
             frontend: "frontend".into(),
             teller: "teller".into(),
         };
-        let config = crate::demo::config("127.0.0.1:9".parse().unwrap(), &certs).unwrap();
+        let store = crate::demo::StoreBackends {
+            web: "127.0.0.1:10".parse().unwrap(),
+            api: "127.0.0.1:11".parse().unwrap(),
+        };
+        let config = crate::demo::config(
+            "127.0.0.1:9".parse().unwrap(),
+            store,
+            &certs,
+            std::path::Path::new("policies"),
+        )
+        .unwrap();
         let discovery = crate::discovery::Discovery::from_config(&config);
         for vip in ["10.96.0.10:80", "10.96.0.11:80"] {
             let dest = discovery.resolve_address(vip.parse().unwrap()).unwrap();
