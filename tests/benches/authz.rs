@@ -22,7 +22,6 @@ use http::{HeaderMap, Method, Request};
 use http_body_util::Full;
 use serde_json::{Value, json};
 use wayplug::config::{Config, PluginSpec};
-use wayplug::discovery::Discovery;
 use wayplug::exchange::{Exchange, RequestHead, RequestInfo};
 use wayplug::http::pipeline::Limits;
 use wayplug::http::{ConnInfo, Pipeline};
@@ -136,6 +135,8 @@ fn bench(c: &mut Criterion) {
         config.sandbox.clone(),
         wayplug::demo::builtins(),
     ));
+    // The services the requests go to; the chain under test is installed next to them.
+    rt.block_on(registry.apply(config.clone())).unwrap();
     let chain = rt
         .block_on(registry.build_chain("bench", &[spec()], Path::new(".")))
         .unwrap();
@@ -153,7 +154,6 @@ fn bench(c: &mut Criterion) {
     });
 
     let pipeline = Pipeline::new(
-        Discovery::from_config(&config),
         registry.clone(),
         metrics.clone(),
         Limits {

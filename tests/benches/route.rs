@@ -19,7 +19,6 @@ use http::Request;
 use http_body_util::Full;
 use serde_json::{Value, json};
 use wayplug::config::{Config, PluginSpec};
-use wayplug::discovery::Discovery;
 use wayplug::http::pipeline::Limits;
 use wayplug::http::{ConnInfo, Pipeline};
 use wayplug::metrics::Metrics;
@@ -94,6 +93,8 @@ fn bench(c: &mut Criterion) {
         config.sandbox.clone(),
         wayplug::demo::builtins(),
     ));
+    // The services the requests go to; the chain under test is installed next to them.
+    rt.block_on(registry.apply(config.clone())).unwrap();
     let spec: PluginSpec = serde_json::from_value(json!({
         "name": "httproute", "url": "builtin://route", "pluginConfig": plugin_config(),
     }))
@@ -103,7 +104,6 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     registry.install("bench", Some(chain));
     let pipeline = Pipeline::new(
-        Discovery::from_config(&config),
         registry.clone(),
         metrics,
         Limits {
