@@ -102,7 +102,10 @@ pub enum TakeError<E> {
     Start(E),
 }
 
-/// Instances used by one request each, never shared and never reused.
+/// Instances used by one request at a time, never shared. An instance that
+/// served a request without failing goes back to the ready set (a fresh
+/// instance pays the plugin's `configure`, which can cost far more than the
+/// request); a failed one is dropped and replaced.
 pub struct PerRequest<T> {
     ready: Mutex<Vec<T>>,
     /// How many never-used instances to keep ready.
@@ -157,6 +160,17 @@ impl<T> PerRequest<T> {
     pub fn release(&self) -> bool {
         self.busy.fetch_sub(1, Ordering::AcqRel);
         self.ready().len() < self.spares
+    }
+
+    /// A request is done with a healthy instance: it becomes ready for the
+    /// next request, unless that would keep more instances alive than the
+    /// plugin reserved (`spares` + `limit`); then it is dropped.
+    pub fn give_back(&self, t: T) {
+        let busy = self.busy.fetch_sub(1, Ordering::AcqRel) - 1;
+        let mut ready = self.ready();
+        if ready.len() + busy < self.spares + self.limit {
+            ready.push(t);
+        }
     }
 
     /// For a request that already holds a claim (from `take`) and dropped
@@ -325,6 +339,28 @@ mod tests {
         let mut seen = vec![c, d, e];
         seen.sort();
         assert_eq!(seen, vec![11, 12, 13], "fresh instances only");
+    }
+
+    #[test]
+    fn healthy_instances_are_reused_within_the_reservation() {
+        let next = AtomicUsize::new(10);
+        let start = || Ok::<usize, ()>(next.fetch_add(1, Ordering::Relaxed));
+        let pool = PerRequest::new(1usize, 1, 2);
+        let a = pool.take(start).unwrap();
+        pool.give_back(a);
+        assert_eq!(pool.take(start).unwrap(), 1, "the healthy instance again");
+        assert_eq!(pool.busy(), 1);
+        let b = pool.take(start).unwrap();
+        assert_eq!(b, 10, "the one in use is never shared");
+        pool.give_back(1);
+        pool.give_back(b);
+        assert_eq!((pool.busy(), pool.live()), (0, 2));
+        // More than spares + limit alive at once is never kept.
+        let full = PerRequest::new(1usize, 1, 1);
+        full.ready().extend([2, 3]);
+        let c = full.take(start).unwrap();
+        full.give_back(c);
+        assert_eq!(full.live(), 2, "the extra instance was dropped");
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //!
 //! A policy decides about a request in one call (`on-request`) and may opt
 //! into response and body hooks by exporting their interfaces; which ones it
-//! exports is read once, at load. Every request gets an instance of its own
-//! (components keep no state between requests, and pooled instantiation
-//! costs microseconds), held only while a hook of this plugin may still run
-//! for it; so a crash fails exactly the request that caused it. Instances run
+//! exports is read once, at load. Every request gets an instance to itself,
+//! held only while a hook of this plugin may still run for it, so a crash
+//! fails exactly the request that caused it; a failed instance is dropped
+//! and replaced, a healthy one serves later requests (a fresh instance pays
+//! the plugin's `configure` again, which can cost far more than a request). Instances run
 //! under the same sandbox limits as Proxy-Wasm VMs; the request and response
 //! reach the guest as resources, so a policy pays only for the fields it
 //! reads.
@@ -186,7 +187,7 @@ struct Inner {
     body: Option<body_hooks::Guest>,
 }
 
-/// One instance, owned by the one request it serves.
+/// One instance, owned by the one request it serves at a time.
 pub struct ComponentInstance {
     inner: Inner,
     poisoned: bool,
@@ -462,10 +463,18 @@ impl ComponentFilter {
     }
 
     fn release(&mut self) {
-        // Dropped before the pool hears of it: its engine slot is free for
-        // the spare that replaces it.
-        if self.instance.take().is_some() {
-            self.factory.released();
+        match self.instance.take() {
+            // A healthy instance serves the next request: starting a fresh
+            // one would pay `configure` again (a policy compiles its rules
+            // there), and no request ever shares an instance in use.
+            Some(inst) if !inst.poisoned => self.factory.pool.give_back(inst),
+            // Dropped before the pool hears of it: its engine slot is free
+            // for the spare that replaces it.
+            Some(inst) => {
+                drop(inst);
+                self.factory.released();
+            }
+            None => {}
         }
     }
 
