@@ -11,10 +11,9 @@
 //!
 //! Run: `cargo bench -p wayplug-tests --bench authz`.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
+use wayplug_tests::bench;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -22,9 +21,7 @@ use http::{HeaderMap, Method, Request};
 use http_body_util::Full;
 use serde_json::{Value, json};
 use wayplug::config::{Config, PluginSpec};
-use wayplug::exchange::{Exchange, RequestHead, RequestInfo};
-use wayplug::http::pipeline::Limits;
-use wayplug::http::{ConnInfo, Pipeline};
+use wayplug::exchange::{Exchange, RequestHead};
 use wayplug::metrics::Metrics;
 use wayplug::plugin::callout::Callouts;
 use wayplug::plugin::engine::Engine;
@@ -72,20 +69,6 @@ services:
 workloads:
   - { uid: u, name: api, namespace: bench, workloadIps: ["127.0.0.1"], services: { bench/api.bench: { 80: 9 } } }
 "#;
-
-fn info() -> RequestInfo {
-    RequestInfo {
-        id: "bench".into(),
-        namespace: "bench".into(),
-        service_hostname: "api.bench".into(),
-        service_name: "api".into(),
-        source: SocketAddr::from(([127, 0, 0, 1], 40000)),
-        destination: SocketAddr::from(([127, 0, 0, 1], 80)),
-        protocol: "HTTP/1.1",
-        peer: None,
-        start: SystemTime::now(),
-    }
-}
 
 fn head(path: &str) -> RequestHead {
     let mut headers = HeaderMap::new();
@@ -145,7 +128,7 @@ fn bench(c: &mut Criterion) {
 
     c.bench_function("authz/filter", |b| {
         b.iter(|| {
-            let ex = Arc::new(Exchange::new(info(), head("/orders/42")));
+            let ex = Arc::new(Exchange::new(bench::info(), head("/orders/42")));
             let mut f = plugin.new_filter(&ex, false).unwrap();
             f.on_request_headers(true).unwrap();
             assert!(ex.lock().local_response.is_none(), "allowed by rule 19");
@@ -153,20 +136,8 @@ fn bench(c: &mut Criterion) {
         })
     });
 
-    let pipeline = Pipeline::new(
-        registry.clone(),
-        metrics.clone(),
-        Limits {
-            paused_request_timeout: std::time::Duration::from_secs(1),
-            max_buffered_body: 1 << 20,
-        },
-    );
-    let conn = ConnInfo {
-        source: SocketAddr::from(([127, 0, 0, 1], 40000)),
-        local: SocketAddr::from(([127, 0, 0, 1], 15006)),
-        peer: None,
-        destination: None,
-    };
+    let pipeline = bench::pipeline(registry.clone(), metrics.clone());
+    let conn = bench::conn();
     c.bench_function("authz/pipeline_deny", |b| {
         b.to_async(&rt).iter(|| async {
             let req = Request::builder()

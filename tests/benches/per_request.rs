@@ -9,19 +9,16 @@
 //!
 //! Run: `cargo bench -p wayplug-tests --bench per_request`.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
+use wayplug_tests::bench;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, Method, Request};
 use http_body_util::Full;
 use wayplug::config::{Config, PluginSpec};
-use wayplug::exchange::{Exchange, RequestHead, RequestInfo};
-use wayplug::http::pipeline::Limits;
-use wayplug::http::{ConnInfo, Pipeline};
+use wayplug::exchange::{Exchange, RequestHead};
 use wayplug::metrics::Metrics;
 use wayplug::plugin::callout::Callouts;
 use wayplug::plugin::engine::Engine;
@@ -57,20 +54,6 @@ workloads:
   - { uid: u, name: api, namespace: bench, workloadIps: ["127.0.0.1"], services: { bench/api.bench: { 80: 9 } } }
 "#
     .into()
-}
-
-fn info() -> RequestInfo {
-    RequestInfo {
-        id: "bench".into(),
-        namespace: "bench".into(),
-        service_hostname: "api.bench".into(),
-        service_name: "api".into(),
-        source: SocketAddr::from(([127, 0, 0, 1], 40000)),
-        destination: SocketAddr::from(([127, 0, 0, 1], 80)),
-        protocol: "HTTP/1.1",
-        peer: None,
-        start: SystemTime::now(),
-    }
 }
 
 fn head(user: &str) -> RequestHead {
@@ -123,27 +106,15 @@ fn bench(c: &mut Criterion) {
 
         c.bench_function(&format!("filter/{abi}/allow"), |b| {
             b.iter(|| {
-                let ex = Arc::new(Exchange::new(info(), head("alice")));
+                let ex = Arc::new(Exchange::new(bench::info(), head("alice")));
                 let mut f = plugin.new_filter(&ex, false).unwrap();
                 f.on_request_headers(true).unwrap();
                 f.finish();
             })
         });
 
-        let pipeline = Pipeline::new(
-            registry.clone(),
-            metrics.clone(),
-            Limits {
-                paused_request_timeout: std::time::Duration::from_secs(1),
-                max_buffered_body: 1 << 20,
-            },
-        );
-        let conn = ConnInfo {
-            source: SocketAddr::from(([127, 0, 0, 1], 40000)),
-            local: SocketAddr::from(([127, 0, 0, 1], 15006)),
-            peer: None,
-            destination: None,
-        };
+        let pipeline = bench::pipeline(registry.clone(), metrics.clone());
+        let conn = bench::conn();
         c.bench_function(&format!("pipeline_deny/{abi}"), |b| {
             b.to_async(&rt).iter(|| async {
                 let req = Request::builder()

@@ -9,9 +9,9 @@
 //!
 //! Run: `cargo bench -p wayplug-tests --bench route`.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use wayplug_tests::bench;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -19,8 +19,6 @@ use http::Request;
 use http_body_util::Full;
 use serde_json::{Value, json};
 use wayplug::config::{Config, PluginSpec};
-use wayplug::http::pipeline::Limits;
-use wayplug::http::{ConnInfo, Pipeline};
 use wayplug::metrics::Metrics;
 use wayplug::plugin::Registry;
 use wayplug::plugin::callout::Callouts;
@@ -103,20 +101,8 @@ fn bench(c: &mut Criterion) {
         .block_on(registry.build_chain("bench", &[spec], Path::new(".")))
         .unwrap();
     registry.install("bench", Some(chain));
-    let pipeline = Pipeline::new(
-        registry.clone(),
-        metrics,
-        Limits {
-            paused_request_timeout: std::time::Duration::from_secs(1),
-            max_buffered_body: 1 << 20,
-        },
-    );
-    let conn = ConnInfo {
-        source: SocketAddr::from(([127, 0, 0, 1], 40000)),
-        local: SocketAddr::from(([127, 0, 0, 1], 15006)),
-        peer: None,
-        destination: None,
-    };
+    let pipeline = bench::pipeline(registry.clone(), metrics);
+    let conn = bench::conn();
     c.bench_function("route/pipeline_50", |b| {
         b.to_async(&rt).iter(|| async {
             let req = Request::builder()

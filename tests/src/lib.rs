@@ -1,5 +1,6 @@
 //! Helpers for Wayplug's integration tests.
 
+pub mod bench;
 pub mod harness;
 
 use std::path::PathBuf;
