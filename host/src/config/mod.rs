@@ -12,11 +12,13 @@ mod discovery;
 mod hbone;
 mod limits;
 mod plugin;
+mod upstream;
 
 pub use discovery::{
     AppProtocol, LocalWorkload, Protocol, ServiceConfig, WaypointAddress, parse_network_address,
 };
 pub use limits::LimitsConfig;
+pub use upstream::{UpstreamTls, UpstreamTlsClient};
 
 /// The IP of a `network/ip` address that validation already accepted.
 pub fn discovery_address(s: &str) -> Result<std::net::IpAddr, String> {
@@ -242,6 +244,9 @@ pub struct UpstreamConfig {
     /// Default per-call timeout when the plugin passes none, in milliseconds.
     #[serde(default = "default_upstream_timeout_ms")]
     pub timeout_ms: u64,
+    /// TLS for gRPC callouts to this upstream; absent: h2c.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
 }
 
 fn default_upstream_timeout_ms() -> u64 {
@@ -296,6 +301,9 @@ impl Config {
         })?;
         config.base_dir = base_dir.to_owned();
         config.origin = origin.to_owned();
+        for tls in config.upstreams.values_mut().filter_map(|u| u.tls.as_mut()) {
+            tls.resolve(base_dir);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -324,6 +332,13 @@ impl Config {
 
     fn validate(&self) -> Result<(), Error> {
         self.validate_hbone()?;
+        for (name, u) in &self.upstreams {
+            if let Some(tls) = &u.tls {
+                tls.client(u.address.ip()).map_err(|(f, reason)| {
+                    self.invalid(format!("upstreams.{name}.tls.{f}"), reason)
+                })?;
+            }
+        }
         self.limits
             .validate()
             .map_err(|(f, reason)| self.invalid(format!("limits.{f}"), reason))?;

@@ -1,5 +1,8 @@
 //! HTTP callouts plugins make with `dispatch_http_call`, to the named
-//! upstreams of the config (Envoy's clusters).
+//! upstreams of the config (Envoy's clusters); gRPC callouts in `grpc`.
+
+mod connect;
+pub mod grpc;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -88,6 +91,7 @@ impl CalloutRequest {
 pub struct Callouts {
     upstreams: BTreeMap<String, UpstreamConfig>,
     client: Client<HttpConnector, Full<Bytes>>,
+    pub grpc: grpc::GrpcCallouts,
 }
 
 impl Callouts {
@@ -95,13 +99,17 @@ impl Callouts {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         Callouts {
+            grpc: grpc::GrpcCallouts::new(&upstreams),
             upstreams,
             client: Client::builder(TokioExecutor::new()).build(connector),
         }
     }
 
+    /// An upstream for HTTP callouts; TLS upstreams serve gRPC callouts
+    /// only (this client speaks plaintext HTTP/1.1).
     pub fn upstream(&self, name: &str) -> Option<CalloutTarget> {
-        self.upstreams.get(name).map(|u| CalloutTarget {
+        let u = self.upstreams.get(name).filter(|u| u.tls.is_none());
+        u.map(|u| CalloutTarget {
             name: name.to_owned(),
             address: u.address,
             default_timeout: Duration::from_millis(u.timeout_ms),

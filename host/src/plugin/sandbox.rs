@@ -99,6 +99,10 @@ pub enum Limit {
     Properties,
     RandomBytes,
     Callouts,
+    GrpcCalls,
+    GrpcStreams,
+    GrpcMessageBytes,
+    GrpcSendQueue,
 }
 
 impl Limit {
@@ -118,6 +122,10 @@ impl Limit {
             Limit::Properties => "properties",
             Limit::RandomBytes => "random_bytes",
             Limit::Callouts => "callouts",
+            Limit::GrpcCalls => "grpc_calls",
+            Limit::GrpcStreams => "grpc_streams",
+            Limit::GrpcMessageBytes => "grpc_message_bytes",
+            Limit::GrpcSendQueue => "grpc_send_queue",
         }
     }
 }

@@ -230,6 +230,7 @@ fn host_state(plugin: Arc<PluginShared>) -> HostState {
         tick_period: None,
         tick_changed: false,
         pending_callouts: Vec::new(),
+        grpc: Default::default(),
         next_callout_token: 0,
         call_response: None,
         self_ref: Weak::new(),

@@ -12,6 +12,8 @@
 //!   and the pool replaces it; requests still pinned to it fail per their
 //!   plugin's fail strategy.
 
+mod grpc;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -25,6 +27,7 @@ use crate::plugin::callout::{CalloutRequest, CalloutResponse};
 pub use crate::plugin::sandbox::MemoryLimiter;
 use crate::plugin::sandbox::classify;
 use crate::plugin::{PluginFailure, PluginShared};
+pub use grpc::{GrpcKind, GrpcState, MAX_GRPC_OPEN, MAX_GRPC_STREAMS, kind_of};
 
 pub enum ContextKind {
     Root,
@@ -54,6 +57,8 @@ pub struct HostState {
     /// What the plugin wrote to stdout or stderr, until a newline.
     pub stdio_line: Vec<u8>,
     pub env: Vec<(String, String)>,
+    /// gRPC calls and streams this VM has open.
+    pub grpc: GrpcState,
 }
 
 impl HostState {
@@ -84,6 +89,7 @@ struct Exports {
     on_delete: Option<TypedFunc<i32, ()>>,
     on_http_call_response: Option<CallResponseFn>,
     on_queue_ready: Option<TypedFunc<(i32, i32), ()>>,
+    grpc: grpc::GrpcExports,
 }
 
 struct Inner {
@@ -175,6 +181,7 @@ impl Instance {
             root_properties: HashMap::new(),
             stdio_line: Vec::new(),
             env: shared.env.clone(),
+            grpc: GrpcState::default(),
         };
         let mut store = Store::new(module.pre.module().engine(), state);
         store.limiter(|s| &mut s.limiter);
@@ -214,6 +221,7 @@ impl Instance {
             on_delete: opt!("proxy_on_delete"),
             on_http_call_response: opt!("proxy_on_http_call_response"),
             on_queue_ready: opt!("proxy_on_queue_ready"),
+            grpc: grpc::GrpcExports::lookup(&instance, &mut store)?,
         };
         let init: Option<TypedFunc<(), ()>> = opt!("_initialize");
         let start: Option<TypedFunc<(), ()>> = if init.is_none() { opt!("_start") } else { None };
@@ -306,6 +314,7 @@ impl Instance {
         let result = f(&mut inner);
         let data = inner.store.data_mut();
         let callouts = std::mem::take(&mut data.pending_callouts);
+        let grpc = data.grpc.take_pending();
         let tick = if std::mem::take(&mut data.tick_changed) {
             Some(data.tick_period)
         } else {
@@ -320,6 +329,9 @@ impl Instance {
             Ok(r) => {
                 for (ctx, token, req) in callouts {
                     self.spawn_callout(ctx, token, req);
+                }
+                if !grpc.is_empty() {
+                    self.start_grpc(grpc);
                 }
                 if let Some(period) = tick {
                     self.restart_ticker(period);

@@ -95,6 +95,7 @@ fn read_buffer(c: &C<'_>, kind: i32) -> Option<Vec<u8>> {
         HTTP_REQUEST_BODY => Some(data.current_exchange()?.lock().request_body.to_vec()),
         HTTP_RESPONSE_BODY => Some(data.current_exchange()?.lock().response_body.to_vec()),
         HTTP_CALL_RESPONSE_BODY => data.call_response.as_ref().map(|r| r.body.to_vec()),
+        GRPC_RECEIVE_BUFFER => data.grpc.receive_buffer.as_ref().map(|b| b.to_vec()),
         VM_CONFIGURATION => Some(data.plugin.vm_config.clone()),
         PLUGIN_CONFIGURATION => Some(data.plugin.plugin_config.clone()),
         _ => None,

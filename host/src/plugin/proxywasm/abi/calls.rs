@@ -1,4 +1,4 @@
-//! HTTP callouts, the gRPC calls this host refuses, and foreign functions.
+//! HTTP callouts and foreign functions (gRPC callouts are in `grpc`).
 
 use wasmtime::Linker;
 
@@ -55,77 +55,6 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 ret_token,
             )
         }
-    )?;
-
-    // gRPC callouts are not offered yet. INTERNAL_FAILURE for starting one
-    // and NOT_FOUND for a stream token are statuses the SDKs turn into
-    // ordinary errors, so a plugin that tries sees a failed call, not a crash.
-    host_fn!(
-        linker,
-        "env",
-        "proxy_grpc_call",
-        |c,
-         _a1: i32,
-         _a2: i32,
-         _a3: i32,
-         _a4: i32,
-         _a5: i32,
-         _a6: i32,
-         _a7: i32,
-         _a8: i32,
-         _a9: i32,
-         _a10: i32,
-         _a11: i32,
-         _a12: i32| {
-            c.data()
-                .plugin
-                .log(3, "gRPC callouts are not supported by this waypoint");
-            Ok(INTERNAL_FAILURE)
-        },
-    )?;
-    host_fn!(
-        linker,
-        "env",
-        "proxy_grpc_stream",
-        |c,
-         _a1: i32,
-         _a2: i32,
-         _a3: i32,
-         _a4: i32,
-         _a5: i32,
-         _a6: i32,
-         _a7: i32,
-         _a8: i32,
-         _a9: i32| {
-            c.data()
-                .plugin
-                .log(3, "gRPC streams are not supported by this waypoint");
-            Ok(INTERNAL_FAILURE)
-        },
-    )?;
-    host_fn!(
-        linker,
-        "env",
-        "proxy_grpc_send",
-        |_c, _a1: i32, _a2: i32, _a3: i32, _a4: i32| Ok(NOT_FOUND),
-    )?;
-    host_fn!(linker, "env", "proxy_grpc_cancel", |_c, _a1: i32| {
-        Ok(NOT_FOUND)
-    })?;
-    host_fn!(linker, "env", "proxy_grpc_close", |_c, _a1: i32| Ok(
-        NOT_FOUND
-    ))?;
-    host_fn!(
-        linker,
-        "env",
-        "proxy_get_status",
-        |c, ret_code: i32, ret_ptr: i32, ret_len: i32| {
-            // Only gRPC calls set a status, and none are made.
-            if memory::write_u32(&mut c, ret_code, 0).is_err() {
-                return Ok(INVALID_MEMORY_ACCESS);
-            }
-            given(memory::give(&mut c, &[], ret_ptr, ret_len))
-        },
     )?;
 
     host_fn!(
@@ -189,7 +118,9 @@ fn http_call(
         return Ok(BAD_ARGUMENT);
     };
     let data = c.data_mut();
-    data.next_callout_token = data.next_callout_token.wrapping_add(1).max(1);
+    // Multiples of 4, as Envoy numbers HTTP callouts: gRPC call and stream
+    // tokens use the other low bits, so no two callouts share a token.
+    data.next_callout_token = data.next_callout_token.wrapping_add(4).max(4);
     let token = data.next_callout_token;
     let ctx = data.current;
     data.pending_callouts.push((ctx, token, req));

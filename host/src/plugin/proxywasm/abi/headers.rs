@@ -182,7 +182,8 @@ fn read_map(c: &C<'_>, kind: i32) -> Option<Pairs> {
                 .map(from_headers)
                 .unwrap_or_default()
         }),
-        GRPC_RECEIVE_INITIAL_METADATA | GRPC_RECEIVE_TRAILING_METADATA => Vec::new(),
+        GRPC_RECEIVE_INITIAL_METADATA => data.grpc.initial_metadata.clone().unwrap_or_default(),
+        GRPC_RECEIVE_TRAILING_METADATA => data.grpc.trailing_metadata.clone().unwrap_or_default(),
         HTTP_CALL_RESPONSE_HEADERS => data
             .call_response
             .as_ref()

@@ -14,6 +14,7 @@
 mod buffers;
 mod calls;
 mod common;
+mod grpc;
 mod headers;
 mod logging;
 mod metrics;
@@ -33,6 +34,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     shared::add_to_linker(linker)?;
     stream::add_to_linker(linker)?;
     calls::add_to_linker(linker)?;
+    grpc::add_to_linker(linker)?;
     metrics::add_to_linker(linker)?;
     Ok(())
 }
