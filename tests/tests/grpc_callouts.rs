@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use http::{Request, Response};
 use http_body_util::BodyExt;
-use http_body_util::combinators::BoxBody;
+use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -141,7 +141,7 @@ impl tonic::server::ServerStreamingService<CountRequest> for Count {
     }
 }
 
-type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+type Body = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 async fn grpc_service(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let authority = req
@@ -164,7 +164,7 @@ async fn grpc_service(req: Request<Incoming>) -> Result<Response<Body>, Infallib
         }
         _ => tonic::Status::unimplemented("no such method").into_http(),
     };
-    Ok(resp.map(|b| b.map_err(|e| Box::new(e) as _).boxed()))
+    Ok(resp.map(|b| b.map_err(|e| Box::new(e) as _).boxed_unsync()))
 }
 
 /// The gRPC server over h2c on loopback.
@@ -357,12 +357,12 @@ async fn deadline_unknown_and_unreachable_upstreams_answer_as_envoy_does() {
 
     drop(rig);
     // A configured upstream nobody listens on: UNAVAILABLE on close.
-    let rig = rig(&format!(
+    let unreachable = wayplug_tests::harness::rig(&format!(
         "upstreams:\n  down: {{ address: \"{down}\" }}\nnamespaces:\n{}",
         plugin("alpha", "grpc-authz", "{ upstream: down }"),
     ))
     .await;
-    let r = get(&rig, "alpha.test", &[("x-user", "alice")]).await;
+    let r = get(&unreachable, "alpha.test", &[("x-user", "alice")]).await;
     assert_eq!(r.status, 503);
     assert!(
         r.body
@@ -403,14 +403,14 @@ async fn grpc_callouts_reach_a_tls_upstream() {
     let other = dir.join("other-ca.pem");
     let (_, other_pem) = grpc_tls_server().await;
     std::fs::write(&other, other_pem).unwrap();
-    let rig = rig(&format!(
+    let untrusted = wayplug_tests::harness::rig(&format!(
         "upstreams:\n  authz: {{ address: \"{server}\", tls: {{ caFile: \"{}\", serverName: authz.test }} }}\n\
          namespaces:\n{}",
         other.display(),
         plugin("alpha", "grpc-authz", "{ upstream: authz }"),
     ))
     .await;
-    let r = get(&rig, "alpha.test", &[("x-user", "alice")]).await;
+    let r = get(&untrusted, "alpha.test", &[("x-user", "alice")]).await;
     assert_eq!(r.status, 503);
     assert!(r.body.starts_with("authz failed: 14 "), "{}", r.body);
 
