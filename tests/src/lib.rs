@@ -41,6 +41,22 @@ pub fn proxy_wasm_example(name: &str) -> PathBuf {
 /// `tests/components/*`), compiled by `build.rs`.
 pub const COMPONENTS_DIR: &str = env!("WAYPLUG_COMPONENTS_DIR");
 
+/// Where `build.rs` put the AssemblyScript fixtures.
+pub const AS_FIXTURES_DIR: &str = env!("WAYPLUG_AS_FIXTURES_DIR");
+
+/// Path of an AssemblyScript fixture plugin, by its source's name
+/// (`as_fixture("headers")` for `tests/fixtures-as/assembly/headers.ts`).
+pub fn as_fixture(name: &str) -> PathBuf {
+    let path =
+        PathBuf::from(AS_FIXTURES_DIR).join(format!("fixture_as_{}.wasm", name.replace('-', "_")));
+    assert!(
+        path.is_file(),
+        "AssemblyScript fixture {name:?} not found at {}; they are tests/fixtures-as/assembly/*.ts",
+        path.display()
+    );
+    path
+}
+
 /// Path of a compiled component plugin, by crate name
 /// (`component("header-allowlist")`).
 pub fn component(name: &str) -> PathBuf {

@@ -466,11 +466,16 @@ impl Instance {
             // that ran just before is part of what a failure keeps.
             let before = exchange.as_ref().map(|ex| ex.lock().snapshot(true));
             inner.store.data_mut().call_response = Some(resp);
+            // Envoy answers callouts on the root context, and SDKs route by
+            // that (AssemblyScript's looks the token up on the root context
+            // it is given); host calls still act for the calling context
+            // until the guest switches.
+            let root = inner.store.data().root_id;
             let r = match &inner.exports.on_http_call_response {
                 Some(f) => f.call(
                     &mut inner.store,
                     (
-                        ctx as i32,
+                        root as i32,
                         token as i32,
                         counts.0 as i32,
                         counts.1 as i32,

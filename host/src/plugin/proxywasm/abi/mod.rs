@@ -11,6 +11,7 @@
 //! Imports are one-way: every area uses `common`, no area uses another, and
 //! this file only wires them together.
 
+pub mod as_compat;
 mod buffers;
 mod calls;
 mod common;

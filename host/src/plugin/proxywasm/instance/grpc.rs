@@ -3,8 +3,8 @@
 //!
 //! Invariants (those of HTTP callouts, plus):
 //! - Calls and streams belong to the root context, as in Envoy: callbacks
-//!   run for the root context id (the Rust SDK then switches to the context
-//!   that opened the call), and a call outlives the request that made it.
+//!   get the root context id (the SDKs then switch to the context that
+//!   opened the call), and a call outlives the request that made it.
 //!   The request that opened it is still woken, and rolled back if the
 //!   callback fails, like after an HTTP callout's callback.
 //! - An event is delivered only while its token is open, checked under the
@@ -259,7 +259,7 @@ impl Instance {
     /// Runs the callback for one event of `token` as one guest call, for
     /// the root context. Returns whether the plugin still listens.
     fn deliver_grpc(&self, token: u32, event: GrpcEvent) -> bool {
-        let (root, exchange) = {
+        let (root, current, exchange) = {
             let inner = self.lock();
             let data = inner.store.data();
             let Some(open) = data.grpc.open.get(&token) else {
@@ -269,9 +269,16 @@ impl Instance {
                 Some(ContextKind::Http(ex)) => Some(ex.clone()),
                 _ => None,
             };
-            (data.root_id, exchange)
+            // Host calls act for the request that opened the call while it
+            // lives (the SDKs switch to it anyway), else for the root.
+            let current = if exchange.is_some() {
+                open.ctx
+            } else {
+                data.root_id
+            };
+            (data.root_id, current, exchange)
         };
-        let result = self.call(root, |inner| {
+        let result = self.call(current, |inner| {
             let data = inner.store.data_mut();
             let Some(open) = data.grpc.open.get_mut(&token) else {
                 return Ok(false);
