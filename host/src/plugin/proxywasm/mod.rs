@@ -14,6 +14,8 @@ mod abi;
 pub mod fuzzing;
 mod guard;
 mod instance;
+#[cfg(test)]
+mod link_tests;
 mod maps;
 mod memory;
 mod properties;
