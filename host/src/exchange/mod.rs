@@ -10,8 +10,9 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, StatusCode};
@@ -157,11 +158,72 @@ pub struct ExchangeState {
     /// Which policies decided, as plugins recorded it (at most
     /// [`MAX_DECISIONS`]).
     pub decisions: Vec<DecisionRecord>,
+    /// What the data path learned about the stream, for the attributes
+    /// plugins read (`upstream.*`, `xds.*`, `response.flags`, ...).
+    pub stream: StreamFacts,
+}
+
+/// Facts about the stream as Envoy's stream info keeps them, set by the
+/// pipeline as the request goes.
+#[derive(Debug, Clone, Default)]
+pub struct StreamFacts {
+    /// The endpoint the request was sent to.
+    pub upstream: Option<SocketAddr>,
+    /// The destination service as an Istio cluster name
+    /// (`outbound|port||hostname`).
+    pub cluster: Option<String>,
+    /// The route that chose the cluster: the plugin entry that routed the
+    /// request, or `default`.
+    pub route: Option<String>,
+    /// Envoy's response flags (the legacy bit set).
+    pub response_flags: u64,
+    /// Why the response is what it is: `via_upstream`, a local reply's
+    /// details, or the host's reason for an error.
+    pub code_details: Option<String>,
+    /// From the request's start to the end of the exchange, once it ended.
+    pub duration: Option<Duration>,
+}
+
+/// Envoy's legacy response flags, the ones the waypoint can raise.
+pub mod response_flags {
+    pub const NO_HEALTHY_UPSTREAM: u64 = 0x2;
+    pub const UPSTREAM_REQUEST_TIMEOUT: u64 = 0x4;
+    pub const UPSTREAM_CONNECTION_FAILURE: u64 = 0x20;
+    pub const NO_ROUTE_FOUND: u64 = 0x100;
+    pub const UPSTREAM_PROTOCOL_ERROR: u64 = 0x80_0000;
+    pub const NO_CLUSTER_FOUND: u64 = 0x100_0000;
+}
+
+/// Body bytes of the exchange, counted as they pass without taking the
+/// state lock: received from the downstream, sent to it.
+#[derive(Debug, Default)]
+pub struct ByteCounts {
+    received: AtomicU64,
+    sent: AtomicU64,
+}
+
+impl ByteCounts {
+    pub fn add_received(&self, n: usize) {
+        self.received.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn add_sent(&self, n: usize) {
+        self.sent.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
 }
 
 #[derive(Debug)]
 pub struct Exchange {
     pub info: Arc<RequestInfo>,
+    pub bytes: ByteCounts,
     state: Mutex<ExchangeState>,
     wake: tokio::sync::Notify,
 }
@@ -170,6 +232,7 @@ impl Exchange {
     pub fn new(info: RequestInfo, request: RequestHead) -> Exchange {
         Exchange {
             info: Arc::new(info),
+            bytes: ByteCounts::default(),
             state: Mutex::new(ExchangeState {
                 request,
                 request_body: BytesMut::new(),
@@ -186,6 +249,7 @@ impl Exchange {
                 request_sent: false,
                 route: None,
                 decisions: Vec::new(),
+                stream: StreamFacts::default(),
             }),
             wake: tokio::sync::Notify::new(),
         }

@@ -73,4 +73,41 @@ impl Error {
             Error::Downstream(_) => StatusCode::BAD_REQUEST,
         }
     }
+
+    /// The Envoy response flag a plugin reads in `response.flags`.
+    pub fn response_flags(&self) -> u64 {
+        use crate::discovery::Error as D;
+        use crate::exchange::response_flags as F;
+        match self {
+            Error::Discovery(D::UnknownHost(_) | D::UnknownPort { .. }) => F::NO_ROUTE_FOUND,
+            Error::Discovery(D::NoEndpoints { .. }) => F::NO_HEALTHY_UPSTREAM,
+            Error::UnknownBackend { .. } => F::NO_CLUSTER_FOUND,
+            Error::UpstreamConnect { .. } => F::UPSTREAM_CONNECTION_FAILURE,
+            Error::UpstreamTimeout { .. } => F::UPSTREAM_REQUEST_TIMEOUT,
+            Error::Upstream { .. } => F::UPSTREAM_PROTOCOL_ERROR,
+            _ => 0,
+        }
+    }
+
+    /// Envoy's response code details for this error (`response.code_details`).
+    pub fn code_details(&self) -> &'static str {
+        use crate::discovery::Error as D;
+        match self {
+            Error::MissingAuthority | Error::Authority(_) => "missing_host_header",
+            Error::Discovery(D::UnknownHost(_) | D::UnknownPort { .. }) => "route_not_found",
+            Error::Discovery(D::NoEndpoints { .. }) => "no_healthy_upstream",
+            Error::PluginFailed { .. } => "wasm_fail_stream",
+            Error::UnknownBackend { .. } => "cluster_not_found",
+            Error::UpstreamConnect { .. } => {
+                "upstream_reset_before_response_started{connection_failure}"
+            }
+            Error::Upstream { .. } => "upstream_reset_before_response_started{protocol_error}",
+            Error::UpstreamTimeout { .. } => "response_timeout",
+            Error::BodyTooLarge {
+                which: "request", ..
+            } => "request_payload_too_large",
+            Error::BodyTooLarge { .. } => "response_payload_too_large",
+            Error::Downstream(_) => "downstream_remote_disconnect",
+        }
+    }
 }

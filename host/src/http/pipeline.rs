@@ -27,10 +27,10 @@ use http_body_util::BodyExt;
 use tokio::sync::watch;
 
 use super::Error;
-use super::body::{self, BoxError, Holding, ProxyBody};
+use super::body::{self, BoxError, Counted, Counting, Holding, ProxyBody};
 use super::upstream::Upstream;
 use crate::config::FailStrategy;
-use crate::discovery::{Destination, Discovery};
+use crate::discovery::{Destination, Discovery, Endpoint};
 use crate::exchange::{
     Exchange, LocalResponse, PeerIdentity, RequestHead, RequestInfo, ResponseHead, RouteChoice,
 };
@@ -98,6 +98,8 @@ fn lock(f: &SharedFilters) -> MutexGuard<'_, Filters> {
 
 impl Drop for Filters {
     fn drop(&mut self) {
+        // Plugins read request.duration in their last callbacks.
+        self.exchange.lock().stream.duration = Some(self.start.elapsed());
         for slot in &mut self.slots {
             if let Some(mut f) = slot.filter.take() {
                 f.finish();
@@ -192,7 +194,7 @@ fn error_response(err: &Error, by: &str) -> LocalResponse {
         status: err.status(),
         headers: vec![("content-type".into(), b"text/plain".to_vec())],
         body: Bytes::from(format!("wayplug: {err}\n")),
-        details: err.to_string(),
+        details: err.code_details().to_owned(),
         plugin: by.to_owned(),
         grpc_status: None,
     }
@@ -617,6 +619,7 @@ impl Pipeline {
 
         // A plugin may have routed the request to another service.
         let route = exchange.lock().route.take();
+        let routed_by = route.as_ref().map(|c| c.plugin.clone());
         let destination = match route {
             None => destination,
             Some(choice) => {
@@ -634,6 +637,7 @@ impl Pipeline {
             Ok(e) => e,
             Err(e) => return self.answer_error(&filters, &exchange, e.into()).await,
         };
+        record_upstream(&exchange, &destination, &endpoint, routed_by.as_deref());
         // Only a connection that can hand over its stream is upgraded; any
         // other upgrade request goes on as plain HTTP, without its Upgrade.
         if let (Some(upgrade), Some(on_upgrade)) = (upgrade, on_upgrade) {
@@ -642,6 +646,7 @@ impl Pipeline {
                 .await;
         }
         let body = body.map_err(|e| -> BoxError { e.into() }).boxed_unsync();
+        let body = Counted::new(body, exchange.clone(), Counting::Received);
         let body_order: Vec<usize> = (0..plugins.len())
             .filter(|&i| plugins[i].handles_body(true))
             .collect();
@@ -713,10 +718,14 @@ impl Pipeline {
         let (parts, body) = response.into_parts();
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
-        exchange.lock().response = Some(ResponseHead {
-            status: parts.status,
-            headers,
-        });
+        {
+            let mut st = exchange.lock();
+            st.response = Some(ResponseHead {
+                status: parts.status,
+                headers,
+            });
+            st.stream.code_details = Some("via_upstream".into());
+        }
         let mut body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync();
         if let Some(state) = state {
             // Past this point an answer from the request side cannot be
@@ -843,10 +852,14 @@ impl Pipeline {
         let (parts, body) = response.into_parts();
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
-        exchange.lock().response = Some(ResponseHead {
-            status: parts.status,
-            headers,
-        });
+        {
+            let mut st = exchange.lock();
+            st.response = Some(ResponseHead {
+                status: parts.status,
+                headers,
+            });
+            st.stream.code_details = Some("via_upstream".into());
+        }
         let body = if upstream_io.is_some() {
             body::empty()
         } else {
@@ -934,6 +947,7 @@ impl Pipeline {
         exchange: &Arc<Exchange>,
         err: Error,
     ) -> Result<Response<ProxyBody>, StreamReset> {
+        exchange.lock().stream.response_flags |= err.response_flags();
         self.local(filters, exchange, error_response(&err, ""), last(filters))
             .await
     }
@@ -961,6 +975,7 @@ impl Pipeline {
                 headers,
             });
             st.local_response = None;
+            st.stream.code_details = Some(local.details.clone());
             // Remember who answered, for the access log.
             // Plugins can read it too, as property `wayplug.local_response_by`.
             st.properties
@@ -1055,6 +1070,7 @@ impl Pipeline {
             headers.remove(header::CONTENT_LENGTH);
         }
         lock(filters).status = Some(head.status.as_u16());
+        let out_body = Counted::new(out_body, exchange.clone(), Counting::Sent);
         let mut resp = Response::new(body::ProxyBody::new(Holding::new(
             out_body,
             filters.clone(),
@@ -1311,6 +1327,22 @@ fn apply_route(
         st.request.authority = host;
     }
     Ok(dest)
+}
+
+/// Where the request goes, for the `upstream.*` and `xds.*` attributes.
+fn record_upstream(
+    exchange: &Exchange,
+    destination: &Destination,
+    endpoint: &Endpoint,
+    routed_by: Option<&str>,
+) {
+    let mut st = exchange.lock();
+    st.stream.upstream = Some(endpoint.address);
+    st.stream.cluster = Some(format!(
+        "outbound|{}||{}",
+        destination.port, destination.service.hostname
+    ));
+    st.stream.route = Some(routed_by.unwrap_or("default").to_owned());
 }
 
 fn last(filters: &SharedFilters) -> Option<usize> {

@@ -188,7 +188,7 @@ fn guest_module(imports: &[Import]) -> Vec<u8> {
     module.finish()
 }
 
-fn plugin_shared() -> Arc<PluginShared> {
+pub(super) fn plugin_shared() -> Arc<PluginShared> {
     let metrics = Arc::new(Metrics::new());
     let sandbox = crate::config::SandboxConfig {
         max_buffered_body_bytes: 256 * 1024,
@@ -217,7 +217,7 @@ fn plugin_shared() -> Arc<PluginShared> {
     })
 }
 
-fn host_state(plugin: Arc<PluginShared>) -> HostState {
+pub(super) fn host_state(plugin: Arc<PluginShared>) -> HostState {
     HostState {
         limiter: MemoryLimiter::new(plugin.limits.memory_limit_bytes),
         env: plugin.env.clone(),
@@ -239,7 +239,7 @@ fn host_state(plugin: Arc<PluginShared>) -> HostState {
     }
 }
 
-fn exchange() -> Arc<Exchange> {
+pub(super) fn exchange() -> Arc<Exchange> {
     let mut headers = http::HeaderMap::new();
     headers.insert("user-agent", http::HeaderValue::from_static("fuzz"));
     headers.insert("x-tenant", http::HeaderValue::from_static("acme"));
@@ -344,6 +344,14 @@ pub fn host_calls(data: &[u8]) {
     let memory = instance
         .get_memory(&mut store, "memory")
         .expect("exports memory");
+    // The imports are called from the host here, so a host function has no
+    // calling instance to find these in: without them every memory access
+    // would fail its bounds check and nothing past it would be reached.
+    let alloc = instance
+        .get_typed_func::<i32, i32>(&mut store, "proxy_on_memory_allocate")
+        .expect("exports the allocator");
+    store.data_mut().memory = Some(memory);
+    store.data_mut().allocator = Some(alloc);
     let fill_len = input.byte() as usize * 16;
     let fill = input.bytes(fill_len).to_vec();
     memory.data_mut(&mut store)[DATA_AT..DATA_AT + fill.len()].copy_from_slice(&fill);

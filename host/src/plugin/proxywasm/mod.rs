@@ -14,6 +14,8 @@ mod abi;
 pub mod fuzzing;
 mod guard;
 mod instance;
+#[cfg(test)]
+mod link_tests;
 mod maps;
 mod memory;
 mod properties;
@@ -63,17 +65,9 @@ impl ProxyWasmModule {
         let mut linker = linker.clone();
         linker.allow_shadowing(true);
         wasi::define_missing(&mut linker, module)?;
-        let pre = match linker.instantiate_pre(module) {
-            Ok(pre) => pre,
-            Err(first) => {
-                // Another SDK's imports, added only where they are missing.
-                abi::as_compat::define_missing(&mut linker, module)
-                    .map_err(|e| format!("cannot link the module: {e}"))?;
-                linker
-                    .instantiate_pre(module)
-                    .map_err(|_| format!("cannot link the module: {first}"))?
-            }
-        };
+        let pre = linker
+            .instantiate_pre(module)
+            .map_err(|e| format!("cannot link the module: {e}"))?;
         Ok(ProxyWasmModule { pre })
     }
 }

@@ -1,11 +1,16 @@
 //! Properties: Envoy's attribute names plus Wayplug's own.
 //!
-//! A path arrives as segments joined by NUL bytes. Strings are returned raw,
-//! integers as 8-byte little-endian, booleans as one byte.
+//! A path arrives as segments joined by NUL bytes. Values are encoded as
+//! Envoy serializes CEL values for plugins: strings raw, integers as 8-byte
+//! little-endian, booleans as one byte, timestamps and durations as int64
+//! nanoseconds (since the epoch, and long), 8-byte little-endian too.
 
 use std::time::UNIX_EPOCH;
 
+use http::header::CONTENT_LENGTH;
+
 use super::instance::HostState;
+use crate::exchange::{Exchange, ExchangeState, RequestHead};
 use crate::plugin::sandbox::{Limit, MAX_PROPERTIES};
 
 fn int(v: i64) -> Vec<u8> {
@@ -68,6 +73,9 @@ pub fn get(state: &HostState, path: &[u8]) -> Option<Vec<u8>> {
     };
     let header = |h: &http::HeaderMap, name: &str| h.get(name).map(|v| v.as_bytes().to_vec());
     let peer = info.peer.as_ref();
+    if let Some(v) = stream_attribute(&ex, &st, (seg(0)?, seg(1), seg(2))) {
+        return v;
+    }
     Some(match (seg(0)?, seg(1), seg(2)) {
         ("request", Some("path"), None) => string(req.path.clone()),
         ("request", Some("url_path"), None) => string(url_path),
@@ -107,6 +115,102 @@ pub fn get(state: &HostState, path: &[u8]) -> Option<Vec<u8>> {
         ("wayplug", Some("service"), None) => string(info.service_hostname.clone()),
         ("wayplug", Some("request_id"), None) => string(info.id.clone()),
         _ => return None,
+    })
+}
+
+type Segments<'a> = (&'a str, Option<&'a str>, Option<&'a str>);
+
+/// The attributes of the stream as it went (sizes, times, where it went,
+/// why it ended as it did), Envoy's names. `None` for another name;
+/// `Some(None)` for one of these that has no value (yet).
+fn stream_attribute(
+    ex: &Exchange,
+    st: &ExchangeState,
+    path: Segments<'_>,
+) -> Option<Option<Vec<u8>>> {
+    let facts = &st.stream;
+    let response = st.response.as_ref();
+    Some(match path {
+        ("request", Some("size"), None) => match st.request.headers.get(CONTENT_LENGTH) {
+            // Envoy reads the declared length; an invalid one has no value.
+            Some(v) => std::str::from_utf8(v.as_bytes())
+                .ok()
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .map(int),
+            None => Some(int(ex.bytes.received() as i64)),
+        },
+        ("request", Some("total_size"), None) => Some(int((ex.bytes.received()
+            + request_header_bytes(&st.request))
+            as i64)),
+        ("request", Some("headers_bytes"), None) => {
+            Some(int(request_header_bytes(&st.request) as i64))
+        }
+        ("request", Some("duration"), None) => facts.duration.map(|d| int(d.as_nanos() as i64)),
+        ("response", Some("size"), None) => Some(int(ex.bytes.sent() as i64)),
+        ("response", Some("total_size"), None) => {
+            let head = response.map_or(0, |r| header_bytes(&r.headers) + STATUS_BYTES);
+            let trailers = st.response_trailers.as_ref().map_or(0, header_bytes);
+            Some(int((ex.bytes.sent() + head + trailers) as i64))
+        }
+        ("response", Some("headers_bytes"), None) => Some(int(response
+            .map_or(0, |r| header_bytes(&r.headers) + STATUS_BYTES)
+            as i64)),
+        ("response", Some("flags"), None) => Some(int(facts.response_flags as i64)),
+        ("response", Some("grpc_status"), None) => grpc_status(st).map(|s| int(s as i64)),
+        ("response", Some("code_details"), None) => facts.code_details.clone().map(string),
+        ("upstream", Some("address"), None) => facts.upstream.map(|a| string(a.to_string())),
+        ("upstream", Some("port"), None) => facts.upstream.map(|a| int(a.port() as i64)),
+        ("xds", Some("cluster_name"), None) | ("cluster_name", None, None) => {
+            facts.cluster.clone().map(string)
+        }
+        ("xds", Some("route_name"), None) | ("route_name", None, None) => {
+            facts.route.clone().map(string)
+        }
+        _ => return None,
+    })
+}
+
+/// `:status` and its three digits, which Envoy's map size counts.
+const STATUS_BYTES: u64 = 7 + 3;
+
+fn header_bytes(h: &http::HeaderMap) -> u64 {
+    h.iter()
+        .map(|(k, v)| (k.as_str().len() + v.len()) as u64)
+        .sum()
+}
+
+/// Envoy counts the pseudo-headers in a request map's size.
+fn request_header_bytes(r: &RequestHead) -> u64 {
+    let pseudo = (":authority".len() + r.authority.len())
+        + (":path".len() + r.path.len())
+        + (":method".len() + r.method.as_str().len())
+        + (":scheme".len() + r.scheme.len());
+    pseudo as u64 + header_bytes(&r.headers)
+}
+
+/// The gRPC status as Envoy finds it: the trailers' `grpc-status`, the
+/// headers' (a trailers-only answer), or else one inferred from the HTTP
+/// status.
+fn grpc_status(st: &ExchangeState) -> Option<u64> {
+    let response = st.response.as_ref()?;
+    let from = |h: &http::HeaderMap| {
+        h.get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    if let Some(s) = st.response_trailers.as_ref().and_then(from) {
+        return Some(s);
+    }
+    if let Some(s) = from(&response.headers) {
+        return Some(s);
+    }
+    Some(match response.status.as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
     })
 }
 
@@ -277,6 +381,104 @@ mod tests {
             Some(418i64.to_le_bytes().to_vec())
         );
         let _ = SystemTime::now();
+    }
+
+    #[test]
+    fn stream_attributes_encode_as_envoy() {
+        let (st, ex) = state(None);
+        let i = |v: i64| Some(v.to_le_bytes().to_vec());
+        let s = |v: &str| Some(v.as_bytes().to_vec());
+        // Before the upstream: no address, no duration, nothing sent.
+        for (p, want) in [
+            ("upstream.address", None),
+            ("upstream.port", None),
+            ("request.duration", None),
+            ("xds.cluster_name", None),
+            ("response.grpc_status", None),
+            ("response.code_details", None),
+            ("response.size", i(0)),
+            ("response.flags", i(0)),
+            ("request.size", i(0)),
+        ] {
+            assert_eq!(get(&st, &path(p)), want, "{p}");
+        }
+        // :authority cart.shop.svc, :path /items/7?color=red, :method POST,
+        // :scheme http, user-agent curl/8, x-tenant acme.
+        let headers = (10 + 13) + (5 + 18) + (7 + 4) + (7 + 4) + (10 + 6) + (8 + 4);
+        ex.bytes.add_received(11);
+        ex.bytes.add_sent(5);
+        {
+            let mut stt = ex.lock();
+            stt.stream.upstream = Some("10.1.2.3:8080".parse().unwrap());
+            stt.stream.cluster = Some("outbound|80||cart.shop.svc".into());
+            stt.stream.route = Some("default".into());
+            stt.stream.response_flags = crate::exchange::response_flags::UPSTREAM_REQUEST_TIMEOUT;
+            stt.stream.code_details = Some("via_upstream".into());
+            stt.stream.duration = Some(Duration::from_micros(1500));
+            let mut h = http::HeaderMap::new();
+            h.insert("content-type", "application/grpc".parse().unwrap());
+            stt.response = Some(ResponseHead {
+                status: http::StatusCode::OK,
+                headers: h,
+            });
+            let mut t = http::HeaderMap::new();
+            t.insert("grpc-status", "7".parse().unwrap());
+            stt.response_trailers = Some(t);
+        }
+        let response_head = 7 + 3 + 12 + 16;
+        for (p, want) in [
+            ("upstream.address", s("10.1.2.3:8080")),
+            ("upstream.port", i(8080)),
+            ("xds.cluster_name", s("outbound|80||cart.shop.svc")),
+            ("cluster_name", s("outbound|80||cart.shop.svc")),
+            ("xds.route_name", s("default")),
+            ("route_name", s("default")),
+            ("response.flags", i(0x4)),
+            ("response.code_details", s("via_upstream")),
+            ("request.duration", i(1_500_000)),
+            ("request.size", i(11)),
+            ("request.headers_bytes", i(headers)),
+            ("request.total_size", i(11 + headers)),
+            ("response.size", i(5)),
+            ("response.headers_bytes", i(response_head)),
+            ("response.total_size", i(5 + response_head + 11 + 1)),
+            ("response.grpc_status", i(7)),
+            ("plugin_vm_id", s("")),
+            ("plugin_root_id", s("root")),
+        ] {
+            assert_eq!(get(&st, &path(p)), want, "{p}");
+        }
+        // A declared length wins over the count, as in Envoy; a bad one has
+        // no value.
+        ex.lock()
+            .request
+            .headers
+            .insert("content-length", "42".parse().unwrap());
+        assert_eq!(get(&st, &path("request.size")), i(42));
+        ex.lock()
+            .request
+            .headers
+            .insert("content-length", "many".parse().unwrap());
+        assert_eq!(get(&st, &path("request.size")), None);
+        // Without grpc-status anywhere, the HTTP status says it.
+        for (code, grpc) in [(200u16, 2i64), (403, 7), (503, 14), (404, 12), (401, 16)] {
+            let mut stt = ex.lock();
+            stt.response_trailers = None;
+            stt.response = Some(ResponseHead {
+                status: http::StatusCode::from_u16(code).unwrap(),
+                headers: Default::default(),
+            });
+            drop(stt);
+            assert_eq!(get(&st, &path("response.grpc_status")), i(grpc), "{code}");
+        }
+        // A trailers-only answer carries it in the headers.
+        ex.lock()
+            .response
+            .as_mut()
+            .unwrap()
+            .headers
+            .insert("grpc-status", "16".parse().unwrap());
+        assert_eq!(get(&st, &path("response.grpc_status")), i(16));
     }
 
     #[test]

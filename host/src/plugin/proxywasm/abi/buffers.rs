@@ -40,6 +40,34 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     host_fn!(
         linker,
         "env",
+        "proxy_get_buffer_status",
+        |c, kind: i32, ret_len: i32, ret_flags: i32| {
+            let Some(len) = buffer_len(&c, kind) else {
+                return Ok(if known_buffer(kind) {
+                    NOT_FOUND
+                } else {
+                    BAD_ARGUMENT
+                });
+            };
+            // No flags are defined; Envoy always answers 0.
+            let r = memory::write_u32(&mut c, ret_len, len as u32)
+                .and_then(|_| memory::write_u32(&mut c, ret_flags, 0));
+            Ok(status_of(r))
+        },
+    )?;
+    // ABI 0.1.0's way to read the plugin configuration.
+    host_fn!(
+        linker,
+        "env",
+        "proxy_get_configuration",
+        |c, ret_ptr: i32, ret_len: i32| {
+            let config = c.data().plugin.plugin_config.clone();
+            given(memory::give(&mut c, &config, ret_ptr, ret_len))
+        },
+    )?;
+    host_fn!(
+        linker,
+        "env",
         "proxy_set_buffer_bytes",
         |c, kind: i32, start: i32, size: i32, ptr: i32, len: i32| {
             let plugin = c.data().plugin.clone();
@@ -98,6 +126,19 @@ fn read_buffer(c: &C<'_>, kind: i32) -> Option<Vec<u8>> {
         GRPC_RECEIVE_BUFFER => data.grpc.receive_buffer.as_ref().map(|b| b.to_vec()),
         VM_CONFIGURATION => Some(data.plugin.vm_config.clone()),
         PLUGIN_CONFIGURATION => Some(data.plugin.plugin_config.clone()),
+        _ => None,
+    }
+}
+
+/// The length of a buffer, without copying it.
+fn buffer_len(c: &C<'_>, kind: i32) -> Option<usize> {
+    let data = c.data();
+    match kind {
+        HTTP_REQUEST_BODY => Some(data.current_exchange()?.lock().request_body.len()),
+        HTTP_RESPONSE_BODY => Some(data.current_exchange()?.lock().response_body.len()),
+        HTTP_CALL_RESPONSE_BODY => data.call_response.as_ref().map(|r| r.body.len()),
+        VM_CONFIGURATION => Some(data.plugin.vm_config.len()),
+        PLUGIN_CONFIGURATION => Some(data.plugin.plugin_config.len()),
         _ => None,
     }
 }

@@ -62,18 +62,53 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "env",
         "proxy_call_foreign_function",
         |c, nptr: i32, nlen: i32, _a: i32, _al: i32, _rp: i32, _rl: i32| {
+            // No foreign function has a longer name: do not copy one.
+            if nlen as u32 as usize > MAX_FOREIGN_NAME {
+                return Ok(NOT_FOUND);
+            }
             let name = read_or_status!(&mut c, nptr, nlen);
-            c.data().plugin.log(
-                2,
-                &format!(
-                    "foreign function `{}` is not provided",
-                    String::from_utf8_lossy(&name)
-                ),
-            );
-            Ok(NOT_FOUND)
+            let name = String::from_utf8_lossy(&name);
+            Ok(foreign_function(&c, &name))
         },
     )?;
     Ok(())
+}
+
+const MAX_FOREIGN_NAME: usize = 64;
+
+/// The foreign functions Envoy registers, and what this host does for each.
+/// One that does not exist answers NOT_FOUND, as in Envoy; those Envoy has
+/// and this host does not answer NOT_FOUND too (the SDKs' "not available"),
+/// with a log line saying so.
+fn foreign_function(c: &C<'_>, name: &str) -> i32 {
+    match name {
+        // Routing is decided after the request headers phase from what the
+        // plugins left, so there is no cached route to clear.
+        "clear_route_cache" => OK,
+        // zlib, CEL expressions, typed filter state and signatures need
+        // Envoy's protobuf argument formats or libraries not linked here.
+        "compress"
+        | "uncompress"
+        | "declare_property"
+        | "set_envoy_filter_state"
+        | "expr_create"
+        | "expr_evaluate"
+        | "expr_delete"
+        | "sign"
+        | "verify_signature" => {
+            c.data().plugin.log(
+                2,
+                &format!("foreign function `{name}` exists in Envoy but not in this waypoint"),
+            );
+            NOT_FOUND
+        }
+        _ => {
+            c.data()
+                .plugin
+                .log(2, &format!("foreign function `{name}` is not provided"));
+            NOT_FOUND
+        }
+    }
 }
 
 /// `dispatch_http_call`: the request is recorded and started once the guest

@@ -129,8 +129,40 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             }))
         },
     )?;
+    host_fn!(
+        linker,
+        "env",
+        "proxy_get_header_map_size",
+        |c, kind: i32, ret: i32| {
+            match map_bytes(&c, kind) {
+                Some(size) => Ok(status_of(memory::write_u32(&mut c, ret, size as u32))),
+                None => Ok(BAD_ARGUMENT),
+            }
+        },
+    )?;
 
     Ok(())
+}
+
+/// Envoy's size of a map: the bytes of its names and values, pseudo-headers
+/// included. Only the maps a plugin may edit have one, and only once they
+/// exist; `None` (BAD_ARGUMENT, as Envoy) otherwise.
+fn map_bytes(c: &C<'_>, kind: i32) -> Option<usize> {
+    let ex = c.data().current_exchange()?;
+    let st = ex.lock();
+    let exists = match kind {
+        HTTP_REQUEST_HEADERS => true,
+        HTTP_REQUEST_TRAILERS => st.request_trailers.is_some(),
+        HTTP_RESPONSE_HEADERS => st.response.is_some(),
+        HTTP_RESPONSE_TRAILERS => st.response_trailers.is_some(),
+        _ => false,
+    };
+    drop(st);
+    if !exists {
+        return None;
+    }
+    let pairs = read_map(c, kind)?;
+    Some(pairs.iter().map(|(k, v)| k.len() + v.len()).sum())
 }
 
 /// Reads a map as pairs; `None` for an unknown map type. A map that does

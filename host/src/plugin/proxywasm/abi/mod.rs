@@ -1,5 +1,8 @@
-//! The host side of the Proxy-Wasm ABI 0.2.1: every function a plugin may
-//! import from module `env`, one file per ABI area.
+//! The host side of the Proxy-Wasm ABI 0.2.1: every function Envoy provides
+//! in module `env` (the 0.1.0 names it still accepts and Emscripten's two
+//! included), one file per ABI area. The README's ABI table lists them with
+//! their statuses; `link_tests` checks that a module importing all of them
+//! links.
 //!
 //! Conventions: pointers and lengths come from the guest and are checked on
 //! every use (a bad one is `INVALID_MEMORY_ACCESS`). A host function returns
@@ -11,10 +14,10 @@
 //! Imports are one-way: every area uses `common`, no area uses another, and
 //! this file only wires them together.
 
-pub mod as_compat;
 mod buffers;
 mod calls;
 mod common;
+mod emscripten;
 mod grpc;
 mod headers;
 mod logging;
@@ -37,5 +40,6 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     calls::add_to_linker(linker)?;
     grpc::add_to_linker(linker)?;
     metrics::add_to_linker(linker)?;
+    emscripten::add_to_linker(linker)?;
     Ok(())
 }
