@@ -86,7 +86,9 @@ impl CalloutRequest {
 }
 
 pub struct Callouts {
-    upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Replaced as a whole when a config is installed, so callouts reach
+    /// the upstreams of the config in force.
+    upstreams: arc_swap::ArcSwap<BTreeMap<String, UpstreamConfig>>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
@@ -95,13 +97,17 @@ impl Callouts {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         Callouts {
-            upstreams,
+            upstreams: arc_swap::ArcSwap::from_pointee(upstreams),
             client: Client::builder(TokioExecutor::new()).build(connector),
         }
     }
 
+    pub fn set_upstreams(&self, upstreams: BTreeMap<String, UpstreamConfig>) {
+        self.upstreams.store(std::sync::Arc::new(upstreams));
+    }
+
     pub fn upstream(&self, name: &str) -> Option<CalloutTarget> {
-        self.upstreams.get(name).map(|u| CalloutTarget {
+        self.upstreams.load().get(name).map(|u| CalloutTarget {
             name: name.to_owned(),
             address: u.address,
             default_timeout: Duration::from_millis(u.timeout_ms),
