@@ -9,7 +9,8 @@
 //!   changed in the file (the `config` fixture's stamp); the time from the
 //!   file being written to the first response carrying the new stamp. Then a
 //!   plugin file is replaced by a module the waypoint never compiled (cold),
-//!   and by one it already has (warm).
+//!   and by one it already has (warm): the time until a request went through
+//!   the new module.
 //!
 //! Each case runs once per invocation: a start with a cold compiler takes
 //! seconds, so criterion's sampling would take many minutes on CI-sized
@@ -19,6 +20,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use sha2::Digest;
 use wayplug::app::Waypoint;
 use wayplug::config::Config;
 use wayplug_tests::harness::{Upstream, send, upstream};
@@ -157,6 +159,32 @@ async fn until_stamp(http: SocketAddr, up: &Upstream, want: &str, since: Instant
     }
 }
 
+/// Waits until namespace 0's stamp plugin is the module `sha256`, then
+/// sends one request through it; the time since `since`.
+async fn until_module(
+    wp: &Waypoint,
+    http: SocketAddr,
+    up: &Upstream,
+    sha256: &str,
+    since: Instant,
+) -> Duration {
+    let deadline = since + Duration::from_secs(60);
+    let registry = wp.pipeline().registry().clone();
+    loop {
+        let installed = registry.current();
+        let plugins = &installed.chains["ns0"].plugins;
+        if plugins.iter().any(|p| p.name() == "stamp" && p.sha256 == sha256) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{sha256} never installed");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let r = send(http, "GET", "svc0.bench", "/", &[], "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!stamp(up).is_empty());
+    since.elapsed()
+}
+
 async fn change() {
     let n = 10;
     let up = upstream().await;
@@ -192,21 +220,26 @@ async fn change() {
             "live/change/{n}x3/one-value: {:.1} ms until the new version answered",
             took.as_secs_f64() * 1e3
         );
-        // A module never compiled before: the same plugin with a custom
-        // section appended (a different sha256, the same behaviour).
-        let mut other = std::fs::read(&fixture).unwrap();
+        // The plugin file replaced (written aside, renamed into place) by a
+        // module never compiled before: the same plugin with a custom section
+        // appended, so new bytes and the same behaviour. Then put back: code
+        // the other namespaces still use, so nothing is compiled.
+        let original = std::fs::read(&fixture).unwrap();
+        let mut other = original.clone();
         other.extend_from_slice(&[0, 6, 5, b'b', b'e', b'n', b'c', b'h']);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let tmp = d.join("stamp.wasm.tmp");
-        std::fs::write(&tmp, &other).unwrap();
-        write("v3-0");
-        let started = Instant::now();
-        std::fs::rename(&tmp, &own).unwrap();
-        let took = until_stamp(http, &up, "v3-0", started).await;
-        println!(
-            "live/change/{n}x3/new-module-and-value: {:.1} ms until the new version answered",
-            took.as_secs_f64() * 1e3
-        );
+        for (label, bytes) in [("new-module-cold", &other), ("module-back-warm", &original)] {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let tmp = d.join("stamp.wasm.tmp");
+            std::fs::write(&tmp, bytes).unwrap();
+            let want = hex::encode(sha2::Sha256::digest(bytes));
+            let started = Instant::now();
+            std::fs::rename(&tmp, &own).unwrap();
+            let took = until_module(&wp, http, &up, &want, started).await;
+            println!(
+                "live/change/{n}x3/{label}: {:.1} ms until the new version answered",
+                took.as_secs_f64() * 1e3
+            );
+        }
         let _ = stop_tx.send(());
     };
     tokio::join!(follow, measure);
