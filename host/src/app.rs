@@ -27,6 +27,7 @@ use crate::plugin::registry::Builtins;
 use crate::plugin::{self, Registry};
 use crate::policy::Policies;
 use crate::tls::{self, Acceptor, CertStore, CertWatcher, Connector};
+use crate::watch::{Topic, Watcher};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -53,6 +54,10 @@ const CONFIG_SETTLE: Duration = Duration::from_millis(100);
 /// How many times a config file that keeps changing is re-read before
 /// waiting for the next check.
 const CONFIG_SETTLE_TRIES: usize = 5;
+
+/// After a filesystem notification, how long to wait for the rest of a
+/// burst (an editor's write, rename and chmod) before looking once.
+const EVENT_DEBOUNCE: Duration = Duration::from_millis(5);
 
 /// The file's content once two reads `settle` apart agree (starting from
 /// `bytes`, just read); `None` when it
@@ -81,6 +86,7 @@ pub struct Waypoint {
     identity: Option<Identity>,
     drain: Drain,
     policies: Arc<Policies>,
+    watcher: Arc<Watcher>,
 }
 
 /// The waypoint's certificate, kept current by its watcher.
@@ -125,19 +131,22 @@ impl Waypoint {
         let engine = Engine::new(&config.sandbox)?;
         let metrics = Arc::new(Metrics::new());
         let callouts = Arc::new(Callouts::new(config.upstreams.clone()));
-        let registry = Arc::new(Registry::new(
+        let registry = Arc::new(Registry::with_cache_dir(
             engine,
             metrics.clone(),
             callouts,
             config.sandbox.clone(),
             builtins,
-        ));
+            config.cache_dir().as_deref(),
+        )?);
         let policies = Arc::new(Policies::default());
         policies
             .apply(&config, |namespaces| {
                 install(&registry, &config, namespaces)
             })
             .await?;
+        let watcher = Arc::new(Watcher::new());
+        watch_installed(&watcher, &registry, &config);
         let pipeline = Arc::new(Pipeline::new(
             registry.clone(),
             metrics.clone(),
@@ -238,6 +247,13 @@ impl Waypoint {
             pipeline.clone(),
             config.clone(),
             policies.clone(),
+            watcher.clone(),
+            rx.clone(),
+        )));
+        tasks.push(tokio::spawn(watch_plugins(
+            pipeline.registry().clone(),
+            config.clone(),
+            watcher.clone(),
             rx.clone(),
         )));
         if let Some(l) = admin_listener {
@@ -261,6 +277,7 @@ impl Waypoint {
             identity,
             drain,
             policies,
+            watcher,
         })
     }
 
@@ -278,10 +295,11 @@ impl Waypoint {
         &self.pipeline
     }
 
-    /// Applies a new config: services and every namespace's plugin chain.
-    /// All new plugins are loaded before anything is swapped; on any error
-    /// the running config stays in force. Listener and sandbox changes need
-    /// a restart and are refused.
+    /// Applies a new config: services, callout upstreams and every
+    /// namespace's plugin chain. Entries that did not change keep their
+    /// plugins; all new plugins are loaded before anything is swapped; on
+    /// any error the running config stays in force. Listener, sandbox and
+    /// cache folder changes need a restart and are refused.
     pub async fn reload(&self, new: Config) -> Result<(), Error> {
         let current = self.config.load_full();
         if new.listeners.http != current.listeners.http
@@ -297,11 +315,9 @@ impl Waypoint {
                 "sandbox limits changed: restart to apply them".into(),
             ));
         }
-        if serde_json::to_value(&new.upstreams).ok()
-            != serde_json::to_value(&current.upstreams).ok()
-        {
+        if new.cache_dir() != current.cache_dir() {
             return Err(Error::Reload(
-                "callout upstreams changed: restart to apply them".into(),
+                "cacheDir changed: restart to apply it".into(),
             ));
         }
         if new.identity != current.identity
@@ -335,6 +351,7 @@ impl Waypoint {
         self.policies
             .apply(&new, |namespaces| install(&registry, &new, namespaces))
             .await?;
+        watch_installed(&self.watcher, &registry, &new);
         self.config.store(Arc::new(new));
         Ok(())
     }
@@ -348,7 +365,9 @@ impl Waypoint {
     /// the next check (it is probably still being written) rather than
     /// skipped until the file changes; content that parsed and was refused
     /// is not tried again until it changes. The running config stays
-    /// meanwhile.
+    /// meanwhile. Filesystem notifications wake it as soon as the file is
+    /// written; a write that was closed (or a file renamed into place) is
+    /// whole and is read without settling. `interval` is the fallback poll.
     pub async fn follow_config(
         &self,
         path: &Path,
@@ -359,12 +378,18 @@ impl Waypoint {
         let mut tried = std::fs::read(path).ok().map(|b| Sha256::digest(&b));
         let mut poll = tokio::time::interval(interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.watcher.set_config(path);
         tokio::pin!(stop);
         loop {
-            tokio::select! {
+            let notified = tokio::select! {
                 _ = &mut stop => return,
-                _ = poll.tick() => {}
+                _ = poll.tick() => false,
+                _ = self.watcher.changed(Topic::Config) => true,
+            };
+            if notified {
+                tokio::time::sleep(EVENT_DEBOUNCE).await;
             }
+            let complete = self.watcher.config_complete();
             // Replaced by a rename, or not there for a moment: next time.
             let Ok(first) = tokio::fs::read(path).await else {
                 continue;
@@ -372,8 +397,13 @@ impl Waypoint {
             if tried == Some(Sha256::digest(&first)) {
                 continue;
             }
-            let Some(bytes) = read_settled(path, first, settle).await else {
-                continue;
+            let bytes = if complete {
+                first
+            } else {
+                let Some(bytes) = read_settled(path, first, settle).await else {
+                    continue;
+                };
+                bytes
             };
             let digest = Sha256::digest(&bytes);
             if tried == Some(digest) {
@@ -438,12 +468,16 @@ async fn watch_policies(
     pipeline: Arc<Pipeline>,
     config: Arc<ArcSwap<Config>>,
     policies: Arc<Policies>,
+    watcher: Arc<Watcher>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
         let interval = config.load().policy_poll_interval();
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
+            _ = watcher.changed(Topic::Policies) => {
+                tokio::time::sleep(EVENT_DEBOUNCE).await;
+            }
             _ = shutdown.changed() => return,
         }
         let current = config.load_full();
@@ -456,8 +490,43 @@ async fn watch_policies(
                 install(&registry, &current, namespaces)
             })
             .await;
-        if let Err(e) = applied {
-            tracing::error!(error = %e, "policy change rejected; keeping the running policies");
+        match applied {
+            Ok(()) => watch_installed(&watcher, &registry, &current),
+            Err(e) => {
+                tracing::error!(error = %e, "policy change rejected; keeping the running policies")
+            }
+        }
+    }
+}
+
+/// Points the watcher at what the installed config reads.
+fn watch_installed(watcher: &Watcher, registry: &Registry, config: &Config) {
+    watcher.set_policy_dir(config.policy_dir().as_deref());
+    watcher.set_plugin_files(registry.plugin_files());
+}
+
+/// Rebuilds the plugins whose files changed, when a notification says one
+/// may have, or at the policy poll interval. Stops on shutdown.
+async fn watch_plugins(
+    registry: Arc<Registry>,
+    config: Arc<ArcSwap<Config>>,
+    watcher: Arc<Watcher>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let interval = config.load().policy_poll_interval();
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = watcher.changed(Topic::Plugins) => {
+                tokio::time::sleep(EVENT_DEBOUNCE).await;
+            }
+            _ = shutdown.changed() => return,
+        }
+        match registry.refresh().await {
+            Ok(()) => watcher.set_plugin_files(registry.plugin_files()),
+            Err(e) => {
+                tracing::error!(error = %e, "changed plugin file rejected; keeping the running plugin")
+            }
         }
     }
 }

@@ -3,11 +3,14 @@
 //!
 //! See ARCHITECTURE.md for how a request flows through these modules.
 
-#![forbid(unsafe_code)]
+// One audited call is allowed: loading compiled plugins from the on-disk
+// cache (`plugin::precompiled`). Nothing else may use `unsafe`.
+#![deny(unsafe_code)]
 
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod ctl;
 pub mod demo;
 pub mod discovery;
 pub mod downstream;
@@ -18,3 +21,4 @@ pub mod metrics;
 pub mod plugin;
 pub mod policy;
 pub mod tls;
+pub mod watch;

@@ -36,6 +36,8 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Inspects and changes a running waypoint's plugins through its admin API.
+    Ctl(wayplug::ctl::CtlArgs),
     /// Development certificates in Istio's file layout, for tests and demos.
     Certs {
         #[command(subcommand)]
@@ -135,6 +137,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         match cli.command {
             Command::Run { config: None } => run_demo().await,
             Command::Run { config: Some(path) } => run_config(path).await,
+            Command::Ctl(args) => {
+                println!("{}", wayplug::ctl::run(args).await?.trim_end());
+                Ok(())
+            }
             Command::Certs { command } => certs(command),
             Command::Tunnel {
                 listen,

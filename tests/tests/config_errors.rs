@@ -171,13 +171,18 @@ async fn max_instances_is_checked_against_what_the_plugins_need() {
         Config::from_yaml(&capacity_yaml(10, "FAIL_CLOSE"), "t.yaml", Path::new(".")).unwrap();
     let wp = Waypoint::start(fits, Default::default()).await.unwrap();
 
-    // A reload must fit next to the running chains, which live until the
-    // swap: 10 running + 10 new > 10.
+    // The same config again rebuilds nothing, so it needs no new slots.
     let again =
         Config::from_yaml(&capacity_yaml(10, "FAIL_CLOSE"), "t.yaml", Path::new(".")).unwrap();
-    let err = wp.reload(again).await.unwrap_err().to_string();
+    wp.reload(again).await.unwrap();
+    // A rebuilt entry must fit next to the running chains, which live until
+    // the swap: 10 running + 2 for the changed Proxy-Wasm plugin > 10.
+    let changed =
+        Config::from_yaml(&capacity_yaml(10, "FAIL_OPEN"), "t.yaml", Path::new(".")).unwrap();
+    let err = wp.reload(changed).await.unwrap_err().to_string();
     assert!(
-        err.contains("needs 20 plugin instances at once")
+        err.contains("needs 12 plugin instances at once")
+            && err.contains("1 Proxy-Wasm plugin(s) × 2 instancesPerPlugin = 2")
             && err.contains("plus 10 held by the running config until the swap"),
         "{err}"
     );

@@ -1,6 +1,8 @@
 //! The admin listener: readiness, Prometheus metrics and the config dump.
 //! It serves operators and probes, so keep it on loopback.
 
+pub mod api;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -100,7 +102,8 @@ impl Admin {
             _ => (
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "not found; try /healthz/ready, /metrics or /config_dump\n".to_owned(),
+                "not found; try /healthz/ready, /metrics, /config_dump or /api/namespaces\n"
+                    .to_owned(),
             ),
         };
         let mut resp = Response::new(Full::new(Bytes::from(body)));
@@ -123,7 +126,13 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.route(&req)) }
+                async move {
+                    let resp = match api::handle(&admin, req).await {
+                        Ok(resp) => resp,
+                        Err(req) => admin.route(&req),
+                    };
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)

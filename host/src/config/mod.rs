@@ -95,6 +95,11 @@ pub struct Config {
     /// finish before they are closed.
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// Where compiled plugins are kept across restarts (relative to the
+    /// config file); none by default. Code read from it is executed: it
+    /// must be writable by the proxy's user only (checked at start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
     /// Where relative `file://` plugin URLs are resolved from: the config
     /// file's directory (not part of the file itself).
     #[serde(skip)]
@@ -321,6 +326,12 @@ impl Config {
         self.policy_dir.as_ref().map(|d| self.base_dir.join(d))
     }
 
+    /// The compiled-plugin cache folder, resolved from the config file's
+    /// directory.
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        self.cache_dir.as_ref().map(|d| self.base_dir.join(d))
+    }
+
     pub fn policy_poll_interval(&self) -> Duration {
         Duration::from_millis(self.policy_poll_interval_ms)
     }
@@ -330,7 +341,9 @@ impl Config {
         Duration::from_millis(self.drain_timeout_ms)
     }
 
-    fn validate(&self) -> Result<(), Error> {
+    /// Checks everything a file is checked for (a changed copy of a loaded
+    /// config, say).
+    pub fn validate(&self) -> Result<(), Error> {
         self.validate_hbone()?;
         for (name, u) in &self.upstreams {
             if let Some(tls) = &u.tls {

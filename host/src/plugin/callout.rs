@@ -89,9 +89,11 @@ impl CalloutRequest {
 }
 
 pub struct Callouts {
-    upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Replaced as a whole when a config is installed, so callouts reach
+    /// the upstreams of the config in force.
+    upstreams: arc_swap::ArcSwap<BTreeMap<String, UpstreamConfig>>,
     client: Client<HttpConnector, Full<Bytes>>,
-    pub grpc: grpc::GrpcCallouts,
+    grpc: arc_swap::ArcSwap<grpc::GrpcCallouts>,
 }
 
 impl Callouts {
@@ -99,16 +101,28 @@ impl Callouts {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         Callouts {
-            grpc: grpc::GrpcCallouts::new(&upstreams),
-            upstreams,
+            grpc: arc_swap::ArcSwap::from_pointee(grpc::GrpcCallouts::new(&upstreams)),
+            upstreams: arc_swap::ArcSwap::from_pointee(upstreams),
             client: Client::builder(TokioExecutor::new()).build(connector),
         }
+    }
+
+    pub fn set_upstreams(&self, upstreams: BTreeMap<String, UpstreamConfig>) {
+        self.grpc
+            .store(std::sync::Arc::new(grpc::GrpcCallouts::new(&upstreams)));
+        self.upstreams.store(std::sync::Arc::new(upstreams));
+    }
+
+    /// The gRPC side of the upstreams in force.
+    pub fn grpc(&self) -> arc_swap::Guard<std::sync::Arc<grpc::GrpcCallouts>> {
+        self.grpc.load()
     }
 
     /// An upstream for HTTP callouts; TLS upstreams serve gRPC callouts
     /// only (this client speaks plaintext HTTP/1.1).
     pub fn upstream(&self, name: &str) -> Option<CalloutTarget> {
-        let u = self.upstreams.get(name).filter(|u| u.tls.is_none());
+        let upstreams = self.upstreams.load();
+        let u = upstreams.get(name).filter(|u| u.tls.is_none());
         u.map(|u| CalloutTarget {
             name: name.to_owned(),
             address: u.address,

@@ -5,12 +5,16 @@
 //! - `proxywasm`: the Proxy-Wasm ABI 0.2.1.
 //! - `filter`: the interface the request pipeline drives, whatever the ABI.
 //! - `shared`, `callout`: services plugins reach through the ABI.
+//! - `cache`, `precompiled`: compiled code shared by content, in memory and
+//!   on disk.
 
+pub mod cache;
 pub mod callout;
 pub mod component;
 pub mod engine;
 pub mod filter;
 pub mod pool;
+mod precompiled;
 pub mod proxywasm;
 pub mod registry;
 pub mod sandbox;
@@ -19,7 +23,7 @@ pub mod shared;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::config::PluginSpec;
 use crate::exchange::Exchange;
@@ -90,6 +94,8 @@ pub enum Error {
         needed: usize,
         detail: String,
     },
+    #[error(transparent)]
+    Cache(#[from] precompiled::DiskError),
 }
 
 /// Sandbox limits, resolved for the engine.
@@ -215,6 +221,20 @@ pub struct Plugin {
     pub sha256: String,
     pub size: usize,
     pub kind: PluginKind,
+    /// Hash of what the plugin was built from (spec, environment, bytes):
+    /// an entry with the same identity keeps this plugin on reload.
+    pub identity: String,
+    pub loaded: LoadInfo,
+}
+
+/// When and how quickly a plugin was built.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadInfo {
+    pub at: SystemTime,
+    /// From reading its bytes to its first instance configured.
+    pub took: Duration,
+    /// The registry revision that built it.
+    pub revision: u64,
 }
 
 impl Plugin {

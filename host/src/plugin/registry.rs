@@ -14,21 +14,32 @@
 //! (`sandbox.maxInstances`) are checked against what the new chains need
 //! next to the running ones, which stay alive until the swap and until
 //! their last request finishes.
+//!
+//! Installs are incremental: an entry whose namespace, name, whole spec
+//! (url, sha256, configuration, environment, phase...) and module bytes are
+//! those of an installed plugin keeps that plugin, with its instances and
+//! their state; only the others are built, in parallel, from compiled code
+//! shared by content (`cache`). One install runs at a time, from reading the
+//! entries to the swap, so a change made through the admin API and a file
+//! reload never undo each other half-way.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
+use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
-use wasmtime::Module;
 
+use super::cache::{Compiled, ModuleCache};
 use super::callout::Callouts;
 use super::component::{ComponentPlugin, LoadError as ComponentLoadError};
 use super::engine::Engine;
 use super::proxywasm::{ProxyWasmModule, ProxyWasmPlugin, StartError};
 use super::shared::NamespaceShared;
-use super::{Error, Plugin, PluginKind, PluginShared};
+use super::{Error, LoadInfo, Plugin, PluginKind, PluginShared};
 use crate::config::{Config, FailStrategy, Phase, PluginSpec, PluginUrl, SandboxConfig};
 use crate::discovery::Discovery;
 use crate::metrics::Metrics;
@@ -49,6 +60,11 @@ pub struct Installed {
     pub chains: HashMap<String, Arc<Chain>>,
     /// The engine instance slots these chains may hold at once.
     need: usize,
+    /// 0 before the first install, then one more per swap.
+    pub revision: u64,
+    /// Changes made through the admin API since the config file or policy
+    /// folder was last applied (which replaces them).
+    pub api_changes: usize,
 }
 
 impl Installed {
@@ -67,16 +83,45 @@ pub struct Registry {
     builtins: Builtins,
     current: ArcSwap<Installed>,
     shared: Mutex<HashMap<String, Arc<NamespaceShared>>>,
-    /// Serialises installs so two reloads cannot interleave their swaps.
+    /// Serialises swaps so two installs cannot interleave them.
     install: Mutex<()>,
+    /// Serialises whole installs, from reading the entries to the swap.
+    applying: tokio::sync::Mutex<()>,
+    modules: Arc<ModuleCache>,
+    /// sha256 of each built-in, hashed once (they are megabytes).
+    builtin_sha256: Mutex<HashMap<String, String>>,
 }
 
 /// A plugin file read and checked, not yet compiled.
 struct Read {
     spec: PluginSpec,
-    bytes: Vec<u8>,
+    bytes: Bytes,
     sha256: String,
     is_component: bool,
+}
+
+impl Read {
+    /// What decides how the plugin is built: an installed plugin with the
+    /// same identity (in the same namespace, under the same name) is kept.
+    fn identity(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(self.sha256.as_bytes());
+        h.update(serde_json::to_vec(&self.spec).unwrap_or_default());
+        // HOST variables are read at load: a changed value is a change.
+        for (k, v) in self.spec.environment() {
+            h.update((k.len() as u64).to_le_bytes());
+            h.update(k.as_bytes());
+            h.update((v.len() as u64).to_le_bytes());
+            h.update(v.as_bytes());
+        }
+        hex::encode(h.finalize())
+    }
+}
+
+/// One entry of a new config: an installed plugin kept, or one to build.
+enum Entry {
+    Keep(Arc<Plugin>),
+    Build(Box<Read>),
 }
 
 /// How many engine instance slots a set of plugins may hold at once, and
@@ -145,7 +190,22 @@ impl Registry {
         sandbox: SandboxConfig,
         builtins: Builtins,
     ) -> Registry {
-        Registry {
+        Registry::with_cache_dir(engine, metrics, callouts, sandbox, builtins, None)
+            .expect("without a cache directory there is nothing to open")
+    }
+
+    /// Like [`new`](Self::new), keeping compiled plugins in `cache_dir`
+    /// across restarts.
+    pub fn with_cache_dir(
+        engine: Arc<Engine>,
+        metrics: Arc<Metrics>,
+        callouts: Arc<Callouts>,
+        sandbox: SandboxConfig,
+        builtins: Builtins,
+        cache_dir: Option<&Path>,
+    ) -> Result<Registry, Error> {
+        let modules = Arc::new(ModuleCache::new(&engine.wasm, &metrics, cache_dir)?);
+        Ok(Registry {
             engine,
             metrics,
             callouts,
@@ -156,10 +216,20 @@ impl Registry {
                 discovery: Arc::new(Discovery::default()),
                 chains: HashMap::new(),
                 need: 0,
+                revision: 0,
+                api_changes: 0,
             }),
             shared: Mutex::new(HashMap::new()),
             install: Mutex::new(()),
-        }
+            applying: tokio::sync::Mutex::new(()),
+            modules,
+            builtin_sha256: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The compiled-code cache (its counters show what was compiled).
+    pub fn modules(&self) -> &ModuleCache {
+        &self.modules
     }
 
     /// The configuration in force: take it once per request or tunnel.
@@ -188,38 +258,178 @@ impl Registry {
     }
 
     /// Builds every namespace's chain from `config`, then installs them with
-    /// the config and its discovery as one snapshot. On any error nothing
-    /// changes.
+    /// the config and its discovery as one snapshot. Entries that did not
+    /// change keep their plugins. On any error nothing changes. Changes made
+    /// through the admin API are replaced.
     pub async fn apply(&self, config: Config) -> Result<(), Error> {
-        let mut read = Vec::new();
-        let mut capacity = Capacity::default();
+        let _applying = self.applying.lock().await;
+        let current = self.current();
+        if current.api_changes > 0 {
+            tracing::warn!(
+                changes = current.api_changes,
+                "the config in force had admin API changes; the new config replaces them"
+            );
+        }
+        self.install_config(config, 0, false).await
+    }
+
+    /// Applies a change to the installed config (the admin API's): `change`
+    /// gets the config in force and returns the new one, which is then
+    /// installed as [`apply`](Self::apply) would, with nothing else able to
+    /// install in between.
+    pub async fn apply_api<E, F>(&self, change: F) -> Result<(), E>
+    where
+        E: From<Error>,
+        F: FnOnce(&Config) -> Result<Config, E>,
+    {
+        let _applying = self.applying.lock().await;
+        let current = self.current();
+        let new = change(&current.config)?;
+        Ok(self
+            .install_config(new, current.api_changes + 1, false)
+            .await?)
+    }
+
+    /// Reads every plugin of the config in force again and rebuilds those
+    /// whose bytes changed (a plugin file was replaced).
+    pub async fn refresh(&self) -> Result<(), Error> {
+        let _applying = self.applying.lock().await;
+        let current = self.current();
+        self.install_config((*current.config).clone(), current.api_changes, true)
+            .await
+    }
+
+    /// The plugin files the config in force reads (to watch them).
+    pub fn plugin_files(&self) -> Vec<PathBuf> {
+        let current = self.current();
+        let config = &current.config;
+        config
+            .namespaces
+            .values()
+            .flat_map(|ns| &ns.plugins)
+            .filter_map(|p| p.url.resolve_file(&config.base_dir))
+            .collect()
+    }
+
+    /// With `refresh` (the config is the one in force), nothing is swapped
+    /// when every entry is kept.
+    async fn install_config(
+        &self,
+        config: Config,
+        api_changes: usize,
+        refresh: bool,
+    ) -> Result<(), Error> {
+        let current = self.current();
+        let revision = current.revision + 1;
+        // Read and check every entry; keep what did not change.
+        let mut entries: Vec<(String, Vec<Entry>)> = Vec::new();
+        let mut all = Capacity::default();
+        let mut built = Capacity::default();
         for (ns, cfg) in &config.namespaces {
-            let mut plugins = Vec::with_capacity(cfg.plugins.len());
+            let installed = current.chains.get(ns);
+            let mut list = Vec::with_capacity(cfg.plugins.len());
             for spec in &cfg.plugins {
                 let r = self.read(ns, spec, &config.base_dir).await?;
-                capacity.add(r.is_component, spec.fail_strategy);
-                plugins.push(r);
+                all.add(r.is_component, spec.fail_strategy);
+                let identity = r.identity();
+                let kept = installed.and_then(|c| {
+                    c.plugins
+                        .iter()
+                        .find(|p| p.spec.name == spec.name && p.identity == identity)
+                });
+                match kept {
+                    Some(p) => list.push(Entry::Keep(p.clone())),
+                    None => {
+                        built.add(r.is_component, spec.fail_strategy);
+                        list.push(Entry::Build(Box::new(r)));
+                    }
+                }
             }
-            if !plugins.is_empty() {
-                read.push((ns.clone(), plugins));
+            if !list.is_empty() {
+                entries.push((ns.clone(), list));
             }
         }
-        let need = capacity.need(&self.sandbox);
-        self.check_capacity(&capacity, need)?;
-        let mut chains = HashMap::new();
-        for (ns, plugins) in read {
-            let chain = self.build(&ns, plugins).await?;
-            chains.insert(ns, Arc::new(chain));
+        if refresh && built == Capacity::default() {
+            return Ok(());
         }
+        self.check_capacity(&built, built.need(&self.sandbox))?;
+        let chains = self.build_all(entries, &current, revision).await?;
         let discovery = Arc::new(Discovery::from_config(&config));
-        let _guard = self.install.lock().unwrap_or_else(|e| e.into_inner());
-        self.current.store(Arc::new(Installed {
-            config: Arc::new(config),
-            discovery,
-            chains,
-            need,
-        }));
+        let in_use: HashSet<String> = chains
+            .values()
+            .flat_map(|c| c.plugins.iter().map(|p| p.sha256.clone()))
+            .collect();
+        {
+            let _guard = self.install.lock().unwrap_or_else(|e| e.into_inner());
+            self.callouts.set_upstreams(config.upstreams.clone());
+            self.current.store(Arc::new(Installed {
+                config: Arc::new(config),
+                discovery,
+                chains,
+                need: all.need(&self.sandbox),
+                revision,
+                api_changes,
+            }));
+        }
+        self.modules.retain(&in_use);
         Ok(())
+    }
+
+    /// Builds the new plugins of every chain, a few at a time (compiling
+    /// and starting are CPU-bound, off the request workers), and assembles
+    /// the chains in order. A namespace whose plugins are all kept keeps
+    /// its chain.
+    async fn build_all(
+        &self,
+        entries: Vec<(String, Vec<Entry>)>,
+        current: &Installed,
+        revision: u64,
+    ) -> Result<HashMap<String, Arc<Chain>>, Error> {
+        let mut jobs = Vec::new();
+        let mut layout = Vec::with_capacity(entries.len());
+        for (ns, list) in entries {
+            let mut slots = Vec::with_capacity(list.len());
+            for entry in list {
+                match entry {
+                    Entry::Keep(p) => slots.push(Some(p)),
+                    Entry::Build(r) => {
+                        jobs.push((ns.clone(), *r));
+                        slots.push(None);
+                    }
+                }
+            }
+            layout.push((ns, slots));
+        }
+        let parallel = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        let mut built = futures_util::stream::iter(jobs)
+            .map(|(ns, r)| async move { self.load(&ns, r, revision).await.map(Arc::new) })
+            .buffered(parallel)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter();
+        let mut chains = HashMap::with_capacity(layout.len());
+        for (ns, slots) in layout {
+            let unchanged = slots.iter().all(Option::is_some)
+                && current
+                    .chains
+                    .get(&ns)
+                    .is_some_and(|c| c.plugins.len() == slots.len());
+            let mut plugins = Vec::with_capacity(slots.len());
+            for slot in slots {
+                match slot {
+                    Some(p) => plugins.push(p),
+                    None => plugins.push(built.next().expect("one result per job")?),
+                }
+            }
+            let chain = match current.chains.get(&ns) {
+                Some(c) if unchanged => c.clone(),
+                _ => Arc::new(ordered(&ns, plugins)),
+            };
+            chains.insert(ns, chain);
+        }
+        Ok(chains)
     }
 
     /// The new chains need `need` slots while the running ones still hold
@@ -257,6 +467,8 @@ impl Registry {
             discovery: current.discovery.clone(),
             chains,
             need: current.need,
+            revision: current.revision + 1,
+            api_changes: current.api_changes,
         }));
     }
 
@@ -275,29 +487,14 @@ impl Registry {
         self.build(namespace, read).await
     }
 
-    /// Compiles and starts read plugins, ordered by phase (AUTHN, AUTHZ,
-    /// STATS, unspecified), then higher priority first, then name.
+    /// Compiles and starts read plugins, ordered as in [`ordered`].
     async fn build(&self, namespace: &str, read: Vec<Read>) -> Result<Chain, Error> {
+        let revision = self.current().revision + 1;
         let mut plugins = Vec::with_capacity(read.len());
         for r in read {
-            plugins.push(Arc::new(self.load(namespace, r).await?));
+            plugins.push(Arc::new(self.load(namespace, r, revision).await?));
         }
-        plugins.sort_by(|a, b| {
-            (
-                chain_position(&a.spec),
-                -(a.spec.priority as i64),
-                &a.spec.name,
-            )
-                .cmp(&(
-                    chain_position(&b.spec),
-                    -(b.spec.priority as i64),
-                    &b.spec.name,
-                ))
-        });
-        Ok(Chain {
-            namespace: namespace.to_owned(),
-            plugins,
-        })
+        Ok(ordered(namespace, plugins))
     }
 
     /// Reads a plugin's bytes and checks its sha256; decides its kind.
@@ -309,28 +506,37 @@ impl Registry {
     ) -> Result<Read, Error> {
         let plugin = spec.name.clone();
         let ns = namespace.to_owned();
-        let bytes: Vec<u8> = match &spec.url {
+        let (bytes, sha256) = match &spec.url {
             PluginUrl::File(_) => {
                 let path = spec.url.resolve_file(base_dir).expect("file url");
-                tokio::fs::read(&path).await.map_err(|e| Error::Read {
+                let bytes = tokio::fs::read(&path).await.map_err(|e| Error::Read {
                     plugin: plugin.clone(),
                     namespace: ns.clone(),
                     path: path.display().to_string(),
                     reason: e.to_string(),
-                })?
+                })?;
+                let sha256 = hex::encode(Sha256::digest(&bytes));
+                (Bytes::from(bytes), sha256)
             }
-            PluginUrl::Builtin(name) => self
-                .builtins
-                .get(name.as_str())
-                .map(|b| b.to_vec())
-                .ok_or_else(|| Error::UnknownBuiltin {
-                    plugin: plugin.clone(),
-                    namespace: ns.clone(),
-                    name: name.clone(),
-                    available: self.builtins.keys().copied().collect::<Vec<_>>().join(", "),
-                })?,
+            PluginUrl::Builtin(name) => {
+                let bytes = self.builtins.get(name.as_str()).copied().ok_or_else(|| {
+                    Error::UnknownBuiltin {
+                        plugin: plugin.clone(),
+                        namespace: ns.clone(),
+                        name: name.clone(),
+                        available: self.builtins.keys().copied().collect::<Vec<_>>().join(", "),
+                    }
+                })?;
+                let sha256 = self
+                    .builtin_sha256
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(name.clone())
+                    .or_insert_with(|| hex::encode(Sha256::digest(bytes)))
+                    .clone();
+                (Bytes::from_static(bytes), sha256)
+            }
         };
-        let sha256 = hex::encode(Sha256::digest(&bytes));
         if let Some(expected) = &spec.sha256
             && !expected.eq_ignore_ascii_case(&sha256)
         {
@@ -360,7 +566,9 @@ impl Registry {
         })
     }
 
-    async fn load(&self, namespace: &str, read: Read) -> Result<Plugin, Error> {
+    async fn load(&self, namespace: &str, read: Read, revision: u64) -> Result<Plugin, Error> {
+        let started = Instant::now();
+        let identity = read.identity();
         let Read {
             spec,
             bytes,
@@ -391,16 +599,21 @@ impl Registry {
         // Compiling takes Cranelift tenths of a second: keep it off the
         // request workers.
         let engine = self.engine.clone();
+        let modules = self.modules.clone();
         let instances = self.sandbox.instances_per_plugin;
         let per_request = self.sandbox.requests_per_component;
         let size = bytes.len();
         let shared2 = shared.clone();
+        let sha = sha256.clone();
         let kind = tokio::task::spawn_blocking(move || -> Result<PluginKind, LoadFailure> {
-            if is_component {
+            let compiled = modules
+                .get(&sha, &bytes, is_component)
+                .map_err(|e| LoadFailure::Compile(one_line(&e)))?;
+            drop(bytes);
+            if let Compiled::Component(component) = &compiled {
                 let plugin = ComponentPlugin::new(
-                    &engine.wasm,
                     &engine.component_linker,
-                    &bytes,
+                    component,
                     shared2,
                     instances,
                     per_request,
@@ -411,9 +624,10 @@ impl Registry {
                 })?;
                 return Ok(PluginKind::Component(plugin));
             }
-            let module = Module::new(&engine.wasm, &bytes)
-                .map_err(|e| LoadFailure::Compile(one_line(&format!("{e:#}"))))?;
-            let module = ProxyWasmModule::new(&engine.proxy_wasm_linker, &module)
+            let Compiled::Module(module) = &compiled else {
+                unreachable!("a core module's bytes compile to a module")
+            };
+            let module = ProxyWasmModule::new(&engine.proxy_wasm_linker, module)
                 .map_err(LoadFailure::Abi)?;
             let plugin = ProxyWasmPlugin::new(module, shared2, instances).map_err(|e| match e {
                 StartError::BadExport { .. } | StartError::MissingContextCreate => {
@@ -452,13 +666,20 @@ impl Registry {
                 }
             }
         })?;
-        tracing::info!(plugin = %spec.name, namespace, sha256 = %sha256, size, "plugin loaded");
+        let took = started.elapsed();
+        tracing::info!(plugin = %spec.name, namespace, sha256 = %sha256, size, ms = took.as_millis() as u64, "plugin loaded");
         Ok(Plugin {
             spec: spec.clone(),
             namespace: namespace.to_owned(),
             sha256,
             size,
             kind,
+            identity,
+            loaded: LoadInfo {
+                at: SystemTime::now(),
+                took,
+                revision,
+            },
         })
     }
 }
@@ -481,6 +702,27 @@ pub fn chain_position(spec: &PluginSpec) -> u8 {
         (_, Phase::Authz) => 2,
         (_, Phase::Stats) => 3,
         (_, Phase::Unspecified) => 4,
+    }
+}
+
+/// A namespace's plugins ordered by [`chain_position`], then higher
+/// priority first, then name.
+fn ordered(namespace: &str, mut plugins: Vec<Arc<Plugin>>) -> Chain {
+    plugins.sort_by(|a, b| {
+        (
+            chain_position(&a.spec),
+            -(a.spec.priority as i64),
+            &a.spec.name,
+        )
+            .cmp(&(
+                chain_position(&b.spec),
+                -(b.spec.priority as i64),
+                &b.spec.name,
+            ))
+    });
+    Chain {
+        namespace: namespace.to_owned(),
+        plugins,
     }
 }
 

@@ -105,21 +105,18 @@ impl ComponentPlugin {
     /// proves `configure` accepts the configuration). `spares` instances are
     /// kept ready; at most `per_request_limit` requests hold one at once.
     pub fn new(
-        engine: &Engine,
         base: &Linker<ComponentState>,
-        bytes: &[u8],
+        component: &Component,
         shared: Arc<PluginShared>,
         spares: usize,
         per_request_limit: usize,
     ) -> Result<ComponentPlugin, LoadError> {
-        let component =
-            Component::new(engine, bytes).map_err(|e| LoadError::Abi(format!("{e:#}")))?;
         let mut linker = base.clone();
         linker
-            .define_unknown_imports_as_traps(&component)
+            .define_unknown_imports_as_traps(component)
             .map_err(|e| LoadError::Abi(format!("{e:#}")))?;
         let pre = linker
-            .instantiate_pre(&component)
+            .instantiate_pre(component)
             .map_err(|e| LoadError::Abi(format!("cannot link the component: {e:#}")))?;
         let request = request_policy::GuestIndices::new(&pre).map_err(|e| {
             LoadError::Abi(format!(

@@ -276,7 +276,7 @@ fn resolve_upstream(plugin: &PluginShared, raw: &[u8]) -> Result<(GrpcTarget, Pa
     let by_name = || {
         std::str::from_utf8(raw)
             .ok()
-            .and_then(|name| plugin.callouts.grpc.target(name))
+            .and_then(|name| plugin.callouts.grpc().target(name))
     };
     match GrpcService::decode(raw) {
         Ok(GrpcService {
@@ -284,7 +284,7 @@ fn resolve_upstream(plugin: &PluginShared, raw: &[u8]) -> Result<(GrpcTarget, Pa
             initial_metadata,
             ..
         }) => {
-            let Some(target) = plugin.callouts.grpc.target(&envoy.cluster_name) else {
+            let Some(target) = plugin.callouts.grpc().target(&envoy.cluster_name) else {
                 plugin.log(
                     3,
                     &format!(
