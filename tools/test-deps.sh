@@ -20,3 +20,5 @@ apt_install() {
 
 # An OCI registry (CNCF distribution) for the plugin-pull tests.
 apt_install docker-registry
+# htpasswd with bcrypt, for the registry's Basic auth in the pull-credentials test.
+apt_install apache2-utils

@@ -20,6 +20,8 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::plugin::Registry;
 
+mod shadow;
+
 pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub registry: Arc<Registry>,
@@ -123,7 +125,16 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.route(&req)) }
+                async move {
+                    let path = req.uri().path();
+                    if path == "/shadow" || path.starts_with("/shadow/") {
+                        let resp =
+                            shadow::handle(&admin.registry, req.method(), path, req.uri().query())
+                                .await;
+                        return Ok::<_, Infallible>(resp);
+                    }
+                    Ok::<_, Infallible>(admin.route(&req))
+                }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)

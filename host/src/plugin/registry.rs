@@ -27,7 +27,9 @@ use super::callout::Callouts;
 use super::component::{ComponentPlugin, LoadError as ComponentLoadError};
 use super::engine::Engine;
 use super::proxywasm::{ProxyWasmModule, ProxyWasmPlugin, StartError};
+use super::shadow::{Shadow, ShadowMetrics};
 use super::shared::NamespaceShared;
+use super::source::oci::Puller;
 use super::{Error, Plugin, PluginKind, PluginShared};
 use crate::config::{Config, FailStrategy, Phase, PluginSpec, PluginUrl, SandboxConfig};
 use crate::discovery::Discovery;
@@ -69,6 +71,9 @@ pub struct Registry {
     shared: Mutex<HashMap<String, Arc<NamespaceShared>>>,
     /// Serialises installs so two reloads cannot interleave their swaps.
     install: Mutex<()>,
+    /// `oci://` plugins: pulls and the copies kept.
+    oci: Puller,
+    shadow_metrics: ShadowMetrics,
 }
 
 /// A plugin file read and checked, not yet compiled.
@@ -77,6 +82,10 @@ struct Read {
     bytes: Vec<u8>,
     sha256: String,
     is_component: bool,
+    /// The entry's shadow candidate, read the same way.
+    candidate: Option<Box<Read>>,
+    /// This is a shadow candidate: its shared data and metrics are its own.
+    is_candidate: bool,
 }
 
 /// How many engine instance slots a set of plugins may hold at once, and
@@ -145,7 +154,10 @@ impl Registry {
         sandbox: SandboxConfig,
         builtins: Builtins,
     ) -> Registry {
+        let shadow_metrics = ShadowMetrics::new(&metrics);
         Registry {
+            shadow_metrics,
+            oci: Puller::default(),
             engine,
             metrics,
             callouts,
@@ -191,6 +203,7 @@ impl Registry {
     /// the config and its discovery as one snapshot. On any error nothing
     /// changes.
     pub async fn apply(&self, config: Config) -> Result<(), Error> {
+        self.oci.configure(&config.oci, &config.base_dir);
         let mut read = Vec::new();
         let mut capacity = Capacity::default();
         for (ns, cfg) in &config.namespaces {
@@ -198,6 +211,9 @@ impl Registry {
             for spec in &cfg.plugins {
                 let r = self.read(ns, spec, &config.base_dir).await?;
                 capacity.add(r.is_component, spec.fail_strategy);
+                if let Some(c) = &r.candidate {
+                    capacity.add(c.is_component, spec.fail_strategy);
+                }
                 plugins.push(r);
             }
             if !plugins.is_empty() {
@@ -260,6 +276,32 @@ impl Registry {
         }));
     }
 
+    /// Installs `chain` for `namespace` and `config` as the config in force,
+    /// in one swap, but only while `expected` is still the snapshot in
+    /// force: a reload in between wins and this returns `false`.
+    pub fn swap_chain_if_current(
+        &self,
+        expected: &Arc<Installed>,
+        namespace: &str,
+        chain: Chain,
+        config: Config,
+    ) -> bool {
+        let _guard = self.install.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.current.load_full();
+        if !Arc::ptr_eq(&current, expected) {
+            return false;
+        }
+        let mut chains = current.chains.clone();
+        chains.insert(namespace.to_owned(), Arc::new(chain));
+        self.current.store(Arc::new(Installed {
+            config: Arc::new(config),
+            discovery: current.discovery.clone(),
+            chains,
+            need: current.need,
+        }));
+        true
+    }
+
     /// Loads every plugin of a namespace and orders them as Istio's waypoint
     /// does (see [`chain_position`]), then higher priority first, then name.
     pub async fn build_chain(
@@ -279,8 +321,23 @@ impl Registry {
     /// STATS, unspecified), then higher priority first, then name.
     async fn build(&self, namespace: &str, read: Vec<Read>) -> Result<Chain, Error> {
         let mut plugins = Vec::with_capacity(read.len());
-        for r in read {
-            plugins.push(Arc::new(self.load(namespace, r).await?));
+        for mut r in read {
+            let candidate = r.candidate.take();
+            let mut plugin = self.load(namespace, r).await?;
+            if let Some(c) = candidate {
+                let spec = plugin
+                    .spec
+                    .shadow
+                    .clone()
+                    .expect("a candidate comes from a shadow");
+                let candidate = Arc::new(self.load(namespace, *c).await?);
+                plugin.shadow = Some(Arc::new(Shadow::new(
+                    candidate,
+                    spec,
+                    self.shadow_metrics.clone(),
+                )));
+            }
+            plugins.push(Arc::new(plugin));
         }
         plugins.sort_by(|a, b| {
             (
@@ -300,8 +357,24 @@ impl Registry {
         })
     }
 
-    /// Reads a plugin's bytes and checks its sha256; decides its kind.
+    /// Reads a plugin entry and its shadow candidate, if it has one.
     async fn read(
+        &self,
+        namespace: &str,
+        spec: &PluginSpec,
+        base_dir: &Path,
+    ) -> Result<Read, Error> {
+        let mut read = self.read_one(namespace, spec, base_dir).await?;
+        if let Some(candidate) = spec.candidate() {
+            let mut c = self.read_one(namespace, &candidate, base_dir).await?;
+            c.is_candidate = true;
+            read.candidate = Some(Box::new(c));
+        }
+        Ok(read)
+    }
+
+    /// Reads a plugin's bytes and checks its sha256; decides its kind.
+    async fn read_one(
         &self,
         namespace: &str,
         spec: &PluginSpec,
@@ -309,7 +382,23 @@ impl Registry {
     ) -> Result<Read, Error> {
         let plugin = spec.name.clone();
         let ns = namespace.to_owned();
+        // An `oci://` pull checks the entry's sha256 itself (it may name the
+        // manifest as well as the module).
+        let mut pinned = false;
         let bytes: Vec<u8> = match &spec.url {
+            PluginUrl::Oci(reference) => {
+                pinned = true;
+                self.oci
+                    .fetch(reference, spec.image_pull_policy, spec.sha256.as_deref())
+                    .await
+                    .map_err(|source| Error::Pull {
+                        plugin: plugin.clone(),
+                        namespace: ns.clone(),
+                        source,
+                    })?
+                    .bytes
+                    .to_vec()
+            }
             PluginUrl::File(_) => {
                 let path = spec.url.resolve_file(base_dir).expect("file url");
                 tokio::fs::read(&path).await.map_err(|e| Error::Read {
@@ -332,6 +421,7 @@ impl Registry {
         };
         let sha256 = hex::encode(Sha256::digest(&bytes));
         if let Some(expected) = &spec.sha256
+            && !pinned
             && !expected.eq_ignore_ascii_case(&sha256)
         {
             return Err(Error::Checksum {
@@ -357,6 +447,8 @@ impl Registry {
             bytes,
             sha256,
             is_component,
+            candidate: None,
+            is_candidate: false,
         })
     }
 
@@ -366,10 +458,19 @@ impl Registry {
             bytes,
             sha256,
             is_component,
+            is_candidate,
+            ..
         } = read;
         let spec = &spec;
         let plugin = spec.name.clone();
         let ns = namespace.to_owned();
+        // A candidate's failures and metrics are counted apart, unexported,
+        // so they never mix with the serving version's series.
+        let candidate_metrics = if is_candidate {
+            Arc::new(Metrics::new())
+        } else {
+            self.metrics.clone()
+        };
 
         let shared = Arc::new(PluginShared {
             name: spec.name.clone(),
@@ -380,10 +481,14 @@ impl Registry {
             vm_config: Vec::new(),
             env: spec.environment(),
             limits: self.engine.limits.clone(),
-            shared: self.namespace_shared(namespace),
+            shared: if is_candidate {
+                Arc::default()
+            } else {
+                self.namespace_shared(namespace)
+            },
             callouts: self.callouts.clone(),
-            metrics: self.metrics.plugin_metrics(namespace, &spec.name),
-            global_metrics: self.metrics.clone(),
+            metrics: candidate_metrics.plugin_metrics(namespace, &spec.name),
+            global_metrics: candidate_metrics.clone(),
             log_tail: Mutex::new(Default::default()),
             limits_warned: Default::default(),
         });
@@ -452,13 +557,14 @@ impl Registry {
                 }
             }
         })?;
-        tracing::info!(plugin = %spec.name, namespace, sha256 = %sha256, size, "plugin loaded");
+        tracing::info!(plugin = %spec.name, namespace, sha256 = %sha256, size, shadow = is_candidate, "plugin loaded");
         Ok(Plugin {
             spec: spec.clone(),
             namespace: namespace.to_owned(),
             sha256,
             size,
             kind,
+            shadow: None,
         })
     }
 }
