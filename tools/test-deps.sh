@@ -35,3 +35,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$lock_sum" ] || [ ! -x "$as_dir/node_modu
     [ -x "$as_dir/node_modules/.bin/asc" ] || { echo "test-deps: asc missing after npm ci" >&2; exit 1; }
     echo "$lock_sum" > "$stamp"
 fi
+
+# htpasswd with bcrypt, for the registry's Basic auth in the pull-credentials test.
+apt_install apache2-utils

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod harness;
+pub mod registry;
 
 use std::path::PathBuf;
 

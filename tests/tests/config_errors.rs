@@ -55,8 +55,20 @@ async fn bad_files_are_refused_with_reasons() {
             "no builtin plugin named `nope`",
         ),
         (
-            "namespaces: { a: { plugins: [ { name: p, url: \"oci://reg/p:1\" } ] } }".into(),
-            "only file:// and builtin://",
+            "namespaces: { a: { plugins: [ { name: p, url: \"ftp://reg/p.wasm\" } ] } }".into(),
+            "only file://, builtin:// and oci://",
+        ),
+        (
+            "namespaces: { a: { plugins: [ { name: p, url: \"oci://reg/P:1\" } ] } }".into(),
+            "repository `P` must be lowercase",
+        ),
+        (
+            "namespaces: { a: { plugins: [ { name: p, url: \"file://x.wasm\", imagePullPolicy: Always } ] } }".into(),
+            "imagePullPolicy`: applies only to oci:// urls",
+        ),
+        (
+            "namespaces: { a: { plugins: [ { name: p, url: \"file://x.wasm\", shadow: { url: \"file://y.wasm\", timeoutMs: 0 } } ] } }".into(),
+            "shadow.timeoutMs`: must be between 1 and 60000",
         ),
         (
             "sandbox: { memoryLimitMiB: 0 }".into(),

@@ -22,6 +22,8 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::plugin::Registry;
 
+mod shadow;
+
 pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub registry: Arc<Registry>,
@@ -127,6 +129,13 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch
             let service = service_fn(move |req| {
                 let admin = admin.clone();
                 async move {
+                    let path = req.uri().path();
+                    if path == "/shadow" || path.starts_with("/shadow/") {
+                        let resp =
+                            shadow::handle(&admin.registry, req.method(), path, req.uri().query())
+                                .await;
+                        return Ok::<_, Infallible>(resp);
+                    }
                     let resp = match api::handle(&admin, req).await {
                         Ok(resp) => resp,
                         Err(req) => admin.route(&req),

@@ -11,6 +11,7 @@
 mod discovery;
 mod hbone;
 mod limits;
+mod oci;
 mod plugin;
 mod upstream;
 
@@ -25,8 +26,9 @@ pub fn discovery_address(s: &str) -> Result<std::net::IpAddr, String> {
     parse_network_address(s).map(|(_, ip)| ip)
 }
 pub use hbone::{HboneConfig, IdentityConfig, L4Authorization, L4Rule};
+pub use oci::{OciConfig, OciReference, OciTag, PullPolicy};
 pub use plugin::{
-    EnvSource, EnvVar, FailStrategy, Phase, PluginSpec, PluginType, PluginUrl, VmConfig,
+    EnvSource, EnvVar, FailStrategy, Phase, PluginSpec, PluginType, PluginUrl, ShadowSpec, VmConfig,
 };
 
 use std::collections::BTreeMap;
@@ -83,6 +85,9 @@ pub struct Config {
     /// Timeouts and connection caps of both listeners and of requests to upstreams.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// How `oci://` plugins are pulled: credentials, timeouts, size caps.
+    #[serde(default)]
+    pub oci: OciConfig,
     /// A folder of Kubernetes YAML (AuthorizationPolicy, HTTPRoute,
     /// WasmPlugin) compiled into the namespace chains and watched for
     /// changes; relative to the config file.
@@ -355,6 +360,9 @@ impl Config {
         self.limits
             .validate()
             .map_err(|(f, reason)| self.invalid(format!("limits.{f}"), reason))?;
+        self.oci
+            .validate()
+            .map_err(|(f, reason)| self.invalid(format!("oci.{f}"), reason))?;
         let sb = &self.sandbox;
         if !(50..=60_000).contains(&self.policy_poll_interval_ms) {
             return Err(self.invalid(

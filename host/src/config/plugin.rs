@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::oci::{OciReference, PullPolicy};
+
 type FieldError = (String, String);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -11,12 +13,18 @@ type FieldError = (String, String);
 pub struct PluginSpec {
     /// Unique within the namespace; also the Proxy-Wasm `plugin_name`.
     pub name: String,
-    /// `file://` path (absolute, or relative to the config file), or
-    /// `builtin://NAME` for plugins compiled into the binary.
+    /// `file://` path (absolute, or relative to the config file),
+    /// `builtin://NAME` for plugins compiled into the binary, or
+    /// `oci://REGISTRY/REPO:TAG` / `oci://REGISTRY/REPO@sha256:...`.
     pub url: PluginUrl,
-    /// Expected SHA-256 of the module, hex. Checked before compiling.
+    /// Expected SHA-256 of the module, hex. Checked before compiling. For
+    /// `oci://` it may also be the image manifest's digest (Istio's meaning).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// `oci://` only: `IfNotPresent` or `Always`; by default `Always` for
+    /// the `latest` tag, else `IfNotPresent`, as in Istio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
     #[serde(default)]
     pub phase: Phase,
     /// Higher runs first within a phase.
@@ -34,6 +42,46 @@ pub struct PluginSpec {
     pub vm_config: VmConfig,
     #[serde(default, rename = "type")]
     pub plugin_type: PluginType,
+    /// A candidate version run beside this one on live traffic, its effects
+    /// discarded and its decisions compared (a shadow rollout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowSpec>,
+}
+
+/// A shadow candidate: what differs from the serving entry. Anything not
+/// given is the serving entry's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ShadowSpec {
+    pub url: PluginUrl,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_config: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_config: Option<VmConfig>,
+    /// How long the candidate may take to decide a request, pauses and
+    /// callouts included; past it the comparison is counted as `timeout`.
+    #[serde(default = "default_shadow_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Candidate evaluations running at once; more are skipped (counted).
+    #[serde(default = "default_shadow_concurrency")]
+    pub max_concurrent: usize,
+    /// Differences written to the log per minute; all are counted.
+    #[serde(default = "default_shadow_log_samples")]
+    pub log_samples_per_minute: u32,
+}
+
+fn default_shadow_timeout_ms() -> u64 {
+    1000
+}
+fn default_shadow_concurrency() -> usize {
+    16
+}
+fn default_shadow_log_samples() -> u32 {
+    10
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
@@ -124,6 +172,7 @@ pub enum EnvSource {
 pub enum PluginUrl {
     File(String),
     Builtin(String),
+    Oci(OciReference),
 }
 
 impl TryFrom<String> for PluginUrl {
@@ -138,8 +187,11 @@ impl TryFrom<String> for PluginUrl {
         if let Some(rest) = s.strip_prefix("builtin://") {
             return Ok(PluginUrl::Builtin(rest.to_owned()));
         }
+        if let Some(rest) = s.strip_prefix("oci://") {
+            return OciReference::parse(rest).map(PluginUrl::Oci);
+        }
         Err(format!(
-            "plugin url `{s}`: only file:// and builtin:// plugin URLs are supported"
+            "plugin url `{s}`: only file://, builtin:// and oci:// plugin URLs are supported"
         ))
     }
 }
@@ -149,6 +201,7 @@ impl From<PluginUrl> for String {
         match u {
             PluginUrl::File(p) => format!("file://{p}"),
             PluginUrl::Builtin(n) => format!("builtin://{n}"),
+            PluginUrl::Oci(r) => r.to_string(),
         }
     }
 }
@@ -171,7 +224,7 @@ impl PluginUrl {
                     base.join(p)
                 })
             }
-            PluginUrl::Builtin(_) => None,
+            PluginUrl::Builtin(_) | PluginUrl::Oci(_) => None,
         }
     }
 }
@@ -200,6 +253,14 @@ impl PluginSpec {
         {
             return err("sha256", format!("`{sum}` is not 64 hex digits"));
         }
+        if self.image_pull_policy.is_some() && !matches!(self.url, PluginUrl::Oci(_)) {
+            return err("imagePullPolicy", "applies only to oci:// urls".into());
+        }
+        if let Some(shadow) = &self.shadow {
+            shadow
+                .validate()
+                .map_err(|(f, r)| (format!("shadow.{f}"), r))?;
+        }
         if self.plugin_type == PluginType::Network {
             return err("type", "NETWORK plugins are not supported; use HTTP".into());
         }
@@ -223,6 +284,24 @@ impl PluginSpec {
             }
         }
         Ok(())
+    }
+
+    /// The entry the shadow candidate runs as: this one with the
+    /// candidate's url, checksum and any configuration it overrides.
+    pub fn candidate(&self) -> Option<PluginSpec> {
+        let shadow = self.shadow.as_ref()?;
+        let mut spec = self.clone();
+        spec.shadow = None;
+        spec.url = shadow.url.clone();
+        spec.sha256 = shadow.sha256.clone();
+        spec.image_pull_policy = shadow.image_pull_policy;
+        if let Some(c) = &shadow.plugin_config {
+            spec.plugin_config = Some(c.clone());
+        }
+        if let Some(vm) = &shadow.vm_config {
+            spec.vm_config = vm.clone();
+        }
+        Some(spec)
     }
 
     /// The plugin configuration as the bytes the plugin reads: JSON, or
@@ -256,6 +335,30 @@ impl PluginSpec {
     /// Proxy-Wasm root id.
     pub fn root_id(&self) -> &str {
         self.plugin_name.as_deref().unwrap_or("")
+    }
+}
+
+impl ShadowSpec {
+    fn validate(&self) -> Result<(), FieldError> {
+        let err = |f: &str, r: &str| Err((f.to_owned(), r.to_owned()));
+        if let Some(sum) = &self.sha256
+            && (sum.len() != 64 || !sum.chars().all(|c| c.is_ascii_hexdigit()))
+        {
+            return Err(("sha256".into(), format!("`{sum}` is not 64 hex digits")));
+        }
+        if self.image_pull_policy.is_some() && !matches!(self.url, PluginUrl::Oci(_)) {
+            return err("imagePullPolicy", "applies only to oci:// urls");
+        }
+        if !(1..=60_000).contains(&self.timeout_ms) {
+            return err("timeoutMs", "must be between 1 and 60000");
+        }
+        if !(1..=1024).contains(&self.max_concurrent) {
+            return err("maxConcurrent", "must be between 1 and 1024");
+        }
+        if self.log_samples_per_minute > 6000 {
+            return err("logSamplesPerMinute", "must be at most 6000");
+        }
+        Ok(())
     }
 }
 

@@ -36,6 +36,7 @@ use crate::exchange::{
 };
 use crate::metrics::Metrics;
 use crate::plugin::registry::Installed;
+use crate::plugin::shadow;
 use crate::plugin::{FilterStatus, HttpFilter, Plugin, PluginFailure, Registry};
 
 /// A plugin closed the stream: the connection layer resets it instead of
@@ -922,7 +923,9 @@ impl Pipeline {
                     };
                 }
             }
-            match step(
+            // A shadow candidate decides from what the serving plugin saw.
+            let seen = plugin.shadow.as_ref().map(|_| shadow::Seen::of(exchange));
+            let outcome = step(
                 filters,
                 exchange,
                 &self.limits,
@@ -930,8 +933,18 @@ impl Pipeline {
                 Dir::Request,
                 Phase::Headers { eos },
             )
-            .await
-            {
+            .await;
+            if let (Some(shadow), Some(seen)) = (&plugin.shadow, seen) {
+                let serving = match &outcome {
+                    Outcome::Continue => shadow::serving_continue(exchange, plugin.name()),
+                    Outcome::Respond { response, .. } => shadow::Decision::Respond {
+                        status: response.status.as_u16(),
+                    },
+                    Outcome::Reset => shadow::Decision::Reset,
+                };
+                shadow.compare(exchange.info.clone(), seen, eos, serving);
+            }
+            match outcome {
                 Outcome::Continue => {}
                 other => return other,
             }

@@ -18,7 +18,9 @@ mod precompiled;
 pub mod proxywasm;
 pub mod registry;
 pub mod sandbox;
+pub mod shadow;
 pub mod shared;
+pub mod source;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -81,6 +83,12 @@ pub enum Error {
         reason: String,
         /// What the plugin logged at warning level or above while starting.
         log: String,
+    },
+    #[error("plugin `{plugin}` in namespace `{namespace}`: cannot pull {source}")]
+    Pull {
+        plugin: String,
+        namespace: String,
+        source: source::oci::OciError,
     },
     #[error("cannot set up the WebAssembly engine: {0}")]
     Engine(String),
@@ -221,6 +229,9 @@ pub struct Plugin {
     pub sha256: String,
     pub size: usize,
     pub kind: PluginKind,
+    /// A candidate version deciding the same requests, its effects
+    /// discarded (a shadow rollout).
+    pub shadow: Option<Arc<shadow::Shadow>>,
     /// Hash of what the plugin was built from (spec, environment, bytes):
     /// an entry with the same identity keeps this plugin on reload.
     pub identity: String,

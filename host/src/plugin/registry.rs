@@ -38,7 +38,9 @@ use super::callout::Callouts;
 use super::component::{ComponentPlugin, LoadError as ComponentLoadError};
 use super::engine::Engine;
 use super::proxywasm::{ProxyWasmModule, ProxyWasmPlugin, StartError};
+use super::shadow::{Shadow, ShadowMetrics};
 use super::shared::NamespaceShared;
+use super::source::oci::Puller;
 use super::{Error, LoadInfo, Plugin, PluginKind, PluginShared};
 use crate::config::{Config, FailStrategy, Phase, PluginSpec, PluginUrl, SandboxConfig};
 use crate::discovery::Discovery;
@@ -90,6 +92,9 @@ pub struct Registry {
     modules: Arc<ModuleCache>,
     /// sha256 of each built-in, hashed once (they are megabytes).
     builtin_sha256: Mutex<HashMap<String, String>>,
+    /// `oci://` plugins: pulls and the copies kept.
+    oci: Puller,
+    shadow_metrics: ShadowMetrics,
 }
 
 /// A plugin file read and checked, not yet compiled.
@@ -98,6 +103,10 @@ struct Read {
     bytes: Bytes,
     sha256: String,
     is_component: bool,
+    /// The entry's shadow candidate, read the same way.
+    candidate: Option<Box<Read>>,
+    /// This is a shadow candidate: its shared data and metrics are its own.
+    is_candidate: bool,
 }
 
 impl Read {
@@ -113,6 +122,10 @@ impl Read {
             h.update(k.as_bytes());
             h.update((v.len() as u64).to_le_bytes());
             h.update(v.as_bytes());
+        }
+        // A shadow candidate's file may change while its spec does not.
+        if let Some(c) = &self.candidate {
+            h.update(c.identity().as_bytes());
         }
         hex::encode(h.finalize())
     }
@@ -205,7 +218,10 @@ impl Registry {
         cache_dir: Option<&Path>,
     ) -> Result<Registry, Error> {
         let modules = Arc::new(ModuleCache::new(&engine.wasm, &metrics, cache_dir)?);
+        let shadow_metrics = ShadowMetrics::new(&metrics);
         Ok(Registry {
+            shadow_metrics,
+            oci: Puller::default(),
             engine,
             metrics,
             callouts,
@@ -319,6 +335,7 @@ impl Registry {
         api_changes: usize,
         refresh: bool,
     ) -> Result<(), Error> {
+        self.oci.configure(&config.oci, &config.base_dir);
         let current = self.current();
         let revision = current.revision + 1;
         // Read and check every entry; keep what did not change.
@@ -331,6 +348,9 @@ impl Registry {
             for spec in &cfg.plugins {
                 let r = self.read(ns, spec, &config.base_dir).await?;
                 all.add(r.is_component, spec.fail_strategy);
+                if let Some(c) = &r.candidate {
+                    all.add(c.is_component, spec.fail_strategy);
+                }
                 let identity = r.identity();
                 let kept = installed.and_then(|c| {
                     c.plugins
@@ -341,6 +361,9 @@ impl Registry {
                     Some(p) => list.push(Entry::Keep(p.clone())),
                     None => {
                         built.add(r.is_component, spec.fail_strategy);
+                        if let Some(c) = &r.candidate {
+                            built.add(c.is_component, spec.fail_strategy);
+                        }
                         list.push(Entry::Build(Box::new(r)));
                     }
                 }
@@ -404,7 +427,7 @@ impl Registry {
             .map(|n| n.get())
             .unwrap_or(2);
         let mut built = futures_util::stream::iter(jobs)
-            .map(|(ns, r)| async move { self.load(&ns, r, revision).await.map(Arc::new) })
+            .map(|(ns, r)| async move { self.load_entry(&ns, r, revision).await.map(Arc::new) })
             .buffered(parallel)
             .collect::<Vec<_>>()
             .await
@@ -472,6 +495,32 @@ impl Registry {
         }));
     }
 
+    /// Installs `chain` for `namespace` and `config` as the config in force,
+    /// in one swap, but only while `expected` is still the snapshot in
+    /// force: a reload in between wins and this returns `false`.
+    pub fn swap_chain_if_current(
+        &self,
+        expected: &Arc<Installed>,
+        namespace: &str,
+        chain: Chain,
+        config: Config,
+    ) -> bool {
+        let _guard = self.install.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.current.load_full();
+        if !Arc::ptr_eq(&current, expected) {
+            return false;
+        }
+        let mut chains = current.chains.clone();
+        chains.insert(namespace.to_owned(), Arc::new(chain));
+        self.current.store(Arc::new(Installed {
+            config: Arc::new(config),
+            discovery: current.discovery.clone(),
+            chains,
+            need: current.need,
+        }));
+        true
+    }
+
     /// Loads every plugin of a namespace and orders them as Istio's waypoint
     /// does (see [`chain_position`]), then higher priority first, then name.
     pub async fn build_chain(
@@ -492,13 +541,29 @@ impl Registry {
         let revision = self.current().revision + 1;
         let mut plugins = Vec::with_capacity(read.len());
         for r in read {
-            plugins.push(Arc::new(self.load(namespace, r, revision).await?));
+            plugins.push(Arc::new(self.load_entry(namespace, r, revision).await?));
         }
         Ok(ordered(namespace, plugins))
     }
 
-    /// Reads a plugin's bytes and checks its sha256; decides its kind.
+    /// Reads a plugin entry and its shadow candidate, if it has one.
     async fn read(
+        &self,
+        namespace: &str,
+        spec: &PluginSpec,
+        base_dir: &Path,
+    ) -> Result<Read, Error> {
+        let mut read = self.read_one(namespace, spec, base_dir).await?;
+        if let Some(candidate) = spec.candidate() {
+            let mut c = self.read_one(namespace, &candidate, base_dir).await?;
+            c.is_candidate = true;
+            read.candidate = Some(Box::new(c));
+        }
+        Ok(read)
+    }
+
+    /// Reads a plugin's bytes and checks its sha256; decides its kind.
+    async fn read_one(
         &self,
         namespace: &str,
         spec: &PluginSpec,
@@ -506,7 +571,24 @@ impl Registry {
     ) -> Result<Read, Error> {
         let plugin = spec.name.clone();
         let ns = namespace.to_owned();
+        // An `oci://` pull checks the entry's sha256 itself (it may name the
+        // manifest as well as the module).
+        let mut pinned = false;
         let (bytes, sha256) = match &spec.url {
+            PluginUrl::Oci(reference) => {
+                pinned = true;
+                let pulled = self
+                    .oci
+                    .fetch(reference, spec.image_pull_policy, spec.sha256.as_deref())
+                    .await
+                    .map_err(|source| Error::Pull {
+                        plugin: plugin.clone(),
+                        namespace: ns.clone(),
+                        source,
+                    })?;
+                let sha256 = hex::encode(Sha256::digest(&pulled.bytes));
+                (Bytes::from_owner(pulled.bytes), sha256)
+            }
             PluginUrl::File(_) => {
                 let path = spec.url.resolve_file(base_dir).expect("file url");
                 let bytes = tokio::fs::read(&path).await.map_err(|e| Error::Read {
@@ -538,6 +620,7 @@ impl Registry {
             }
         };
         if let Some(expected) = &spec.sha256
+            && !pinned
             && !expected.eq_ignore_ascii_case(&sha256)
         {
             return Err(Error::Checksum {
@@ -563,7 +646,37 @@ impl Registry {
             bytes,
             sha256,
             is_component,
+            candidate: None,
+            is_candidate: false,
         })
+    }
+
+    /// Builds an entry: its serving plugin and, for a shadow rollout, the
+    /// candidate beside it.
+    async fn load_entry(
+        &self,
+        namespace: &str,
+        mut read: Read,
+        revision: u64,
+    ) -> Result<Plugin, Error> {
+        let identity = read.identity();
+        let candidate = read.candidate.take();
+        let mut plugin = self.load(namespace, read, revision).await?;
+        plugin.identity = identity;
+        if let Some(c) = candidate {
+            let spec = plugin
+                .spec
+                .shadow
+                .clone()
+                .expect("a candidate comes from a shadow");
+            let candidate = Arc::new(self.load(namespace, *c, revision).await?);
+            plugin.shadow = Some(Arc::new(Shadow::new(
+                candidate,
+                spec,
+                self.shadow_metrics.clone(),
+            )));
+        }
+        Ok(plugin)
     }
 
     async fn load(&self, namespace: &str, read: Read, revision: u64) -> Result<Plugin, Error> {
@@ -574,10 +687,19 @@ impl Registry {
             bytes,
             sha256,
             is_component,
+            is_candidate,
+            ..
         } = read;
         let spec = &spec;
         let plugin = spec.name.clone();
         let ns = namespace.to_owned();
+        // A candidate's failures and metrics are counted apart, unexported,
+        // so they never mix with the serving version's series.
+        let candidate_metrics = if is_candidate {
+            Arc::new(Metrics::new())
+        } else {
+            self.metrics.clone()
+        };
 
         let shared = Arc::new(PluginShared {
             name: spec.name.clone(),
@@ -588,10 +710,14 @@ impl Registry {
             vm_config: Vec::new(),
             env: spec.environment(),
             limits: self.engine.limits.clone(),
-            shared: self.namespace_shared(namespace),
+            shared: if is_candidate {
+                Arc::default()
+            } else {
+                self.namespace_shared(namespace)
+            },
             callouts: self.callouts.clone(),
-            metrics: self.metrics.plugin_metrics(namespace, &spec.name),
-            global_metrics: self.metrics.clone(),
+            metrics: candidate_metrics.plugin_metrics(namespace, &spec.name),
+            global_metrics: candidate_metrics.clone(),
             log_tail: Mutex::new(Default::default()),
             limits_warned: Default::default(),
         });
@@ -667,7 +793,7 @@ impl Registry {
             }
         })?;
         let took = started.elapsed();
-        tracing::info!(plugin = %spec.name, namespace, sha256 = %sha256, size, ms = took.as_millis() as u64, "plugin loaded");
+        tracing::info!(plugin = %spec.name, namespace, sha256 = %sha256, size, shadow = is_candidate, ms = took.as_millis() as u64, "plugin loaded");
         Ok(Plugin {
             spec: spec.clone(),
             namespace: namespace.to_owned(),
@@ -680,6 +806,7 @@ impl Registry {
                 took,
                 revision,
             },
+            shadow: None,
         })
     }
 }
