@@ -517,6 +517,9 @@ impl Registry {
             discovery: current.discovery.clone(),
             chains,
             need: current.need,
+            revision: current.revision + 1,
+            // A promotion is a change the config file does not hold.
+            api_changes: current.api_changes + 1,
         }));
         true
     }
