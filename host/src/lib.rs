@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod discovery;
@@ -17,4 +18,5 @@ pub mod http;
 pub mod metrics;
 pub mod plugin;
 pub mod policy;
+pub mod testing;
 pub mod tls;
