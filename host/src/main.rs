@@ -155,7 +155,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 identity,
                 expect,
             } => tunnel(listen, waypoint, to, identity, expect).await,
-            Command::Test(_) | Command::Record(_) | Command::New(_) => unreachable!("handled above"),
+            Command::Test(_) | Command::Record(_) | Command::New(_) => {
+                unreachable!("handled above")
+            }
         }
     })
 }

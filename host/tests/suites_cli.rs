@@ -2,6 +2,7 @@
 //! the text they print, the files they write, and their errors for bad
 //! input.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -28,17 +29,46 @@ fn wayplug(args: &[&str], dir: Option<&Path>) -> (i32, String, String) {
     )
 }
 
+/// Waits for `child` (at most `limit`), reading its output as it comes so a
+/// full pipe never stalls it.
 fn wait(mut child: std::process::Child, limit: Duration) -> Output {
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
     let start = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
         }
         if start.elapsed() > limit {
             let _ = child.kill();
+            let _ = child.wait();
             panic!("still running after {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
     }
 }
 
@@ -53,6 +83,9 @@ fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
+// Each run loads a waypoint, which compiles the built-in components: the
+// tests below share runs where they can.
+
 #[test]
 fn a_failing_expectation_exits_1_with_a_diff_naming_the_case() {
     let (code, out, _) = wayplug(&["test", &s(&suites().join("failing.yaml"))], None);
@@ -61,76 +94,106 @@ fn a_failing_expectation_exits_1_with_a_diff_naming_the_case() {
     assert!(out.contains("allow: expected allow, got deny"), "{out}");
     assert!(out.contains("status: expected 200, got 403"), "{out}");
     assert!(out.contains("failing: 1 passed, 1 failed"), "{out}");
-
-    let (code, xml, _) = wayplug(
-        &["test", "--format", "junit", &s(&suites().join("failing.yaml"))],
-        None,
-    );
-    assert_eq!(code, 1);
-    assert!(xml.contains(r#"<testsuite name="failing" tests="2" failures="1">"#), "{xml}");
-    assert!(xml.contains(r#"<failure message="allow: expected allow, got deny">"#), "{xml}");
 }
 
 #[test]
-fn passing_suites_exit_0_and_report_coverage_and_json() {
-    let store = s(&suites().join("store.yaml"));
-    let (code, out, err) = wayplug(&["test", "--coverage", "--explain", &store], None);
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("coverage: 6/6 rules exercised (100.0%)"), "{out}");
-    assert!(out.contains("store: 10 passed, 0 failed"), "{out}");
-    assert!(!out.contains("INFO"), "logs stay off stdout: {out}");
-
-    let (code, json, _) = wayplug(&["test", "--format", "json", &store], None);
-    assert_eq!(code, 0);
-    let v: serde_json::Value = serde_json::from_str(&json).expect("JSON output");
-    assert_eq!(v["failed"], 0);
-    assert_eq!(v["suites"][0]["cases"][0]["outcome"]["verdict"], "allow");
-
-    let (code, out, _) = wayplug(
-        &["test", &store, "--against", &s(&suites().join("store/policies-v2"))],
-        None,
-    );
-    assert_eq!(code, 0, "{out}");
-    assert!(out.contains("4 case(s) decided differently:"), "{out}");
-    assert!(out.contains("  old links are redirected:\n    before: deny 301"), "{out}");
-}
-
-#[test]
-fn min_coverage_fails_a_suite_that_leaves_rules_unexercised() {
+fn junit_and_min_coverage_fail_a_suite_for_ci() {
     let dir = tempdir("cov");
     let suite = dir.join("one.yaml");
     std::fs::write(
         &suite,
         format!(
-            "config: {}\ncases:\n  - request: {{ service: store.store.svc.cluster.local, path: /cart, headers: {{ x-user: alice }} }}\n",
+            "name: one\nconfig: {}\ndefaults: {{ request: {{ service: store.store.svc.cluster.local, path: /cart }} }}\ncases:\n  - {{ name: alice, request: {{ headers: {{ x-user: alice }} }}, expect: {{ status: 200 }} }}\n  - {{ name: \"bob <b>\", request: {{ headers: {{ x-user: bob }} }}, expect: {{ status: 201 }} }}\n",
             s(&suites().join("store/waypoint.yaml"))
         ),
     )
     .unwrap();
-    let (code, out, err) = wayplug(&["test", "--min-coverage", "50", &s(&suite)], None);
-    assert_eq!(code, 1, "{out}{err}");
-    assert!(err.contains("coverage 33.3% is below --min-coverage 50"), "{err}");
-    assert!(out.contains("not exercised: AuthorizationPolicy/store/no-admin rule 0"), "{out}");
+    let (code, xml, err) = wayplug(
+        &[
+            "test",
+            "--format",
+            "junit",
+            "--min-coverage",
+            "50",
+            &s(&suite),
+        ],
+        None,
+    );
+    assert_eq!(code, 1, "{xml}{err}");
+    assert!(
+        err.contains("coverage 33.3% is below --min-coverage 50"),
+        "{err}"
+    );
+    assert!(xml.starts_with("<?xml"), "{xml}");
+    assert!(
+        xml.contains(r#"<testsuite name="one" tests="2" failures="1">"#),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(r#"<testcase classname="one" name="alice"/>"#),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(r#"<testcase classname="one" name="bob &lt;b&gt;">"#)
+            && xml.contains(r#"<failure message="status: expected 201, got 200">"#),
+        "{xml}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
-fn snapshots_are_written_in_insta_format_and_changes_wait_for_review() {
+fn passing_suites_exit_0_with_coverage_changes_and_insta_snapshots() {
     let dir = tempdir("snap");
     let store = s(&suites().join("store.yaml"));
-    let (code, out, _) = wayplug(&["test", &store, "--snapshot", &s(&dir)], None);
-    assert_eq!(code, 0, "{out}");
+    let v2 = s(&suites().join("store/policies-v2"));
+    let (code, out, err) = wayplug(
+        &[
+            "test",
+            "--coverage",
+            "--explain",
+            "--snapshot",
+            &s(&dir),
+            "--against",
+            &v2,
+            &store,
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("coverage: 6/6 rules exercised (100.0%)"),
+        "{out}"
+    );
+    assert!(out.contains("store: 10 passed, 0 failed"), "{out}");
+    assert!(out.contains("5 case(s) decided differently:"), "{out}");
+    assert!(
+        out.contains("  old links are redirected:\n    before: deny 301"),
+        "{out}"
+    );
+    assert!(!out.contains("INFO"), "logs stay off stdout: {out}");
     let snap = dir.join("store__alice_reads_the_api.snap");
     let text = std::fs::read_to_string(&snap).unwrap();
     assert!(text.starts_with("---\nsource: "), "{text}");
-    assert!(text.contains("\nexpression: alice reads the api\n---\nverdict: allow\nstatus: 200\n"), "{text}");
+    assert!(
+        text.contains("\nexpression: alice reads the api\n---\nverdict: allow\nstatus: 200\n"),
+        "{text}"
+    );
 
-    // Unchanged: passes, nothing pending.
-    let (code, _, _) = wayplug(&["test", &store, "--snapshot", &s(&dir)], None);
-    assert_eq!(code, 0);
+    // A changed outcome fails the run and waits for review as .snap.new.
     std::fs::write(&snap, text.replace("status: 200", "status: 201")).unwrap();
-    let (code, out, _) = wayplug(&["test", &store, "--snapshot", &s(&dir)], None);
-    assert_eq!(code, 1, "{out}");
-    assert!(out.contains("alice reads the api: changed; review"), "{out}");
+    let (code, json, _) = wayplug(
+        &["test", "--format", "json", "--snapshot", &s(&dir), &store],
+        None,
+    );
+    assert_eq!(code, 1, "{json}");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("JSON output");
+    assert_eq!(v["failed"], 0, "the cases themselves pass");
+    assert_eq!(v["suites"][0]["cases"][0]["outcome"]["verdict"], "allow");
+    let noted = v["suites"][0]["snapshots"][0].as_str().unwrap();
+    assert!(
+        noted.starts_with("alice reads the api: changed; review"),
+        "{noted}"
+    );
     let pending = std::fs::read_to_string(dir.join("store__alice_reads_the_api.snap.new")).unwrap();
     assert!(pending.contains("status: 200"), "{pending}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -141,21 +204,50 @@ fn bad_suites_are_refused_naming_the_file_the_case_and_the_field() {
     let dir = tempdir("bad");
     let config = s(&suites().join("store/waypoint.yaml"));
     let cases = [
-        ("missing.yaml", "config: nowhere.yaml\ncases: []\n".to_owned(), vec!["missing.yaml", "field `config`", "nowhere.yaml does not exist"]),
+        (
+            "missing.yaml",
+            "config: nowhere.yaml\ncases: []\n".to_owned(),
+            vec![
+                "missing.yaml",
+                "field `config`",
+                "nowhere.yaml does not exist",
+            ],
+        ),
         (
             "unknown.yaml",
-            format!("config: {config}\ncases:\n  - name: typo\n    request: {{ service: a, methd: GET }}\n"),
-            vec!["unknown.yaml", "case 0 (\"typo\")", "field `cases[0].request.methd`", "unknown field `methd`"],
+            format!(
+                "config: {config}\ncases:\n  - name: typo\n    request: {{ service: a, methd: GET }}\n"
+            ),
+            vec![
+                "unknown.yaml",
+                "case 0 (\"typo\")",
+                "field `cases[0].request.methd`",
+                "unknown field `methd`",
+            ],
         ),
         (
             "method.yaml",
-            format!("config: {config}\ncases:\n  - name: ok\n    request: {{ service: a }}\n  - name: spaced\n    request: {{ service: a, method: \"GE T\" }}\n"),
-            vec!["method.yaml", "case 1 (\"spaced\")", "field `cases[1].request.method`", "\"GE T\" is not an HTTP method"],
+            format!(
+                "config: {config}\ncases:\n  - name: ok\n    request: {{ service: a }}\n  - name: spaced\n    request: {{ service: a, method: \"GE T\" }}\n"
+            ),
+            vec![
+                "method.yaml",
+                "case 1 (\"spaced\")",
+                "field `cases[1].request.method`",
+                "\"GE T\" is not an HTTP method",
+            ],
         ),
         (
             "header.yaml",
-            format!("config: {config}\ncases:\n  - name: bad header\n    request: {{ service: a, headers: {{ \"x bad\": v }} }}\n"),
-            vec!["header.yaml", "case 0 (\"bad header\")", "field `cases[0].request.headers.x bad`", "not a valid header name"],
+            format!(
+                "config: {config}\ncases:\n  - name: bad header\n    request: {{ service: a, headers: {{ \"x bad\": v }} }}\n"
+            ),
+            vec![
+                "header.yaml",
+                "case 0 (\"bad header\")",
+                "field `cases[0].request.headers.x bad`",
+                "not a valid header name",
+            ],
         ),
         (
             "top.yaml",
@@ -194,7 +286,14 @@ fn cargo(dir: &Path, args: &[&str]) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     // What the outer cargo set for this test must not steer the nested one.
-    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "CARGO_MAKEFLAGS", "CARGO_BUILD_TARGET"] {
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_MAKEFLAGS",
+        "CARGO_BUILD_TARGET",
+    ] {
         cmd.env_remove(var);
     }
     let out = wait(cmd.spawn().unwrap(), Duration::from_secs(600));
@@ -209,12 +308,21 @@ fn cargo(dir: &Path, args: &[&str]) {
 #[test]
 fn new_plugins_build_pass_their_tests_and_their_suite() {
     let root = tempdir("new");
-    for (abi, target) in [("component", "wasm32-wasip2"), ("proxy-wasm", "wasm32-wasip1")] {
+    for (abi, target) in [
+        ("component", "wasm32-wasip2"),
+        ("proxy-wasm", "wasm32-wasip1"),
+    ] {
         let name = format!("my-{abi}-policy");
         let dir = root.join(&name);
         let (code, out, err) = wayplug(&["new", &name, "--abi", abi, "--dir", &s(&dir)], None);
         assert_eq!(code, 0, "{out}{err}");
-        for f in ["Cargo.toml", "src/lib.rs", "suite.yaml", "waypoint.yaml", "README.md"] {
+        for f in [
+            "Cargo.toml",
+            "src/lib.rs",
+            "suite.yaml",
+            "waypoint.yaml",
+            "README.md",
+        ] {
             assert!(dir.join(f).is_file(), "{abi}: {f} missing");
         }
         cargo(&dir, &["test"]);
@@ -228,8 +336,14 @@ fn new_plugins_build_pass_their_tests_and_their_suite() {
         std::fs::copy(&built, expected.join(&file)).unwrap();
         let (code, out, err) = wayplug(&["test", "suite.yaml", "--explain"], Some(&dir));
         assert_eq!(code, 0, "{abi}: {out}{err}");
-        assert!(out.contains(&format!("{name}: 3 passed, 0 failed")), "{out}");
-        assert!(out.contains(&format!("why: [{name}] {name} rule 0 -> allow")), "{out}");
+        assert!(
+            out.contains(&format!("{name}: 3 passed, 0 failed")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("why: [{name}] {name} rule 0 -> allow")),
+            "{out}"
+        );
     }
     let (code, _, err) = wayplug(&["new", "Bad_Name"], Some(&root));
     assert_eq!(code, 1);

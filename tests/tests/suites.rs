@@ -18,9 +18,19 @@ fn suites_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("suites")
 }
 
-async fn run(name: &str) -> (Suite, Arc<OfflineWaypoint>, Vec<wayplug::testing::CaseResult>) {
+async fn run(
+    name: &str,
+) -> (
+    Suite,
+    Arc<OfflineWaypoint>,
+    Vec<wayplug::testing::CaseResult>,
+) {
     let suite = Suite::load(&suites_dir().join(name)).expect("suite loads");
-    let waypoint = Arc::new(OfflineWaypoint::build(&suite, None).await.expect("waypoint loads"));
+    let waypoint = Arc::new(
+        OfflineWaypoint::build(&suite, None)
+            .await
+            .expect("waypoint loads"),
+    );
     let results = tokio::time::timeout(Duration::from_secs(60), waypoint.run(&suite.cases, 4))
         .await
         .expect("suite ran within 60 s");
@@ -41,24 +51,54 @@ fn text(suite: &Suite, results: &[wayplug::testing::CaseResult], explain: bool) 
     )
 }
 
-#[tokio::test]
-async fn builtin_suites_pass_and_match_their_snapshots() {
-    for name in ["store.yaml", "mesh.yaml"] {
-        let (suite, _, results) = run(name).await;
-        assert!(results.len() >= 10, "{name}: {} cases", results.len());
-        let failed: Vec<_> = results.iter().filter(|r| !r.passed()).collect();
-        assert!(failed.is_empty(), "{}", text(&suite, &results, true));
-        for r in &results {
-            let id = format!("{}-{}", snapshot::slug(&suite.name), snapshot::slug(&r.name));
-            insta::assert_yaml_snapshot!(id, r.outcome);
-        }
+fn assert_passed_and_snapshot(suite: &Suite, results: &[wayplug::testing::CaseResult]) {
+    assert!(
+        results.len() >= 10,
+        "{}: {} cases",
+        suite.name,
+        results.len()
+    );
+    assert!(
+        results.iter().all(|r| r.passed()),
+        "{}",
+        text(suite, results, true)
+    );
+    for r in results {
+        let id = format!(
+            "{}-{}",
+            snapshot::slug(&suite.name),
+            snapshot::slug(&r.name)
+        );
+        insta::assert_yaml_snapshot!(id, r.outcome);
     }
 }
 
 #[tokio::test]
-async fn explain_names_the_rule_or_why_none_matched() {
-    let (suite, _, results) = run("store.yaml").await;
-    let out = text(&suite, &results, true);
+async fn multi_namespace_suite_with_identities_passes_and_matches_its_snapshots() {
+    let (suite, _, results) = run("mesh.yaml").await;
+    assert_passed_and_snapshot(&suite, &results);
+}
+
+/// Loading a waypoint compiles its built-in components, which dominates
+/// the cost of a suite: everything about the store's config shares one.
+#[tokio::test]
+async fn store_suite_snapshots_explain_coverage_against_and_failures() {
+    let (suite, waypoint, results) = run("store.yaml").await;
+    assert_passed_and_snapshot(&suite, &results);
+    explain_names_the_rule_or_why_none_matched(&suite, &results);
+    coverage_lists_the_rules_no_case_exercised(&suite, &waypoint, &results).await;
+    against_lists_every_case_whose_decision_changed(&suite, &results).await;
+    // failing.yaml names the same config, so the same waypoint runs it.
+    let failing = Suite::load(&suites_dir().join("failing.yaml")).unwrap();
+    let failed = waypoint.run(&failing.cases, 2).await;
+    a_failing_expectation_names_the_case_the_expected_and_the_actual_value(&failing, &failed);
+}
+
+fn explain_names_the_rule_or_why_none_matched(
+    suite: &Suite,
+    results: &[wayplug::testing::CaseResult],
+) {
+    let out = text(suite, results, true);
     for want in [
         "why: [authorizationpolicy] AuthorizationPolicy/store/store-users rule 0 -> allow",
         "why: [httproute] HTTPRoute/store/store rule 1 -> redirect",
@@ -70,9 +110,11 @@ async fn explain_names_the_rule_or_why_none_matched() {
     }
 }
 
-#[tokio::test]
-async fn coverage_lists_the_rules_no_case_exercised() {
-    let (suite, waypoint, results) = run("store.yaml").await;
+async fn coverage_lists_the_rules_no_case_exercised(
+    suite: &Suite,
+    waypoint: &Arc<OfflineWaypoint>,
+    results: &[wayplug::testing::CaseResult],
+) {
     let all = coverage::rules(&waypoint.namespaces);
     let names: Vec<String> = all.iter().map(ToString::to_string).collect();
     assert_eq!(
@@ -86,7 +128,7 @@ async fn coverage_lists_the_rules_no_case_exercised() {
             "HTTPRoute/store/store rule 2",
         ]
     );
-    let full = coverage::coverage(&all, &results);
+    let full = coverage::coverage(&all, results);
     assert!(full.missed.is_empty(), "{:?}", full.missed);
     assert_eq!(full.percent(), 100.0);
 
@@ -103,42 +145,54 @@ async fn coverage_lists_the_rules_no_case_exercised() {
             "HTTPRoute/store/store rule 2",
         ]
     );
-    assert!((part.percent() - 100.0 / 3.0).abs() < 0.01, "{}", part.percent());
+    assert!(
+        (part.percent() - 100.0 / 3.0).abs() < 0.01,
+        "{}",
+        part.percent()
+    );
 }
 
-#[tokio::test]
-async fn against_lists_every_case_whose_decision_changed() {
-    let (suite, _, before) = run("store.yaml").await;
+async fn against_lists_every_case_whose_decision_changed(
+    suite: &Suite,
+    before: &[wayplug::testing::CaseResult],
+) {
     let other = Other::from_path(&suites_dir().join("store/policies-v2"));
-    let b = Arc::new(OfflineWaypoint::build(&suite, Some(&other)).await.unwrap());
+    let b = Arc::new(OfflineWaypoint::build(suite, Some(&other)).await.unwrap());
     let after = b.run(&suite.cases, 4).await;
-    let changes = against::changes(&before, &after);
+    let changes = against::changes(before, &after);
     let names: Vec<&str> = changes.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(
         names,
         [
-            // The catch-all rule moved from index 2 to 1: a different rule decided.
+            // The catch-all rule moved from index 2 to 1: a different rule decided
+            // (also for the auditor below).
             "users reach the store front [user=alice]",
             "users reach the store front [user=bob]",
+            "the auditor reads by identity",
             "old links are redirected",
             "the upstream's answer reaches the client",
         ]
     );
     let bob = &changes[1];
-    assert!(bob.before.starts_with("allow 200") && bob.after.starts_with("deny 403"), "{bob:?}");
-    let redirect = &changes[2];
+    assert!(
+        bob.before.starts_with("allow 200") && bob.after.starts_with("deny 403"),
+        "{bob:?}"
+    );
+    let redirect = &changes[3];
     assert!(redirect.before.starts_with("deny 301"), "{redirect:?}");
     // The case's upstream answers 500: the request now reaches it.
     assert!(
-        redirect.after.starts_with("allow 500") && redirect.after.contains("HTTPRoute/store/store[1]=route"),
+        redirect.after.starts_with("allow 500")
+            && redirect.after.contains("HTTPRoute/store/store[1]=route"),
         "{redirect:?}"
     );
 }
 
-#[tokio::test]
-async fn a_failing_expectation_names_the_case_the_expected_and_the_actual_value() {
-    let (suite, _, results) = run("failing.yaml").await;
-    let out = text(&suite, &results, false);
+fn a_failing_expectation_names_the_case_the_expected_and_the_actual_value(
+    suite: &Suite,
+    results: &[wayplug::testing::CaseResult],
+) {
+    let out = text(suite, results, false);
     assert!(out.contains("FAIL mallory expected in: deny 403"), "{out}");
     assert!(out.contains("allow: expected allow, got deny"), "{out}");
     assert!(out.contains("status: expected 200, got 403"), "{out}");
@@ -210,7 +264,11 @@ fn store_waypoint(dir: &Path, upstream: std::net::SocketAddr) -> PathBuf {
         .replace("80: 8080", &format!("80: {}", upstream.port()))
         .replace("80: 8081", &format!("80: {}", upstream.port()));
     std::fs::create_dir_all(dir.join("policies")).unwrap();
-    std::fs::copy(src.join("policies/store.yaml"), dir.join("policies/store.yaml")).unwrap();
+    std::fs::copy(
+        src.join("policies/store.yaml"),
+        dir.join("policies/store.yaml"),
+    )
+    .unwrap();
     let path = dir.join("waypoint.yaml");
     std::fs::write(&path, yaml).unwrap();
     path
@@ -221,9 +279,12 @@ async fn recorded_traffic_replays_to_the_same_decisions_without_secrets() {
     let dir = tempdir("record");
     let upstream = harness::upstream().await;
     let config_path = store_waypoint(&dir, upstream.addr);
-    let waypoint = Waypoint::start(Config::load(&config_path).unwrap(), wayplug::demo::builtins())
-        .await
-        .unwrap();
+    let waypoint = Waypoint::start(
+        Config::load(&config_path).unwrap(),
+        wayplug::demo::builtins(),
+    )
+    .await
+    .unwrap();
     let (http, admin) = (waypoint.http_addr.unwrap(), waypoint.admin_addr.unwrap());
     let out = dir.join("recorded.yaml");
     let recording = tokio::spawn(wayplug::cli::record::run(wayplug::cli::RecordArgs {
@@ -243,7 +304,11 @@ async fn recorded_traffic_replays_to_the_same_decisions_without_secrets() {
     .await;
     assert!(armed.is_some(), "the recorder was armed");
     let host = "store.store.svc.cluster.local";
-    let secret = [("authorization", "Bearer s3cret-token"), ("cookie", "sid=s3cret-cookie"), ("x-session", "s3cret-session")];
+    let secret = [
+        ("authorization", "Bearer s3cret-token"),
+        ("cookie", "sid=s3cret-cookie"),
+        ("x-session", "s3cret-session"),
+    ];
     let requests: [(&str, &str, &str); 4] = [
         ("GET", "/api/items", "alice"),
         ("GET", "/cart", "mallory"),
@@ -254,7 +319,12 @@ async fn recorded_traffic_replays_to_the_same_decisions_without_secrets() {
     for (method, path, user) in requests {
         let mut headers = vec![("x-user", user)];
         headers.extend(secret);
-        live.push(harness::send(http, method, host, path, &headers, "").await.status.as_u16());
+        live.push(
+            harness::send(http, method, host, path, &headers, "")
+                .await
+                .status
+                .as_u16(),
+        );
         // The recorder takes at most `perSecond` a second.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -267,9 +337,15 @@ async fn recorded_traffic_replays_to_the_same_decisions_without_secrets() {
     waypoint.shutdown().await;
 
     let file = std::fs::read_to_string(&out).unwrap();
-    assert!(!file.contains("s3cret"), "a redacted value was written:\n{file}");
+    assert!(
+        !file.contains("s3cret"),
+        "a redacted value was written:\n{file}"
+    );
     assert!(file.contains("REDACTED"), "{file}");
-    assert!(file.contains("AuthorizationPolicy/store/no-admin"), "{file}");
+    assert!(
+        file.contains("AuthorizationPolicy/store/no-admin"),
+        "{file}"
+    );
 
     let suite = Suite::load(&out).unwrap();
     assert_eq!(suite.cases.len(), 4);

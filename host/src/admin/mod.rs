@@ -100,7 +100,9 @@ impl Admin {
                 self.metrics.encode(),
             ),
             "/config_dump" => (StatusCode::OK, "application/json", self.config_dump()),
-            p if p.starts_with("/record") => record::route(&self.recorder, req.method(), p, req.uri().query()),
+            p if p.starts_with("/record") => {
+                record::route(&self.recorder, req.method(), p, req.uri().query())
+            }
             _ => (
                 StatusCode::NOT_FOUND,
                 "text/plain",

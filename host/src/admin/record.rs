@@ -305,7 +305,11 @@ fn parse_settings(query: Option<&str>) -> Result<Settings, Error> {
             .filter(|h| !h.is_empty())
             .collect()
     };
-    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         // Header names are tokens: they never need percent-encoding.
         if value.contains('%') {

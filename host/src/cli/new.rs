@@ -37,20 +37,50 @@ pub const fn default_sdk_path() -> &'static str {
 }
 
 const COMPONENT: &[(&str, &str)] = &[
-    ("Cargo.toml", include_str!("templates/component/Cargo.toml.tmpl")),
-    ("src/lib.rs", include_str!("templates/component/lib.rs.tmpl")),
-    ("suite.yaml", include_str!("templates/component/suite.yaml.tmpl")),
-    ("waypoint.yaml", include_str!("templates/component/waypoint.yaml.tmpl")),
-    ("README.md", include_str!("templates/component/README.md.tmpl")),
+    (
+        "Cargo.toml",
+        include_str!("templates/component/Cargo.toml.tmpl"),
+    ),
+    (
+        "src/lib.rs",
+        include_str!("templates/component/lib.rs.tmpl"),
+    ),
+    (
+        "suite.yaml",
+        include_str!("templates/component/suite.yaml.tmpl"),
+    ),
+    (
+        "waypoint.yaml",
+        include_str!("templates/component/waypoint.yaml.tmpl"),
+    ),
+    (
+        "README.md",
+        include_str!("templates/component/README.md.tmpl"),
+    ),
     (".gitignore", "/target\n"),
 ];
 
 const PROXY_WASM: &[(&str, &str)] = &[
-    ("Cargo.toml", include_str!("templates/proxy-wasm/Cargo.toml.tmpl")),
-    ("src/lib.rs", include_str!("templates/proxy-wasm/lib.rs.tmpl")),
-    ("suite.yaml", include_str!("templates/proxy-wasm/suite.yaml.tmpl")),
-    ("waypoint.yaml", include_str!("templates/proxy-wasm/waypoint.yaml.tmpl")),
-    ("README.md", include_str!("templates/proxy-wasm/README.md.tmpl")),
+    (
+        "Cargo.toml",
+        include_str!("templates/proxy-wasm/Cargo.toml.tmpl"),
+    ),
+    (
+        "src/lib.rs",
+        include_str!("templates/proxy-wasm/lib.rs.tmpl"),
+    ),
+    (
+        "suite.yaml",
+        include_str!("templates/proxy-wasm/suite.yaml.tmpl"),
+    ),
+    (
+        "waypoint.yaml",
+        include_str!("templates/proxy-wasm/waypoint.yaml.tmpl"),
+    ),
+    (
+        "README.md",
+        include_str!("templates/proxy-wasm/README.md.tmpl"),
+    ),
     (".gitignore", "/target\n"),
 ];
 
@@ -72,7 +102,11 @@ pub fn files(name: &str, abi: Abi, sdk: &Path) -> Vec<(&'static str, String)> {
     };
     let crate_name = name.replace('-', "_");
     // TOML basic strings: backslashes and quotes escaped.
-    let sdk = sdk.display().to_string().replace('\\', "\\\\").replace('"', "\\\"");
+    let sdk = sdk
+        .display()
+        .to_string()
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"");
     templates
         .iter()
         .map(|(path, text)| {
@@ -92,7 +126,10 @@ pub fn run(args: NewArgs) -> anyhow::Result<()> {
             args.name
         );
     }
-    let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from(&args.name));
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&args.name));
     if dir.exists() {
         bail!("{} already exists; choose another --dir", dir.display());
     }

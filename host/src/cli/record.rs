@@ -84,7 +84,8 @@ async fn call(
             String::from_utf8_lossy(&body).trim()
         );
     }
-    serde_json::from_slice(&body).context("admin listener's /record answer is not what wayplug record expects")
+    serde_json::from_slice(&body)
+        .context("admin listener's /record answer is not what wayplug record expects")
 }
 
 pub async fn run(args: RecordArgs) -> anyhow::Result<()> {

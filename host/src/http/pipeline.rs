@@ -654,10 +654,12 @@ impl Pipeline {
             headers,
         };
         // One atomic load when nobody records.
-        let observed = self
-            .recorder
-            .armed()
-            .then(|| (self.recorder.clone(), RequestFacts::of(&info, &head, destination.port)));
+        let observed = self.recorder.armed().then(|| {
+            (
+                self.recorder.clone(),
+                RequestFacts::of(&info, &head, destination.port),
+            )
+        });
         let exchange = Arc::new(Exchange::new(info, head));
         let plugins = chain.map(|c| c.plugins.clone()).unwrap_or_default();
         let filters: SharedFilters = Arc::new(Mutex::new(Filters {

@@ -22,10 +22,7 @@ pub fn expand(entry: &Value) -> Result<Vec<(Value, Option<String>)>, (String, St
     let combinations = match (matrix, rows) {
         (None, None) => return Ok(vec![(entry.clone(), None)]),
         (Some(_), Some(_)) => {
-            return Err((
-                "matrix".into(),
-                "give `matrix` or `rows`, not both".into(),
-            ));
+            return Err(("matrix".into(), "give `matrix` or `rows`, not both".into()));
         }
         (Some(m), None) => product(m)?,
         (None, Some(r)) => table(r)?,

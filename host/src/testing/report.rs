@@ -67,7 +67,11 @@ pub fn text(r: &SuiteReport, explain: bool) -> String {
     if let Some(changes) = &r.changes {
         let _ = writeln!(out, "{} case(s) decided differently:", changes.len());
         for ch in changes {
-            let _ = writeln!(out, "  {}:\n    before: {}\n    after:  {}", ch.name, ch.before, ch.after);
+            let _ = writeln!(
+                out,
+                "  {}:\n    before: {}\n    after:  {}",
+                ch.name, ch.before, ch.after
+            );
         }
     }
     let failed = r.failed();
@@ -110,7 +114,11 @@ fn explain_case(out: &mut String, c: &CaseResult) {
         } else {
             format!(": {}", d.detail)
         };
-        let _ = writeln!(out, "       why: [{}] {who} -> {}{detail}", d.plugin, d.outcome);
+        let _ = writeln!(
+            out,
+            "       why: [{}] {who} -> {}{detail}",
+            d.plugin, d.outcome
+        );
     }
 }
 

@@ -120,7 +120,11 @@ pub enum Replace {
     PolicyDir(PathBuf),
 }
 
-fn config_text(suite: &Suite, config_path: &Path, policy_dir: Option<&Path>) -> Result<String, Error> {
+fn config_text(
+    suite: &Suite,
+    config_path: &Path,
+    policy_dir: Option<&Path>,
+) -> Result<String, Error> {
     let text = std::fs::read_to_string(config_path).map_err(|source| Error::Read {
         path: config_path.to_owned(),
         source,
@@ -356,7 +360,11 @@ impl OfflineWaypoint {
         // The pipeline hands the recorder its summary once the response is
         // done with, which it is now.
         let observed = recorder.take().pop();
-        let upstream = capture.seen.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let upstream = capture
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         let (decided_by, decisions) = match observed {
             Some(o) => (
                 (!o.decided_by.is_empty()).then_some(o.decided_by),
@@ -505,8 +513,13 @@ fn headers_check(
         if !ok {
             out.push(Mismatch {
                 field: format!("{field}.{name_l}"),
-                expected: value.clone().map(|v| format!("{v:?}")).unwrap_or_else(|| "present".into()),
-                actual: actual.map(|a| format!("{a:?}")).unwrap_or_else(|| "absent".into()),
+                expected: value
+                    .clone()
+                    .map(|v| format!("{v:?}"))
+                    .unwrap_or_else(|| "present".into()),
+                actual: actual
+                    .map(|a| format!("{a:?}"))
+                    .unwrap_or_else(|| "absent".into()),
             });
         }
     }
@@ -599,16 +612,28 @@ pub fn check(case: &Case, o: &Outcome) -> Vec<Mismatch> {
     }
     let up = o.upstream.as_ref();
     if let Some(b) = &e.backend {
-        cmp("backend", format!("{b:?}"), show(&up.map(|u| u.service.clone())));
+        cmp(
+            "backend",
+            format!("{b:?}"),
+            show(&up.map(|u| u.service.clone())),
+        );
     }
     if let Some(ep) = &e.endpoint {
-        cmp("endpoint", format!("{ep:?}"), show(&up.map(|u| u.endpoint.clone())));
+        cmp(
+            "endpoint",
+            format!("{ep:?}"),
+            show(&up.map(|u| u.endpoint.clone())),
+        );
     }
     if let Some(p) = &e.path {
         cmp("path", format!("{p:?}"), show(&up.map(|u| u.path.clone())));
     }
     if let Some(h) = &e.host {
-        cmp("host", format!("{h:?}"), show(&up.map(|u| u.authority.clone())));
+        cmp(
+            "host",
+            format!("{h:?}"),
+            show(&up.map(|u| u.authority.clone())),
+        );
     }
     if let Some(body) = &e.body {
         let got = o.response.as_ref().map(|r| r.body.as_str()).unwrap_or("");

@@ -127,9 +127,18 @@ mod tests {
 
     #[test]
     fn reads_back_what_it_writes_in_insta_layout() {
-        let file = render("tests/suites/a.yaml", "alice reads", "verdict: allow\nstatus: 200\n");
-        assert!(file.starts_with("---\nsource: tests/suites/a.yaml\nexpression: alice reads\n---\n"));
+        let file = render(
+            "tests/suites/a.yaml",
+            "alice reads",
+            "verdict: allow\nstatus: 200\n",
+        );
+        assert!(
+            file.starts_with("---\nsource: tests/suites/a.yaml\nexpression: alice reads\n---\n")
+        );
         assert_eq!(contents(&file), "verdict: allow\nstatus: 200\n");
-        assert_eq!(file_name("Store suite", "alice / reads"), "store_suite__alice_reads.snap");
+        assert_eq!(
+            file_name("Store suite", "alice / reads"),
+            "store_suite__alice_reads.snap"
+        );
     }
 }

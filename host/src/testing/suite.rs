@@ -355,14 +355,14 @@ impl Suite {
                     (None, None) => format!("case {i}"),
                 };
                 let label = || case_label(i, Some(&case_name));
-                let request = check_request(raw_case.request.or(&raw.defaults.request))
-                    .map_err(|(f, m)| {
-                        field_error(path, Some(label()), format!("cases[{i}].request.{f}"), m)
-                    })?;
-                let upstream = check_upstream(&raw_case.upstream, &raw.defaults.upstream)
-                    .map_err(|(f, m)| {
+                let request = check_request(raw_case.request.or(&raw.defaults.request)).map_err(
+                    |(f, m)| field_error(path, Some(label()), format!("cases[{i}].request.{f}"), m),
+                )?;
+                let upstream = check_upstream(&raw_case.upstream, &raw.defaults.upstream).map_err(
+                    |(f, m)| {
                         field_error(path, Some(label()), format!("cases[{i}].upstream.{f}"), m)
-                    })?;
+                    },
+                )?;
                 check_expect(&raw_case.expect).map_err(|(f, m)| {
                     field_error(path, Some(label()), format!("cases[{i}].expect.{f}"), m)
                 })?;
@@ -414,10 +414,7 @@ fn absolute_plugin_urls(
 
 type FieldResult<T> = Result<T, (String, String)>;
 
-fn header_map(
-    field: &str,
-    headers: Option<&BTreeMap<String, Values>>,
-) -> FieldResult<HeaderMap> {
+fn header_map(field: &str, headers: Option<&BTreeMap<String, Values>>) -> FieldResult<HeaderMap> {
     let mut map = HeaderMap::new();
     for (name, values) in headers.into_iter().flatten() {
         let at = || format!("{field}.{name}");
@@ -460,7 +457,10 @@ fn check_request(raw: RawRequest) -> FieldResult<CaseRequest> {
         }
     });
     if authority.parse::<http::uri::Authority>().is_err() {
-        return Err(bad("authority", format!("{authority:?} is not an authority")));
+        return Err(bad(
+            "authority",
+            format!("{authority:?} is not an authority"),
+        ));
     }
     let headers = header_map("headers", raw.headers.as_ref())?;
     let body = Bytes::from(raw.body.unwrap_or_default());
@@ -541,10 +541,9 @@ fn identity(
             namespace: ns.to_owned(),
             service_account: service_account.unwrap_or("default").to_owned(),
         })),
-        (None, None) if service_account.is_some() => Err((
-            "serviceAccount".into(),
-            "needs `namespace`".into(),
-        )),
+        (None, None) if service_account.is_some() => {
+            Err(("serviceAccount".into(), "needs `namespace`".into()))
+        }
         (None, None) => Ok(None),
     }
 }
@@ -554,8 +553,16 @@ fn check_upstream(raw: &RawUpstream, defaults: &RawUpstream) -> FieldResult<Upst
     let status = StatusCode::from_u16(code)
         .ok()
         .filter(|s| s.as_u16() >= 200)
-        .ok_or_else(|| ("status".to_owned(), format!("{code} is not a final HTTP status")))?;
-    let headers = header_map("headers", raw.headers.as_ref().or(defaults.headers.as_ref()))?;
+        .ok_or_else(|| {
+            (
+                "status".to_owned(),
+                format!("{code} is not a final HTTP status"),
+            )
+        })?;
+    let headers = header_map(
+        "headers",
+        raw.headers.as_ref().or(defaults.headers.as_ref()),
+    )?;
     let body = Bytes::from(
         raw.body
             .clone()
