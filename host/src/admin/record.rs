@@ -270,7 +270,7 @@ fn filter_headers(mut request: RequestFacts, settings: &Settings) -> RequestFact
         })
         .take(MAX_HEADERS)
         .map(|(name, mut value)| {
-            if settings.redact.iter().any(|r| *r == name) {
+            if settings.redact.contains(&name) {
                 value = REDACTED.to_owned();
             } else if value.len() > MAX_VALUE_BYTES {
                 let mut cut = MAX_VALUE_BYTES;

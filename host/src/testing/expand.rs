@@ -11,9 +11,12 @@ pub const MAX_COMBINATIONS: usize = 10_000;
 
 type Combination = Vec<(String, Value)>;
 
+/// The cases one entry stands for, each with the suffix naming its values.
+pub type Expanded = Vec<(Value, Option<String>)>;
+
 /// The cases `entry` stands for, each with a name suffix naming its
 /// values (`None` for a plain case). Errors are (field, message).
-pub fn expand(entry: &Value) -> Result<Vec<(Value, Option<String>)>, (String, String)> {
+pub fn expand(entry: &Value) -> Result<Expanded, (String, String)> {
     let Some(map) = entry.as_mapping() else {
         return Ok(vec![(entry.clone(), None)]);
     };

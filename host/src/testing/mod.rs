@@ -65,14 +65,14 @@ pub enum Error {
     Config {
         suite: PathBuf,
         config: PathBuf,
-        source: crate::config::Error,
+        source: Box<crate::config::Error>,
     },
     #[error("suite {}: policies refused: {}", suite.display(), errors.join("; "))]
     Policies { suite: PathBuf, errors: Vec<String> },
     #[error("suite {}: {source}", suite.display())]
     Plugin {
         suite: PathBuf,
-        source: crate::plugin::Error,
+        source: Box<crate::plugin::Error>,
     },
     #[error("snapshot {}: {source}", path.display())]
     Snapshot {

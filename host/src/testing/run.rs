@@ -183,12 +183,12 @@ impl OfflineWaypoint {
             |source| Error::Config {
                 suite: suite.path.clone(),
                 config: config_path.clone(),
-                source,
+                source: Box::new(source),
             },
         )?;
         let plugin_err = |source| Error::Plugin {
             suite: suite.path.clone(),
-            source,
+            source: Box::new(source),
         };
         let metrics = Arc::new(Metrics::new());
         let engine = Engine::new(&config.sandbox).map_err(plugin_err)?;

@@ -101,7 +101,7 @@ pub fn check(
         move |source| Error::Snapshot { path, source }
     };
     let body = body(outcome);
-    let expression = format!("{case}");
+    let expression = case.to_owned();
     let new_path = PathBuf::from(format!("{}.new", path.display()));
     match std::fs::read_to_string(&path) {
         Ok(old) => {

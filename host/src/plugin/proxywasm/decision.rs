@@ -48,3 +48,75 @@ pub fn record(exchange: &Exchange, plugin: &str, value: &[u8]) -> Result<(), Str
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::exchange::{RequestHead, RequestInfo};
+
+    fn exchange() -> Exchange {
+        Exchange::new(
+            RequestInfo {
+                id: "t".into(),
+                namespace: "ns".into(),
+                service_hostname: "a.test".into(),
+                service_name: "a".into(),
+                source: "127.0.0.1:1".parse().unwrap(),
+                destination: "127.0.0.1:80".parse().unwrap(),
+                protocol: "HTTP/1.1",
+                peer: None,
+                start: SystemTime::now(),
+            },
+            RequestHead {
+                method: http::Method::GET,
+                scheme: "http".into(),
+                authority: "a.test".into(),
+                path: "/".into(),
+                headers: Default::default(),
+            },
+        )
+    }
+
+    #[test]
+    fn records_are_kept_and_bad_values_named() {
+        let ex = exchange();
+        record(
+            &ex,
+            "tier",
+            br#"{"policy": "T/ns/gold", "rule": 2, "outcome": "allow"}"#,
+        )
+        .unwrap();
+        record(
+            &ex,
+            "tier",
+            br#"{"policy": "", "outcome": "deny", "detail": "none"}"#,
+        )
+        .unwrap();
+        let kept = ex.lock().decisions.clone();
+        assert_eq!(kept.len(), 2);
+        assert_eq!(
+            (
+                kept[0].plugin.as_str(),
+                kept[0].policy.as_str(),
+                kept[0].rule,
+                kept[0].outcome.as_str()
+            ),
+            ("tier", "T/ns/gold", Some(2), "allow")
+        );
+        assert_eq!(kept[1].detail, "none");
+        for bad in [
+            &b"not json"[..],
+            br#"{"outcome": "allow"}"#,
+            br#"{"policy": "p", "outcome": "a", "extra": 1}"#,
+        ] {
+            let e = record(&ex, "tier", bad).unwrap_err();
+            assert!(
+                e.contains("`wayplug.decision` must be a JSON object"),
+                "{e}"
+            );
+        }
+        assert_eq!(ex.lock().decisions.len(), 2);
+    }
+}
