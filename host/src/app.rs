@@ -262,6 +262,7 @@ impl Waypoint {
                 registry,
                 config: config.clone(),
                 ready: ready.clone(),
+                recorder: pipeline.recorder().clone(),
             });
             tasks.push(tokio::spawn(admin::serve(l, admin, rx.clone())));
         }

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod ctl;
 pub mod demo;
@@ -20,5 +21,6 @@ pub mod http;
 pub mod metrics;
 pub mod plugin;
 pub mod policy;
+pub mod testing;
 pub mod tls;
 pub mod watch;

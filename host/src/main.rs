@@ -62,6 +62,12 @@ enum Command {
         #[arg(long)]
         expect: SpiffeId,
     },
+    /// Runs policy suites offline through the proxy's own pipeline.
+    Test(wayplug::cli::TestArgs),
+    /// Records live requests and their decisions into a suite file.
+    Record(wayplug::cli::RecordArgs),
+    /// Creates a plugin crate that builds and passes its suite.
+    New(wayplug::cli::NewArgs),
 }
 
 #[derive(Subcommand)]
@@ -115,6 +121,12 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    let command = match cli.command {
+        Command::Test(a) => return wayplug::cli::run(wayplug::cli::Tool::Test(a)),
+        Command::Record(a) => return wayplug::cli::run(wayplug::cli::Tool::Record(a)),
+        Command::New(a) => return wayplug::cli::run(wayplug::cli::Tool::New(a)),
+        other => other,
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     if cli.log_json {
@@ -134,7 +146,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        match cli.command {
+        match command {
             Command::Run { config: None } => run_demo().await,
             Command::Run { config: Some(path) } => run_config(path).await,
             Command::Ctl(args) => {
@@ -149,6 +161,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 identity,
                 expect,
             } => tunnel(listen, waypoint, to, identity, expect).await,
+            Command::Test(_) | Command::Record(_) | Command::New(_) => {
+                unreachable!("handled above")
+            }
         }
     })
 }

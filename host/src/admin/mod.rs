@@ -18,6 +18,8 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub mod record;
+
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::plugin::Registry;
@@ -29,6 +31,7 @@ pub struct Admin {
     pub registry: Arc<Registry>,
     pub config: Arc<arc_swap::ArcSwap<Config>>,
     pub ready: Arc<AtomicBool>,
+    pub recorder: Arc<record::Recorder>,
 }
 
 #[derive(Serialize)]
@@ -101,6 +104,9 @@ impl Admin {
                 self.metrics.encode(),
             ),
             "/config_dump" => (StatusCode::OK, "application/json", self.config_dump()),
+            p if p.starts_with("/record") => {
+                record::route(&self.recorder, req.method(), p, req.uri().query())
+            }
             _ => (
                 StatusCode::NOT_FOUND,
                 "text/plain",

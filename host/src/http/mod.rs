@@ -6,6 +6,7 @@
 
 pub mod authority;
 pub mod body;
+pub mod offline;
 pub mod pipeline;
 pub mod server;
 pub mod upstream;

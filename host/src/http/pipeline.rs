@@ -28,7 +28,9 @@ use tokio::sync::watch;
 
 use super::Error;
 use super::body::{self, BoxError, Counted, Counting, Holding, ProxyBody};
+use super::offline::OfflineUpstream;
 use super::upstream::Upstream;
+use crate::admin::record::{Observed, Recorder, RequestFacts};
 use crate::config::FailStrategy;
 use crate::discovery::{Destination, Discovery, Endpoint};
 use crate::exchange::{
@@ -67,6 +69,10 @@ pub struct Pipeline {
     /// snapshot; a request reads it once.
     registry: Arc<Registry>,
     upstream: Upstream,
+    /// Set for offline suites: requests go to this instead of `upstream`.
+    offline: Option<Arc<dyn OfflineUpstream>>,
+    /// Sampling of finished requests, armed from the admin listener.
+    recorder: Arc<Recorder>,
     metrics: Arc<Metrics>,
     limits: Limits,
 }
@@ -80,6 +86,8 @@ struct Filters {
     namespace: String,
     status: Option<u16>,
     start: Instant,
+    /// The request as it arrived, kept only while the recorder is armed.
+    observed: Option<(Arc<Recorder>, RequestFacts)>,
 }
 
 struct Slot {
@@ -142,6 +150,18 @@ impl Drop for Filters {
             duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
             "request"
         );
+        if let Some((recorder, request)) = self.observed.take() {
+            recorder.offer(Observed {
+                request,
+                status,
+                local_by: st
+                    .properties
+                    .get(LOCAL_RESPONSE_BY)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default(),
+                decisions: st.decisions.clone(),
+            });
+        }
     }
 }
 
@@ -493,9 +513,50 @@ impl Pipeline {
         Pipeline {
             registry,
             upstream: Upstream::new(),
+            offline: None,
+            recorder: Arc::new(Recorder::default()),
             metrics,
             limits,
         }
+    }
+
+    /// A pipeline whose requests, once through the chain, go to `upstream`
+    /// in process instead of over a socket (offline policy suites), and
+    /// whose finished requests are handed to `recorder`.
+    pub fn offline(
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        limits: Limits,
+        upstream: Arc<dyn OfflineUpstream>,
+        recorder: Arc<Recorder>,
+    ) -> Pipeline {
+        Pipeline {
+            offline: Some(upstream),
+            recorder,
+            ..Pipeline::new(registry, metrics, limits)
+        }
+    }
+
+    /// The recorder of finished requests (`/record` on the admin listener).
+    pub fn recorder(&self) -> &Arc<Recorder> {
+        &self.recorder
+    }
+
+    /// Sends the request to the offline upstream when there is one, else
+    /// over the pool.
+    async fn forward(
+        &self,
+        req: Request<ProxyBody>,
+        h2: bool,
+        destination: &Destination,
+        endpoint: &crate::discovery::Endpoint,
+    ) -> Result<Response<ProxyBody>, super::upstream::Error> {
+        if let Some(offline) = &self.offline {
+            let service = destination.service.hostname.clone();
+            return Ok(offline.send(req, service, endpoint.clone()).await);
+        }
+        let response = self.upstream.send(req, h2, endpoint).await?;
+        Ok(response.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()))
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -595,6 +656,13 @@ impl Pipeline {
                 .unwrap_or_else(|| "/".into()),
             headers,
         };
+        // One atomic load when nobody records.
+        let observed = self.recorder.armed().then(|| {
+            (
+                self.recorder.clone(),
+                RequestFacts::of(&info, &head, destination.port),
+            )
+        });
         let exchange = Arc::new(Exchange::new(info, head));
         let plugins = chain.map(|c| c.plugins.clone()).unwrap_or_default();
         let filters: SharedFilters = Arc::new(Mutex::new(Filters {
@@ -604,6 +672,7 @@ impl Pipeline {
             namespace,
             status: None,
             start,
+            observed,
         }));
 
         // Phase 2: request headers.
@@ -679,7 +748,7 @@ impl Pipeline {
         let sent = tokio::select! {
             biased;
             verdict = chain_answer(state.as_mut()) => Err(verdict),
-            r = self.upstream.send(upstream_req, h2, &endpoint) => Ok(r),
+            r = self.forward(upstream_req, h2, &destination, &endpoint) => Ok(r),
         };
         let response = match sent {
             Err(verdict) => return self.verdict(&filters, &exchange, verdict).await,
@@ -727,7 +796,7 @@ impl Pipeline {
             });
             st.stream.code_details = Some("via_upstream".into());
         }
-        let mut body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync();
+        let mut body = body;
         if let Some(state) = state {
             // Past this point an answer from the request side cannot be
             // sent: the stream is reset instead, as Envoy does.

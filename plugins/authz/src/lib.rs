@@ -141,6 +141,9 @@ impl Authz {
     }
 }
 
+/// The kind decision records put before `namespace/name`.
+pub const TRACE_KIND: &str = "AuthorizationPolicy";
+
 impl SdkPolicy for Authz {
     type Config = Config;
 
@@ -191,7 +194,14 @@ impl SdkPolicy for Authz {
                     r.detail
                 );
             }
-            trace::record_decision(&r.policy, r.rule, r.outcome, &r.detail);
+            // Traces name the kind too, as HTTPRoute's do, so coverage and
+            // explanations tell the two apart.
+            let policy = if r.policy.is_empty() {
+                String::new()
+            } else {
+                format!("{TRACE_KIND}/{}", r.policy)
+            };
+            trace::record_decision(&policy, r.rule, r.outcome, &r.detail);
         }
         if out.allowed {
             Decision::allow()

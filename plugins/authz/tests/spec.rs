@@ -877,10 +877,13 @@ fn decisions_are_traced() {
             traced[0].rule,
             traced[0].outcome.as_str()
         ),
-        ("shop/deny", Some(0), "deny")
+        ("AuthorizationPolicy/shop/deny", Some(0), "deny")
     );
     let ok = testing::run(&authz, &get("/a"));
     assert!(ok.is_allow());
-    assert_eq!(testing::take_decisions()[0].policy, "shop/allow");
+    assert_eq!(
+        testing::take_decisions()[0].policy,
+        "AuthorizationPolicy/shop/allow"
+    );
     assert_eq!(testing::run(&authz, &get("/c")).status(), Some(403));
 }

@@ -10,7 +10,9 @@ use std::cmp::Reverse;
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use wayplug_sdk::{Backend, Decision, HeaderChanges, LocalResponse, RedirectStatus, Request};
+use wayplug_sdk::{
+    Backend, Decision, HeaderChanges, LocalResponse, RedirectStatus, Request, trace,
+};
 
 use crate::model::{
     Action, BackendTarget, HeaderModifier, Match, PathMatch, PathModifier, Redirect, Route, Rule,
@@ -38,6 +40,9 @@ struct Entry {
     /// The parentRef's port: the entry applies only to traffic to it.
     port: Option<u16>,
 }
+
+/// The kind decision records put before `namespace/name`.
+pub const TRACE_KIND: &str = "HTTPRoute";
 
 /// Every route of a namespace, indexed by parent Service.
 #[derive(Debug)]
@@ -187,12 +192,32 @@ impl RouteTable {
             let rule = &route.rules[e.rule];
             let m = &rule.matches[e.matched];
             if matches(m, req, &mut query) {
+                let outcome = match rule.action {
+                    Action::Redirect(_) => "redirect",
+                    Action::Forward { .. } => "route",
+                };
+                trace::record_decision(
+                    &format!("{TRACE_KIND}/{}/{}", route.namespace, route.name),
+                    Some(e.rule as u32),
+                    outcome,
+                    &format!("matches[{}]", e.matched),
+                );
                 return self.apply(route, e.rule, rule, m, req, roll);
             }
         }
         if !attached {
             return Decision::allow();
         }
+        trace::record_decision(
+            "",
+            None,
+            "no-match",
+            &format!(
+                "no rule of the HTTPRoutes attached to Service {ns}/{name} matches {} {}",
+                req.method(),
+                req.path()
+            ),
+        );
         // GAMMA: once a route attaches to a Service, requests none of its
         // rules match are rejected.
         Decision::respond(LocalResponse::text(

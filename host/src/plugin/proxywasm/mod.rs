@@ -10,6 +10,7 @@
 //! moving the request to the slot's replacement).
 
 mod abi;
+pub mod decision;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 mod guard;

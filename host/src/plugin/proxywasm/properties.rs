@@ -219,6 +219,14 @@ fn grpc_status(st: &ExchangeState) -> Option<u64> {
 pub fn set(state: &mut HostState, path: &[u8], value: Vec<u8>) -> Result<(), Limit> {
     let key = dotted(path);
     let exchange = state.current_exchange();
+    if key == super::decision::PROPERTY
+        && let Some(ex) = &exchange
+    {
+        if let Err(e) = super::decision::record(ex, &state.plugin.name, &value) {
+            tracing::warn!(plugin = %state.plugin.name, error = %e, "decision record dropped");
+        }
+        return Ok(());
+    }
     let mut guard;
     let map = match &exchange {
         Some(ex) => {
