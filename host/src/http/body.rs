@@ -62,7 +62,7 @@ impl<T: Unpin> Body for Holding<T> {
     }
 }
 
-/// Which way a [`Counted`] body goes, as seen from the downstream.
+/// Which way a [`counted`] body goes, as seen from the downstream.
 #[derive(Debug, Clone, Copy)]
 pub enum Counting {
     Received,
@@ -72,21 +72,20 @@ pub enum Counting {
 /// A body whose data bytes are added to the exchange's counts as they
 /// pass (`request.size`, `response.size`); frames, end and size hint are
 /// the inner body's.
-pub struct Counted {
+struct Counted {
     inner: ProxyBody,
     exchange: Arc<Exchange>,
     way: Counting,
 }
 
-impl Counted {
-    pub fn new(inner: ProxyBody, exchange: Arc<Exchange>, way: Counting) -> ProxyBody {
-        Counted {
-            inner,
-            exchange,
-            way,
-        }
-        .boxed_unsync()
+/// `inner`, counted into the exchange's bytes as it passes.
+pub fn counted(inner: ProxyBody, exchange: Arc<Exchange>, way: Counting) -> ProxyBody {
+    Counted {
+        inner,
+        exchange,
+        way,
     }
+    .boxed_unsync()
 }
 
 impl Body for Counted {

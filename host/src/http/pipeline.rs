@@ -27,7 +27,7 @@ use http_body_util::BodyExt;
 use tokio::sync::watch;
 
 use super::Error;
-use super::body::{self, BoxError, Counted, Counting, Holding, ProxyBody};
+use super::body::{self, BoxError, Counting, Holding, ProxyBody};
 use super::offline::OfflineUpstream;
 use super::upstream::Upstream;
 use crate::admin::record::{Observed, Recorder, RequestFacts};
@@ -716,7 +716,7 @@ impl Pipeline {
                 .await;
         }
         let body = body.map_err(|e| -> BoxError { e.into() }).boxed_unsync();
-        let body = Counted::new(body, exchange.clone(), Counting::Received);
+        let body = body::counted(body, exchange.clone(), Counting::Received);
         let body_order: Vec<usize> = (0..plugins.len())
             .filter(|&i| plugins[i].handles_body(true))
             .collect();
@@ -1152,7 +1152,7 @@ impl Pipeline {
             headers.remove(header::CONTENT_LENGTH);
         }
         lock(filters).status = Some(head.status.as_u16());
-        let out_body = Counted::new(out_body, exchange.clone(), Counting::Sent);
+        let out_body = body::counted(out_body, exchange.clone(), Counting::Sent);
         let mut resp = Response::new(body::ProxyBody::new(Holding::new(
             out_body,
             filters.clone(),
