@@ -390,7 +390,20 @@ impl Waypoint {
             if notified {
                 tokio::time::sleep(EVENT_DEBOUNCE).await;
             }
-            let complete = self.watcher.config_complete();
+            let mut complete = self.watcher.config_complete();
+            if notified && !complete {
+                // A write still open: its close says the file is whole.
+                complete = tokio::time::timeout(settle, async {
+                    loop {
+                        self.watcher.changed(Topic::Config).await;
+                        if self.watcher.config_complete() {
+                            return true;
+                        }
+                    }
+                })
+                .await
+                .unwrap_or(false);
+            }
             // Replaced by a rename, or not there for a moment: next time.
             let Ok(first) = tokio::fs::read(path).await else {
                 continue;

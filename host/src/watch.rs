@@ -243,7 +243,11 @@ mod tests {
         std::fs::write(&file, b"one").unwrap();
         let w = Watcher::new();
         w.set_plugin_files([file.clone()]);
-        assert_eq!(w.watched(), [dir.clone()], "notifications work here");
+        assert_eq!(
+            w.watched(),
+            std::slice::from_ref(&dir),
+            "notifications work here"
+        );
         let tmp = dir.join("p.wasm.new");
         std::fs::write(&tmp, b"two").unwrap();
         std::fs::rename(&tmp, &file).unwrap();

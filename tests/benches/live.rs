@@ -173,7 +173,10 @@ async fn until_module(
     loop {
         let installed = registry.current();
         let plugins = &installed.chains["ns0"].plugins;
-        if plugins.iter().any(|p| p.name() == "stamp" && p.sha256 == sha256) {
+        if plugins
+            .iter()
+            .any(|p| p.name() == "stamp" && p.sha256 == sha256)
+        {
             break;
         }
         assert!(Instant::now() < deadline, "{sha256} never installed");
