@@ -394,7 +394,7 @@ impl Registry {
                     .map_err(|source| Error::Pull {
                         plugin: plugin.clone(),
                         namespace: ns.clone(),
-                        source,
+                        source: Box::new(source),
                     })?
                     .bytes
                     .to_vec()
