@@ -88,7 +88,9 @@ pub enum Error {
     Pull {
         plugin: String,
         namespace: String,
-        source: source::oci::OciError,
+        // Boxed: the pull's error is large and rare, and every other
+        // plugin error pays for the enum's size.
+        source: Box<source::oci::OciError>,
     },
     #[error("cannot set up the WebAssembly engine: {0}")]
     Engine(String),

@@ -587,7 +587,7 @@ impl Registry {
                     .map_err(|source| Error::Pull {
                         plugin: plugin.clone(),
                         namespace: ns.clone(),
-                        source,
+                        source: Box::new(source),
                     })?;
                 let sha256 = hex::encode(Sha256::digest(&pulled.bytes));
                 (Bytes::from_owner(pulled.bytes), sha256)

@@ -227,6 +227,33 @@ spec:
 }
 
 #[test]
+fn wasm_plugins_from_oci_keep_their_pull_policy() {
+    let dir = temp_dir("wasm-oci");
+    let plugin = r#"apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: { name: pulled, namespace: shop }
+spec:
+  targetRefs: [{ kind: Gateway, group: gateway.networking.k8s.io, name: waypoint }]
+  url: oci://registry.example:5000/plugins/stamp:v2
+  imagePullPolicy: Always
+"#;
+    std::fs::write(dir.join("p.yaml"), plugin).unwrap();
+    let cfg = config(&dir);
+    let loaded = load(&dir, &cfg, &PolicySet::default());
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    let ns = loaded.set.namespaces(&cfg);
+    let pulled = &ns["shop"].plugins[0];
+    assert_eq!(
+        pulled.url.to_string(),
+        "oci://registry.example:5000/plugins/stamp:v2"
+    );
+    assert_eq!(
+        pulled.image_pull_policy,
+        Some(crate::config::PullPolicy::Always)
+    );
+}
+
+#[test]
 fn authorization_policies_compile_and_bad_cel_is_refused() {
     let dir = temp_dir("authz");
     let policy = |name: &str, cel: &str| {

@@ -89,7 +89,6 @@ pub fn plugin_spec(
         return refuse("targetRef", "use `targetRefs`, the list form");
     }
     for (field, set) in [
-        ("imagePullPolicy", s.image_pull_policy.is_some()),
         ("imagePullSecret", s.image_pull_secret.is_some()),
         ("verificationKey", s.verification_key.is_some()),
         ("match", s.match_.is_some()),
@@ -130,9 +129,17 @@ pub fn plugin_spec(
         Some(rest) if !rest.starts_with('/') => format!("file://{}", file_dir.join(rest).display()),
         _ => s.url.clone(),
     };
+    let oci = url.starts_with("oci://");
     let mut entry = json!({ "name": name, "url": url });
     let fields = [
         ("sha256", s.sha256.map(Value::from)),
+        // Istio's unset value means the default, as an absent field does;
+        // Istio ignores the field for urls that are not pulled.
+        (
+            "imagePullPolicy",
+            s.image_pull_policy
+                .filter(|v| v.as_str() != Some("UNSPECIFIED_POLICY") && oci),
+        ),
         ("pluginConfig", s.plugin_config),
         ("pluginName", s.plugin_name.map(Value::from)),
         ("phase", s.phase.map(Value::from)),

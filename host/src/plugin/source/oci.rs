@@ -1055,7 +1055,7 @@ mod tests {
                 .contains("identitytoken")
         );
         assert!(
-            registry_credentials(b"[]", "x")
+            registry_credentials(b"not json", "x")
                 .unwrap_err()
                 .contains("docker config.json")
         );
