@@ -24,7 +24,8 @@ struct Seen {
 fn x_headers(h: &http::HeaderMap) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = h
         .iter()
-        .filter(|(k, _)| k.as_str().starts_with("x-"))
+        // The request id is fresh per request.
+        .filter(|(k, _)| k.as_str().starts_with("x-") && k.as_str() != "x-request-id")
         .map(|(k, v)| {
             let mut value = v.to_str().unwrap_or("<binary>").to_owned();
             // The client's port differs per connection.

@@ -353,3 +353,47 @@ impl Instance {
         listening
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::config::UpstreamConfig;
+    use crate::plugin::callout::grpc::{GrpcCallouts, GrpcTarget};
+
+    fn target() -> GrpcTarget {
+        let upstream: UpstreamConfig = serde_norway::from_str("address: 127.0.0.1:1").unwrap();
+        let upstreams = BTreeMap::from([("u".to_owned(), upstream)]);
+        GrpcCallouts::new(&upstreams).target("u").unwrap()
+    }
+
+    fn spec() -> GrpcCallSpec {
+        GrpcCallSpec::new(target(), "pkg.Service", "Method", http::HeaderMap::new()).unwrap()
+    }
+
+    #[test]
+    fn method_paths_are_checked() {
+        for (service, method) in [("", "M"), ("s", ""), ("s", "a/b"), ("s", "m?q")] {
+            let spec = GrpcCallSpec::new(target(), service, method, http::HeaderMap::new());
+            assert!(spec.is_none(), "{service}/{method}");
+        }
+        assert_eq!(spec().path.as_str(), "/pkg.Service/Method");
+    }
+
+    #[test]
+    fn cancelling_withdraws_a_call_that_has_not_started() {
+        let mut st = GrpcState::default();
+        let call = st.open_call(7, spec(), Bytes::new(), Duration::from_secs(1));
+        let stream = st.open_stream(7, spec());
+        assert_eq!(kind_of(call), Some(GrpcKind::Call));
+        assert_eq!(kind_of(stream), Some(GrpcKind::Stream));
+        assert_eq!(st.streams(), 1);
+        assert!(st.cancel(call));
+        assert!(!st.cancel(call), "a token is cancelled once");
+        let pending = st.take_pending();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].token, stream);
+        assert_eq!(st.open[&stream].ctx, 7);
+    }
+}
