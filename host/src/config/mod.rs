@@ -8,11 +8,13 @@
 //! Everything is checked when the file is loaded: unknown fields, bad values and
 //! dangling references are errors that name the file, the field and the reason.
 
+mod access_log;
 mod discovery;
 mod hbone;
 mod limits;
 mod plugin;
 
+pub use access_log::{AccessLogConfig, AccessLogFormat};
 pub use discovery::{
     AppProtocol, LocalWorkload, Protocol, ServiceConfig, WaypointAddress, parse_network_address,
 };
@@ -81,6 +83,9 @@ pub struct Config {
     /// Timeouts and connection caps of both listeners and of requests to upstreams.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// The per-request access log (applied on reload too).
+    #[serde(default)]
+    pub access_log: AccessLogConfig,
     /// A folder of Kubernetes YAML (AuthorizationPolicy, HTTPRoute,
     /// WasmPlugin) compiled into the namespace chains and watched for
     /// changes; relative to the config file.
