@@ -125,7 +125,7 @@ pub fn haproxy() -> String {
     format!(
         r#"global
     nbthread 1
-    maxconn 10000
+    maxconn 4000
 defaults
     mode http
     timeout connect 5s
@@ -260,6 +260,38 @@ pub fn waypoint(p: &Plugins, identity: &Path, access_log: Option<bool>) -> Strin
     let mut config = config;
     if let Some(enabled) = access_log {
         config["accessLog"] = json!({"enabled": enabled});
+    }
+    yaml(&config)
+}
+
+/// The waypoint callgrind runs: the no-plugin, Proxy-Wasm and component namespaces only.
+pub fn profile(p: &Plugins, legacy: bool) -> String {
+    let backend_port: u16 = BACKEND
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(18080);
+    let names = ["none", "pw", "comp"];
+    let services: Vec<_> = names
+        .iter()
+        .map(|n| json!({"name": n, "namespace": n, "hostname": format!("{n}.bench"), "ports": {"80": backend_port}}))
+        .collect();
+    let mut wl = serde_json::Map::new();
+    for n in names {
+        wl.insert(format!("{n}/{n}.bench"), json!({"80": backend_port}));
+    }
+    let mut config = json!({
+        "listeners": {"http": WAYPOINT_HTTP, "admin": WAYPOINT_ADMIN},
+        "services": services,
+        "workloads": [{"uid": "backend-1", "name": "backend-1", "namespace": "none",
+            "workloadIps": ["127.0.0.1"], "services": wl}],
+        "namespaces": {
+            "pw": {"plugins": [entry("allowlist-pw", &p.allowlist_proxywasm, allow_config())]},
+            "comp": {"plugins": [entry("allowlist-comp", &p.allowlist_component, allow_config())]},
+        },
+    });
+    if !legacy {
+        config["accessLog"] = json!({"enabled": true});
     }
     yaml(&config)
 }

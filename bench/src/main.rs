@@ -11,6 +11,7 @@
 mod configs;
 mod loadgen;
 mod procs;
+mod profile;
 mod report;
 
 use std::net::SocketAddr;
@@ -51,6 +52,10 @@ pub struct Args {
     /// Rate of the latency phase, requests per second.
     #[arg(long, default_value_t = 1000)]
     rate: u32,
+    /// Instead of the benchmark: instructions per request under callgrind
+    /// (no plugin, one Proxy-Wasm, one component plugin), this many requests each.
+    #[arg(long)]
+    profile: Option<u32>,
 }
 
 /// What a scenario measures, and which process is the proxy.
@@ -71,7 +76,7 @@ pub struct Scenario {
     pub host: &'static str,
 }
 
-fn addr(s: &str) -> SocketAddr {
+pub(crate) fn addr(s: &str) -> SocketAddr {
     s.parse().expect("constant addresses parse")
 }
 
@@ -254,6 +259,14 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let work = absolute(&args.work)?;
     std::fs::create_dir_all(work.join("tmp"))?;
+    if let Some(requests) = args.profile {
+        return profile::run(
+            &absolute(&args.wayplug)?,
+            &work,
+            args.legacy_config,
+            requests,
+        );
+    }
     let machine = report::Machine::read();
     let shape = shape(args.quick);
     let mut list = scenarios();
@@ -299,7 +312,7 @@ fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
     })
 }
 
-fn which(program: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn which(program: &str) -> anyhow::Result<PathBuf> {
     for dir in std::env::var("PATH")
         .unwrap_or_default()
         .split(':')
@@ -651,6 +664,7 @@ mod tests {
             waypoint(&plugins, id, Some(true)),
             terminator(id, false),
             configs::scale(&plugins, 3, false),
+            configs::profile(&plugins, false),
         ] {
             wayplug::config::Config::from_yaml(&text, "bench.yaml", Path::new("."))
                 .unwrap_or_else(|e| panic!("{e}\n{text}"));

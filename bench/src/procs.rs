@@ -72,6 +72,7 @@ impl Drop for Proc {
         // nginx's worker follows its master; SIGTERM lets it say so.
         let _ = Command::new("kill")
             .arg(self.child.id().to_string())
+            .stderr(Stdio::null())
             .status();
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
