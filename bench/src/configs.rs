@@ -282,6 +282,9 @@ pub fn profile(p: &Plugins, legacy: bool) -> String {
     }
     let mut config = json!({
         "listeners": {"http": WAYPOINT_HTTP, "admin": WAYPOINT_ADMIN},
+        // Valgrind cannot reserve the pooling allocator's address space for
+        // the default 256 instances; these namespaces need four.
+        "sandbox": {"maxInstances": 8, "instancesPerPlugin": 1, "requestsPerComponent": 2},
         "services": services,
         "workloads": [{"uid": "backend-1", "name": "backend-1", "namespace": "none",
             "workloadIps": ["127.0.0.1"], "services": wl}],

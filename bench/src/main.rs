@@ -496,12 +496,15 @@ fn check_scenario(s: &Scenario) -> anyhow::Result<()> {
     }
 }
 
+/// Capacity and latency figures, `[scenario][round]`.
+type Measured = (Vec<Vec<Capacity>>, Vec<Vec<Latency>>);
+
 fn measure(
     args: &Args,
     shape: Shape,
     list: &[Scenario],
     running: &Running,
-) -> anyhow::Result<(Vec<Vec<Capacity>>, Vec<Vec<Latency>>)> {
+) -> anyhow::Result<Measured> {
     let wrk = which("wrk")?;
     let mut capacity = vec![Vec::new(); list.len()];
     let mut latency = vec![Vec::new(); list.len()];

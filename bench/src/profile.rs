@@ -1,7 +1,7 @@
 //! Instruction counts per request under callgrind: stable on a busy machine,
 //! where wall-clock figures are not. The waypoint runs under
-//! `valgrind --tool=callgrind` with collection off; per scenario, requests
-//! warm the path, collection is switched on for exactly `requests` requests,
+//! `valgrind --tool=callgrind` with instrumentation off; per scenario, requests
+//! warm the path, instrumentation is switched on for exactly `requests` requests,
 //! and the dump's total divided by that count is the cost of one request
 //! (every thread of the process, the access log writer included).
 
@@ -44,14 +44,12 @@ fn load(host: &str, requests: u32) -> anyhow::Result<u64> {
     Ok(out.latencies_us.len() as u64)
 }
 
-/// `events: Ir` then `summary: N` (or `totals: N`) in a callgrind dump.
+/// `totals: N` in a callgrind dump (its `summary:` stays 0 when
+/// instrumentation starts off).
 fn total_ir(dump: &Path) -> anyhow::Result<u64> {
     let text = std::fs::read_to_string(dump)?;
     text.lines()
-        .find_map(|l| {
-            l.strip_prefix("summary:")
-                .or_else(|| l.strip_prefix("totals:"))
-        })
+        .find_map(|l| l.strip_prefix("totals:"))
         .and_then(|v| v.trim().parse().ok())
         .with_context(|| format!("no instruction total in {}", dump.display()))
 }
@@ -82,7 +80,7 @@ pub fn run(wayplug: &Path, work: &Path, legacy: bool, requests: u32) -> anyhow::
         &valgrind,
         &[
             "--tool=callgrind",
-            "--collect-atstart=no",
+            "--instr-atstart=no",
             &format!("--callgrind-out-file={}", out.display()),
             &wayplug.display().to_string(),
             "run",

@@ -56,7 +56,11 @@ impl Machine {
         };
         Machine {
             cpu,
-            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            // The machine's CPUs, not this process's (it is pinned to one).
+            cpus: cpuinfo
+                .lines()
+                .filter(|l| l.starts_with("processor"))
+                .count(),
             kernel: out("uname", &["-sr"]),
             memory_mib,
             load_before: loadavg(),

@@ -147,9 +147,14 @@ struct Series {
     response_bytes: Histogram,
 }
 
+/// Code, gRPC or not, gRPC status, response flags.
+type OutcomeKey = (u16, bool, Option<u32>, String);
+/// Pairs by hash; a hash may (rarely) be shared by several pairs.
+type PairMap = HashMap<u64, Vec<(OwnedPair, Arc<PairSeries>)>>;
+
 struct PairSeries {
     base: IstioLabels,
-    outcomes: RwLock<Vec<((u16, bool, Option<u32>, String), Series)>>,
+    outcomes: RwLock<Vec<(OutcomeKey, Series)>>,
 }
 
 type HistFamily = Family<IstioLabels, Histogram, fn() -> Histogram>;
@@ -177,7 +182,7 @@ pub struct IstioMetrics {
     tcp_received: Family<IstioTcpLabels, Counter>,
     tcp_opened: Family<IstioTcpLabels, Counter>,
     tcp_closed: Family<IstioTcpLabels, Counter>,
-    pairs: RwLock<HashMap<u64, Vec<(OwnedPair, Arc<PairSeries>)>>>,
+    pairs: RwLock<PairMap>,
     pair_count: std::sync::atomic::AtomicUsize,
     other: Arc<PairSeries>,
     hasher: std::collections::hash_map::RandomState,
@@ -430,7 +435,7 @@ impl IstioMetrics {
     }
 
     fn series(&self, pair: &PairSeries, o: &Outcome<'_>) -> Series {
-        let matches = |k: &(u16, bool, Option<u32>, String)| {
+        let matches = |k: &OutcomeKey| {
             k.0 == o.code && k.1 == o.grpc && k.2 == o.grpc_status && k.3 == o.flags
         };
         {
