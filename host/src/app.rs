@@ -17,6 +17,7 @@ use crate::admin::{self, Admin};
 use crate::config::{self, Config};
 use crate::downstream::{ConnectionLimit, DownstreamMetrics};
 use crate::hbone::{self, drain::Drain};
+use crate::http::access_log::AccessLog;
 use crate::http::pipeline::Limits;
 use crate::http::upstream::UpstreamTimeouts;
 use crate::http::{Pipeline, server};
@@ -45,6 +46,8 @@ pub enum Error {
     Reload(String),
     #[error("waypoint identity: {0}")]
     Identity(#[from] tls::Error),
+    #[error("cannot start the access log writer thread: {0}")]
+    AccessLog(std::io::Error),
 }
 
 /// How long a changed config file must stay the same before it is read
@@ -124,6 +127,31 @@ fn bind_hbone(addr: SocketAddr) -> Result<TcpListener, Error> {
     })
 }
 
+/// The access log's writer thread, writing to standard output.
+fn access_log(config: &Config, metrics: &Metrics) -> Result<Arc<AccessLog>, Error> {
+    let dropped = prometheus_client::metrics::counter::Counter::default();
+    metrics.register(
+        "access_log_dropped",
+        "Access log lines dropped because the writer could not keep up",
+        dropped.clone(),
+    );
+    let log = AccessLog::writer(&config.access_log, Box::new(std::io::stdout()), dropped)
+        .map_err(Error::AccessLog)?;
+    Ok(Arc::new(log))
+}
+
+/// The reason label of a refused reload.
+fn reload_reason(e: &Error) -> &'static str {
+    match e {
+        Error::Bind { .. } => "bind",
+        Error::Plugin(_) => "plugin",
+        Error::Config(_) => "config",
+        Error::Reload(_) => "restart_required",
+        Error::Identity(_) => "identity",
+        Error::AccessLog(_) => "access_log",
+    }
+}
+
 impl Waypoint {
     /// Loads every plugin, then starts listening. Nothing listens unless
     /// everything loaded.
@@ -155,6 +183,7 @@ impl Waypoint {
                 max_buffered_body: config.sandbox.max_buffered_body_bytes,
             },
         ));
+        pipeline.set_access_log(access_log(&config, &metrics)?);
         pipeline.upstream().set_timeouts(UpstreamTimeouts {
             connect: config.limits.upstream_connect_timeout(),
             response_headers: config.limits.upstream_response_timeout(),
@@ -353,6 +382,7 @@ impl Waypoint {
             .apply(&new, |namespaces| install(&registry, &new, namespaces))
             .await?;
         watch_installed(&self.watcher, &registry, &new);
+        self.pipeline.access_log().configure(&new.access_log);
         self.config.store(Arc::new(new));
         Ok(())
     }
@@ -377,6 +407,7 @@ impl Waypoint {
     ) {
         let settle = interval.min(CONFIG_SETTLE);
         let mut tried = std::fs::read(path).ok().map(|b| Sha256::digest(&b));
+        let mut unparsed = None;
         let mut poll = tokio::time::interval(interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.watcher.set_config(path);
@@ -437,13 +468,24 @@ impl Waypoint {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "config file does not load (yet); keeping the running config and reading it again");
+                    // Counted once per content: the same bytes are read again at every check.
+                    if unparsed != Some(digest) {
+                        unparsed = Some(digest);
+                        self.pipeline.metrics().config_reload("rejected", "parse");
+                    }
                     continue;
                 }
             };
             tried = Some(digest);
             match self.reload(config).await {
-                Ok(()) => tracing::info!(config = %path.display(), "config applied"),
+                Ok(()) => {
+                    self.pipeline.metrics().config_reload("ok", "applied");
+                    tracing::info!(config = %path.display(), "config applied")
+                }
                 Err(e) => {
+                    self.pipeline
+                        .metrics()
+                        .config_reload("rejected", reload_reason(&e));
                     tracing::error!(error = %e, "config change rejected; keeping the running config")
                 }
             }

@@ -8,6 +8,7 @@
 //! Everything is checked when the file is loaded: unknown fields, bad values and
 //! dangling references are errors that name the file, the field and the reason.
 
+mod access_log;
 mod discovery;
 mod hbone;
 mod limits;
@@ -15,6 +16,7 @@ mod oci;
 mod plugin;
 mod upstream;
 
+pub use access_log::{AccessLogConfig, AccessLogFormat};
 pub use discovery::{
     AppProtocol, LocalWorkload, Protocol, ServiceConfig, WaypointAddress, parse_network_address,
 };
@@ -88,6 +90,9 @@ pub struct Config {
     /// How `oci://` plugins are pulled: credentials, timeouts, size caps.
     #[serde(default)]
     pub oci: OciConfig,
+    /// The per-request access log (applied on reload too).
+    #[serde(default)]
+    pub access_log: AccessLogConfig,
     /// A folder of Kubernetes YAML (AuthorizationPolicy, HTTPRoute,
     /// WasmPlugin) compiled into the namespace chains and watched for
     /// changes; relative to the config file.

@@ -330,7 +330,12 @@ impl Inbound {
         let (addr, endpoint) = (opened.addr, opened.endpoint.address);
         let refused = match serving {
             Serving::Tcp => {
+                let tcp = self.istio_tcp_open(&opened, &peer);
                 relay(down, opened.upstream, drain).await;
+                tcp.close(
+                    counts.written.load(Ordering::Relaxed),
+                    counts.read.load(Ordering::Relaxed),
+                );
                 None
             }
             Serving::Http(mode) => self.serve_http(down, mode, opened, &peer, drain).await,
@@ -362,6 +367,38 @@ impl Inbound {
             duration_ms = start.elapsed().as_secs_f64() * 1000.0,
             "tunnel"
         );
+    }
+
+    /// Istio's TCP metrics for an L4 tunnel, under its pair's labels.
+    fn istio_tcp_open(&self, opened: &Opened, peer: &Peer) -> crate::metrics::istio::TcpConnection {
+        let principal = peer.identity.principal();
+        let e = &opened.endpoint;
+        let dest_principal = match e.protocol {
+            crate::config::Protocol::Hbone => {
+                format!(
+                    "{}/ns/{}/sa/{}",
+                    e.trust_domain, e.namespace, e.service_account
+                )
+            }
+            crate::config::Protocol::Tcp => String::new(),
+        };
+        let service = &opened.destination.service;
+        let pair = crate::metrics::istio::Pair {
+            source_principal: &principal,
+            source_namespace: &peer.identity.namespace,
+            baggage: opened
+                .context
+                .get(crate::hbone::BAGGAGE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default(),
+            destination_service: &service.hostname,
+            destination_service_name: &service.name,
+            destination_service_namespace: &service.namespace,
+            destination_workload: &e.workload,
+            destination_workload_namespace: &e.namespace,
+            destination_principal: &dest_principal,
+        };
+        self.pipeline.metrics().istio.tcp_open(&pair)
     }
 
     /// L7: each request on the tunnel goes through the destination namespace's pipeline, which

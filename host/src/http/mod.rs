@@ -4,6 +4,7 @@
 //! Every error the data path can answer with is an [`Error`], and its HTTP
 //! status is decided in one place, [`Error::status`].
 
+pub mod access_log;
 pub mod authority;
 pub mod body;
 pub mod offline;
@@ -54,6 +55,20 @@ pub enum Error {
 }
 
 impl Error {
+    /// Envoy's short response flags (`UF`, `NR`, ...) for Istio's `response_flags` label.
+    pub fn istio_response_flags(&self) -> &'static str {
+        use crate::discovery::Error as D;
+        match self {
+            Error::MissingAuthority | Error::Authority(_) | Error::Downstream(_) => "DPE",
+            Error::Discovery(D::NoEndpoints { .. }) => "UH",
+            Error::Discovery(_) | Error::UnknownBackend { .. } => "NR",
+            Error::UpstreamConnect { .. } => "UF",
+            Error::Upstream { .. } => "UC",
+            Error::UpstreamTimeout { .. } => "UT",
+            _ => "-",
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         use crate::discovery::Error as D;
         match self {

@@ -15,7 +15,7 @@
 //! here, per its failStrategy, whatever the plugin's ABI.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -27,6 +27,7 @@ use http_body_util::BodyExt;
 use tokio::sync::watch;
 
 use super::Error;
+use super::access_log::{AccessLog, Entry};
 use super::body::{self, BoxError, Counting, Holding, ProxyBody};
 use super::offline::OfflineUpstream;
 use super::upstream::Upstream;
@@ -75,7 +76,13 @@ pub struct Pipeline {
     recorder: Arc<Recorder>,
     metrics: Arc<Metrics>,
     limits: Limits,
+    /// Set once by the waypoint from `accessLog:`; `tracing` until then.
+    access_log: OnceLock<Arc<AccessLog>>,
 }
+
+/// The access log of a pipeline nobody gave one: `tracing` events.
+static TRACING_ACCESS_LOG: LazyLock<Arc<AccessLog>> =
+    LazyLock::new(|| Arc::new(AccessLog::tracing()));
 
 /// The request's plugin contexts. Shared by the request-body stream and the
 /// response path; finished when the last of them lets go.
@@ -83,6 +90,9 @@ struct Filters {
     slots: Vec<Slot>,
     exchange: Arc<Exchange>,
     metrics: Arc<Metrics>,
+    access_log: Arc<AccessLog>,
+    /// The endpoint the request went to, once picked (Istio's destination workload).
+    endpoint: Option<Endpoint>,
     namespace: String,
     status: Option<u16>,
     start: Instant,
@@ -100,6 +110,8 @@ type SharedFilters = Arc<Mutex<Filters>>;
 
 /// Property naming the plugin that answered a request locally.
 const LOCAL_RESPONSE_BY: &str = "wayplug.local_response_by";
+/// Property holding Envoy's response flags for an answer the data path made.
+const RESPONSE_FLAGS: &str = "wayplug.response_flags";
 
 fn lock(f: &SharedFilters) -> MutexGuard<'_, Filters> {
     f.lock().unwrap_or_else(|e| e.into_inner())
@@ -116,52 +128,129 @@ impl Drop for Filters {
         }
         let status = self.status.unwrap_or(0);
         let names: Vec<&str> = self.slots.iter().map(|s| s.plugin.name()).collect();
-        self.metrics.request(
-            &self.namespace,
-            status,
-            &names,
-            self.start.elapsed().as_secs_f64(),
-        );
+        let elapsed = self.start.elapsed().as_secs_f64();
+        self.metrics
+            .request(&self.namespace, status, &names, elapsed);
         let info = &self.exchange.info;
         let st = self.exchange.lock();
-        tracing::info!(
-            target: "wayplug::access",
-            id = %info.id,
-            namespace = %self.namespace,
-            service = %info.service_hostname,
-            source = %info.source,
-            principal = info.peer.as_ref().map(|p| p.principal()).unwrap_or_default(),
-            method = %st.request.method,
-            authority = %st.request.authority,
-            path = %st.request.path,
-            protocol = info.protocol,
+        let principal = info
+            .peer
+            .as_ref()
+            .map(|p| p.principal())
+            .unwrap_or_default();
+        self.istio(&st, &principal, status, elapsed);
+        let local_by = st
+            .properties
+            .get(LOCAL_RESPONSE_BY)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
+        if let Some((recorder, request)) = self.observed.take() {
+            recorder.offer(Observed {
+                request,
+                status,
+                local_by: local_by.clone(),
+                decisions: st.decisions.clone(),
+            });
+        }
+        if !self.access_log.enabled() {
+            return;
+        }
+        self.access_log.log(Entry {
+            time: info.start,
+            id: info.id.clone(),
+            namespace: self.namespace.clone(),
+            service: info.service_hostname.clone(),
+            source: info.source,
+            principal,
+            method: st.request.method.clone(),
+            authority: st.request.authority.clone(),
+            path: st.request.path.clone(),
+            protocol: info.protocol,
             status,
-            local_by = st
-                .properties
-                .get(LOCAL_RESPONSE_BY)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default(),
-            decisions = st
+            local_by,
+            decisions: st
                 .decisions
                 .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(";"),
-            duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
-            "request"
-        );
-        if let Some((recorder, request)) = self.observed.take() {
-            recorder.offer(Observed {
-                request,
-                status,
-                local_by: st
-                    .properties
-                    .get(LOCAL_RESPONSE_BY)
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-                    .unwrap_or_default(),
-                decisions: st.decisions.clone(),
-            });
-        }
+            duration_ms: elapsed * 1000.0,
+        });
+    }
+}
+
+/// Bytes of a head as Istio counts them: names, values and the declared body length.
+fn head_bytes(headers: &HeaderMap) -> u64 {
+    let head: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    let body = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    head as u64 + body
+}
+
+impl Filters {
+    /// Istio's request metrics for this request, under its traffic pair's labels.
+    fn istio(&self, st: &crate::exchange::ExchangeState, principal: &str, status: u16, secs: f64) {
+        use crate::metrics::istio::{Outcome, Pair, Sizes};
+        let info = &self.exchange.info;
+        let grpc = is_grpc(&st.request.headers);
+        let grpc_status = st
+            .response_trailers
+            .as_ref()
+            .and_then(|t| t.get("grpc-status"))
+            .or_else(|| st.response.as_ref()?.headers.get("grpc-status"))
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        let flags = match st.properties.get(RESPONSE_FLAGS) {
+            Some(f) => std::str::from_utf8(f).unwrap_or("-"),
+            None if status == 0 => "DC",
+            None => "-",
+        };
+        let dest_principal = self
+            .endpoint
+            .as_ref()
+            .filter(|e| e.protocol == crate::config::Protocol::Hbone)
+            .map(|e| {
+                format!(
+                    "{}/ns/{}/sa/{}",
+                    e.trust_domain, e.namespace, e.service_account
+                )
+            })
+            .unwrap_or_default();
+        let pair = Pair {
+            source_principal: principal,
+            source_namespace: info.peer.as_ref().map_or("", |p| p.namespace.as_str()),
+            baggage: st
+                .request
+                .headers
+                .get(crate::hbone::BAGGAGE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default(),
+            destination_service: &info.service_hostname,
+            destination_service_name: &info.service_name,
+            destination_service_namespace: &self.namespace,
+            destination_workload: self.endpoint.as_ref().map_or("", |e| e.workload.as_str()),
+            destination_workload_namespace: self
+                .endpoint
+                .as_ref()
+                .map_or("", |e| e.namespace.as_str()),
+            destination_principal: &dest_principal,
+        };
+        let sizes = Sizes {
+            request_bytes: head_bytes(&st.request.headers),
+            response_bytes: st.response.as_ref().map_or(0, |r| head_bytes(&r.headers)),
+            duration_ms: secs * 1000.0,
+        };
+        let outcome = Outcome {
+            code: status,
+            grpc,
+            grpc_status,
+            flags,
+        };
+        self.metrics.istio.request(&pair, &outcome, &sizes);
     }
 }
 
@@ -517,6 +606,7 @@ impl Pipeline {
             recorder: Arc::new(Recorder::default()),
             metrics,
             limits,
+            access_log: OnceLock::new(),
         }
     }
 
@@ -557,6 +647,19 @@ impl Pipeline {
         }
         let response = self.upstream.send(req, h2, endpoint).await?;
         Ok(response.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()))
+    }
+
+    /// Where finished requests are logged. Only the first call has an effect.
+    pub fn set_access_log(&self, log: Arc<AccessLog>) {
+        let _ = self.access_log.set(log);
+    }
+
+    pub fn access_log(&self) -> &Arc<AccessLog> {
+        self.access_log.get().unwrap_or(&TRACING_ACCESS_LOG)
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -669,6 +772,8 @@ impl Pipeline {
             slots: Vec::with_capacity(plugins.len()),
             exchange: exchange.clone(),
             metrics: self.metrics.clone(),
+            access_log: self.access_log().clone(),
+            endpoint: None,
             namespace,
             status: None,
             start,
@@ -708,6 +813,7 @@ impl Pipeline {
             Err(e) => return self.answer_error(&filters, &exchange, e.into()).await,
         };
         record_upstream(&exchange, &destination, &endpoint, routed_by.as_deref());
+        lock(&filters).endpoint = Some(endpoint.clone());
         // Only a connection that can hand over its stream is upgraded; any
         // other upgrade request goes on as plain HTTP, without its Upgrade.
         if let (Some(upgrade), Some(on_upgrade)) = (upgrade, on_upgrade) {
@@ -1029,7 +1135,14 @@ impl Pipeline {
         exchange: &Arc<Exchange>,
         err: Error,
     ) -> Result<Response<ProxyBody>, StreamReset> {
-        exchange.lock().stream.response_flags |= err.response_flags();
+        {
+            let mut st = exchange.lock();
+            st.stream.response_flags |= err.response_flags();
+            st.properties.insert(
+                RESPONSE_FLAGS.into(),
+                err.istio_response_flags().as_bytes().to_vec(),
+            );
+        }
         self.local(filters, exchange, error_response(&err, ""), last(filters))
             .await
     }

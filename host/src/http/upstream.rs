@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -148,7 +149,11 @@ pub struct Upstream {
     timeouts: OnceLock<UpstreamTimeouts>,
     h1: Mutex<HashMap<Key, Vec<IdleH1>>>,
     h2: Mutex<HashMap<Key, SharedH2>>,
-    last_sweep: Mutex<Instant>,
+    /// Milliseconds after `born` of the last sweep: one atomic read per
+    /// request decides whether a sweep is due, and only the request that
+    /// wins the exchange sweeps.
+    last_sweep: AtomicU64,
+    born: Instant,
 }
 
 impl Default for Upstream {
@@ -179,7 +184,8 @@ impl Upstream {
             timeouts: OnceLock::new(),
             h1: Mutex::default(),
             h2: Mutex::default(),
-            last_sweep: Mutex::new(Instant::now()),
+            last_sweep: AtomicU64::new(0),
+            born: Instant::now(),
         }
     }
 
@@ -394,12 +400,15 @@ impl Upstream {
     }
 
     fn maybe_sweep(&self) {
+        let now = self.born.elapsed().as_millis() as u64;
+        let last = self.last_sweep.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < SWEEP_EVERY.as_millis() as u64
+            || self
+                .last_sweep
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
         {
-            let mut last = lock(&self.last_sweep);
-            if last.elapsed() < SWEEP_EVERY {
-                return;
-            }
-            *last = Instant::now();
+            return;
         }
         lock(&self.h1).retain(|_, list| {
             list.retain(|i| !i.sender.is_closed() && i.since.elapsed() < IDLE_TIMEOUT);

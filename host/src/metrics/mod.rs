@@ -1,8 +1,16 @@
-//! Prometheus metrics: the proxy's own, and those plugins define.
+//! Prometheus metrics: the proxy's own, Istio's standard ones, and those
+//! plugins define.
+//!
+//! The per-request families resolve their label sets once: a namespace's
+//! series (and each plugin's, per status code) are found by borrowed name
+//! under a read lock and kept, so a request allocates no label strings and
+//! takes no exclusive lock once its series exist.
+
+pub mod istio;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -50,7 +58,26 @@ pub struct NamespaceLabels {
     pub namespace: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub result: String,
+    pub reason: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Namespaces whose series are kept resolved; past this (never with a real
+/// config) requests resolve them each time.
+const MAX_CACHED_NAMESPACES: usize = 4096;
+/// Distinct (plugin, code) or code series kept per namespace.
+const MAX_CACHED_PER_NAMESPACE: usize = 1024;
+
+/// A namespace's request series, resolved.
+struct NamespaceSeries {
+    duration: Histogram,
+    by_code: RwLock<Vec<(u16, Counter)>>,
+    by_plugin: RwLock<Vec<(String, u16, Counter)>>,
+}
 
 fn plugin_histogram() -> Histogram {
     Histogram::new(exponential_buckets(1.0, 4.0, 12))
@@ -62,6 +89,12 @@ fn duration_histogram() -> Histogram {
 
 pub struct Metrics {
     registry: Mutex<Registry>,
+    /// Istio's names carry no `wayplug_` prefix, so they live apart.
+    istio_registry: Mutex<Registry>,
+    /// Istio's standard metrics, reported as a waypoint.
+    pub istio: istio::IstioMetrics,
+    config_reloads: Family<ReloadLabels, Counter>,
+    namespaces: RwLock<HashMap<String, Arc<NamespaceSeries>>>,
     requests: Family<RequestLabels, Counter>,
     plugin_requests: Family<PluginRequestLabels, Counter>,
     plugin_failures: Family<PluginFailureLabels, Counter>,
@@ -131,8 +164,20 @@ impl Metrics {
             "Histograms defined by plugins",
             plugin_histograms.clone(),
         );
+        let config_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Config changes applied (result ok) or refused (result rejected), by reason",
+            config_reloads.clone(),
+        );
+        let mut istio_registry = Registry::default();
+        let istio = istio::IstioMetrics::new(&mut istio_registry);
         Metrics {
             registry: Mutex::new(registry),
+            istio_registry: Mutex::new(istio_registry),
+            istio,
+            config_reloads,
+            namespaces: RwLock::default(),
             requests,
             plugin_requests,
             plugin_failures,
@@ -158,13 +203,120 @@ impl Metrics {
     /// Prometheus text exposition of everything.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-        // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        {
+            let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+            // Writing to a String cannot fail.
+            let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        }
+        // One exposition: the first registry's end marker goes, the second's stays.
+        if let Some(body) = out.strip_suffix("# EOF\n") {
+            out.truncate(body.len());
+        }
+        let istio = self
+            .istio_registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let _ = prometheus_client::encoding::text::encode(&mut out, &istio);
         out
     }
 
+    /// A config change was applied (`result` "ok") or refused ("rejected"), and why.
+    pub fn config_reload(&self, result: &str, reason: &str) {
+        self.config_reloads
+            .get_or_create(&ReloadLabels {
+                result: result.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    fn namespace_series(&self, namespace: &str) -> Option<Arc<NamespaceSeries>> {
+        if let Some(s) = self
+            .namespaces
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(namespace)
+        {
+            return Some(s.clone());
+        }
+        let mut map = self.namespaces.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = map.get(namespace) {
+            return Some(s.clone());
+        }
+        if map.len() >= MAX_CACHED_NAMESPACES {
+            return None;
+        }
+        let series = Arc::new(NamespaceSeries {
+            duration: self
+                .request_duration
+                .get_or_create(&NamespaceLabels {
+                    namespace: namespace.to_owned(),
+                })
+                .clone(),
+            by_code: RwLock::default(),
+            by_plugin: RwLock::default(),
+        });
+        map.insert(namespace.to_owned(), series.clone());
+        Some(series)
+    }
+
+    /// Counts one answered request in the namespace's series, resolving each
+    /// label set the first time it is seen.
     pub fn request(&self, namespace: &str, code: u16, plugins: &[&str], seconds: f64) {
+        let Some(ns) = self.namespace_series(namespace) else {
+            return self.request_uncached(namespace, code, plugins, seconds);
+        };
+        ns.duration.observe(seconds);
+        let found = ns
+            .by_code
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map(|(_, counter)| counter.clone());
+        let counter = found.unwrap_or_else(|| {
+            let counter = self
+                .requests
+                .get_or_create(&RequestLabels {
+                    namespace: namespace.to_owned(),
+                    code: code.to_string(),
+                })
+                .clone();
+            let mut list = ns.by_code.write().unwrap_or_else(|e| e.into_inner());
+            if list.len() < MAX_CACHED_PER_NAMESPACE && !list.iter().any(|(c, _)| *c == code) {
+                list.push((code, counter.clone()));
+            }
+            counter
+        });
+        counter.inc();
+        for plugin in plugins {
+            let found = ns
+                .by_plugin
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .find(|(p, c, _)| *c == code && p == plugin)
+                .map(|(_, _, counter)| counter.clone());
+            let counter = found.unwrap_or_else(|| {
+                let counter = self
+                    .plugin_requests
+                    .get_or_create(&PluginRequestLabels {
+                        namespace: namespace.to_owned(),
+                        plugin: (*plugin).to_owned(),
+                        code: code.to_string(),
+                    })
+                    .clone();
+                let mut list = ns.by_plugin.write().unwrap_or_else(|e| e.into_inner());
+                if list.len() < MAX_CACHED_PER_NAMESPACE {
+                    list.push(((*plugin).to_owned(), code, counter.clone()));
+                }
+                counter
+            });
+            counter.inc();
+        }
+    }
+
+    fn request_uncached(&self, namespace: &str, code: u16, plugins: &[&str], seconds: f64) {
         let code = code.to_string();
         self.requests
             .get_or_create(&RequestLabels {
@@ -408,6 +560,32 @@ mod tests {
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }
+    }
+
+    #[test]
+    fn resolved_request_series_keep_counting_per_code_and_plugin() {
+        let m = Metrics::new();
+        for _ in 0..3 {
+            m.request("ns", 200, &["a", "b"], 0.001);
+        }
+        m.request("ns", 503, &["a"], 0.001);
+        m.request("other", 200, &[], 0.001);
+        m.config_reload("rejected", "plugin");
+        let text = m.encode();
+        for want in [
+            r#"wayplug_requests_total{namespace="ns",code="200"} 3"#,
+            r#"wayplug_requests_total{namespace="ns",code="503"} 1"#,
+            r#"wayplug_requests_total{namespace="other",code="200"} 1"#,
+            r#"wayplug_plugin_requests_total{namespace="ns",plugin="a",code="200"} 3"#,
+            r#"wayplug_plugin_requests_total{namespace="ns",plugin="b",code="200"} 3"#,
+            r#"wayplug_plugin_requests_total{namespace="ns",plugin="a",code="503"} 1"#,
+            r#"wayplug_request_duration_seconds_count{namespace="ns"} 4"#,
+            r#"wayplug_config_reloads_total{result="rejected",reason="plugin"} 1"#,
+        ] {
+            assert!(text.contains(want), "missing {want} in\n{text}");
+        }
+        assert_eq!(text.matches("# EOF").count(), 1, "one exposition:\n{text}");
+        assert!(text.ends_with("# EOF\n"));
     }
 
     #[test]
