@@ -177,7 +177,7 @@ where
     let change = match (body, target) {
         (Some(body), Target::Plugin(ns, name)) => {
             let spec = entry(body, Some(&name), &uploads)?;
-            Change::PutPlugin(ns, spec)
+            Change::PutPlugin(ns, Box::new(spec))
         }
         (None, Target::Plugin(ns, name)) => Change::DeletePlugin(ns, name),
         (Some(body), Target::Namespace(ns)) => {
@@ -218,7 +218,7 @@ where
 }
 
 enum Change {
-    PutPlugin(String, PluginSpec),
+    PutPlugin(String, Box<PluginSpec>),
     DeletePlugin(String, String),
     PutNamespace(String, Vec<PluginSpec>),
     DeleteNamespace(String),
@@ -231,6 +231,7 @@ impl Change {
         let mut namespaces = current.namespaces.clone();
         match self {
             Change::PutPlugin(ns, spec) => {
+                let spec = *spec;
                 let plugins = &mut namespaces.entry(ns).or_default().plugins;
                 match plugins.iter_mut().find(|p| p.name == spec.name) {
                     Some(p) => *p = spec,

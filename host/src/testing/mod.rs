@@ -17,7 +17,7 @@
 //! use wayplug::testing::{OfflineWaypoint, Suite};
 //!
 //! let suite = Suite::load("tests/suites/store.yaml".as_ref())?;
-//! let waypoint = OfflineWaypoint::build(&suite, None).await?;
+//! let waypoint = std::sync::Arc::new(OfflineWaypoint::build(&suite, None).await?);
 //! for result in waypoint.run(&suite.cases, 8).await {
 //!     assert!(result.mismatches.is_empty(), "{}", result.name);
 //!     // insta::assert_yaml_snapshot!(result.name.clone(), result.outcome);
