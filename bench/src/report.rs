@@ -242,8 +242,8 @@ pub fn write(out: &Path, json_path: &Path, r: &Results) -> anyhow::Result<()> {
         "Waypoints with N namespaces of three plugins each (the Proxy-Wasm and the component \
          header allowlist, `builtin://authz` with 20 rules; `instancesPerPlugin: 1`, \
          `requestsPerComponent: 4`), started on CPU 1: time from exec to `/healthz/ready`, and \
-         RSS one second later. This tree compiles each plugin entry's module on its own (no \
-         compile-once cache).\n"
+         RSS one second later. Each distinct module is compiled once and shared by the entries \
+         that use it; no `cacheDir`, so every start compiles.\n"
     );
     let _ = writeln!(
         md,
