@@ -256,7 +256,9 @@ impl Running {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    // Commands run inside the work folder: a relative binary path would miss.
+    args.wayplug = absolute(&args.wayplug)?;
     let work = absolute(&args.work)?;
     std::fs::create_dir_all(work.join("tmp"))?;
     if let Some(requests) = args.profile {
