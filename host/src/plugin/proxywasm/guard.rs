@@ -36,7 +36,7 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
 /// function whose body runs under [`guarded`]. The caller is bound mutably
 /// as `c`; `return` inside the body returns from the host function.
 macro_rules! host_fn {
-    ($linker:expr, $module:expr, $name:literal, |$c:ident $(, $arg:ident : $ty:ty)* $(,)?| $body:expr $(,)?) => {
+    ($linker:expr, $module:expr, $name:expr, |$c:ident $(, $arg:ident : $ty:ty)* $(,)?| $body:expr $(,)?) => {
         $linker.func_wrap(
             $module,
             $name,

@@ -10,52 +10,31 @@ use crate::plugin::sandbox::{Limit, MAX_CALLOUTS_PER_CALL};
 
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     // Two names for one call: 0.2.0 and 0.2.1 spell it differently.
-    host_fn!(
-        linker,
-        "env",
-        "proxy_http_call",
-        |c,
-         uptr: i32,
-         ulen: i32,
-         hptr: i32,
-         hlen: i32,
-         bptr: i32,
-         blen: i32,
-         tptr: i32,
-         tlen: i32,
-         timeout_ms: i32,
-         ret_token: i32| {
-            http_call(
-                &mut c,
-                [uptr, ulen, hptr, hlen, bptr, blen, tptr, tlen],
-                timeout_ms,
-                ret_token,
-            )
-        }
-    )?;
-    host_fn!(
-        linker,
-        "env",
-        "proxy_dispatch_http_call",
-        |c,
-         uptr: i32,
-         ulen: i32,
-         hptr: i32,
-         hlen: i32,
-         bptr: i32,
-         blen: i32,
-         tptr: i32,
-         tlen: i32,
-         timeout_ms: i32,
-         ret_token: i32| {
-            http_call(
-                &mut c,
-                [uptr, ulen, hptr, hlen, bptr, blen, tptr, tlen],
-                timeout_ms,
-                ret_token,
-            )
-        }
-    )?;
+    for name in ["proxy_http_call", "proxy_dispatch_http_call"] {
+        host_fn!(
+            linker,
+            "env",
+            name,
+            |c,
+             uptr: i32,
+             ulen: i32,
+             hptr: i32,
+             hlen: i32,
+             bptr: i32,
+             blen: i32,
+             tptr: i32,
+             tlen: i32,
+             timeout_ms: i32,
+             ret_token: i32| {
+                http_call(
+                    &mut c,
+                    [uptr, ulen, hptr, hlen, bptr, blen, tptr, tlen],
+                    timeout_ms,
+                    ret_token,
+                )
+            }
+        )?;
+    }
 
     host_fn!(
         linker,
