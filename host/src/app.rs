@@ -77,6 +77,40 @@ async fn read_settled(path: &Path, mut bytes: Vec<u8>, settle: Duration) -> Opti
     None
 }
 
+/// Everything a config's plugins need, built and installed: what `run`
+/// serves from and what `check` reports on.
+pub(crate) struct Loaded {
+    pub registry: Arc<Registry>,
+    pub policies: Arc<Policies>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Builds the engine and registry for `config` and installs every chain
+/// (configured namespaces and the policy folder's), compiling what the
+/// cache does not hold.
+pub(crate) async fn load(config: &Config, builtins: Builtins) -> Result<Loaded, Error> {
+    let engine = Engine::new(&config.sandbox)?;
+    let metrics = Arc::new(Metrics::new());
+    let callouts = Arc::new(Callouts::new(config.upstreams.clone()));
+    let registry = Arc::new(Registry::with_cache_dir(
+        engine,
+        metrics.clone(),
+        callouts,
+        config.sandbox.clone(),
+        builtins,
+        config.cache_dir().as_deref(),
+    )?);
+    let policies = Arc::new(Policies::default());
+    policies
+        .apply(config, |namespaces| install(&registry, config, namespaces))
+        .await?;
+    Ok(Loaded {
+        registry,
+        policies,
+        metrics,
+    })
+}
+
 /// A running waypoint.
 pub struct Waypoint {
     pub http_addr: Option<SocketAddr>,
@@ -156,23 +190,11 @@ impl Waypoint {
     /// Loads every plugin, then starts listening. Nothing listens unless
     /// everything loaded.
     pub async fn start(config: Config, builtins: Builtins) -> Result<Waypoint, Error> {
-        let engine = Engine::new(&config.sandbox)?;
-        let metrics = Arc::new(Metrics::new());
-        let callouts = Arc::new(Callouts::new(config.upstreams.clone()));
-        let registry = Arc::new(Registry::with_cache_dir(
-            engine,
-            metrics.clone(),
-            callouts,
-            config.sandbox.clone(),
-            builtins,
-            config.cache_dir().as_deref(),
-        )?);
-        let policies = Arc::new(Policies::default());
-        policies
-            .apply(&config, |namespaces| {
-                install(&registry, &config, namespaces)
-            })
-            .await?;
+        let Loaded {
+            registry,
+            policies,
+            metrics,
+        } = load(&config, builtins).await?;
         let watcher = Arc::new(Watcher::new());
         watch_installed(&watcher, &registry, &config);
         let pipeline = Arc::new(Pipeline::new(

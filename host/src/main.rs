@@ -64,6 +64,9 @@ enum Command {
     },
     /// Runs policy suites offline through the proxy's own pipeline.
     Test(wayplug::cli::TestArgs),
+    /// Loads a config as `run` would (every plugin compiled and configured) and reports, without
+    /// serving; with --cache-dir, fills the compiled-plugin cache for later starts.
+    Check(wayplug::cli::CheckArgs),
     /// Records live requests and their decisions into a suite file.
     Record(wayplug::cli::RecordArgs),
     /// Creates a plugin crate that builds and passes its suite.
@@ -124,6 +127,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let command = match cli.command {
         Command::Test(a) => return wayplug::cli::run(wayplug::cli::Tool::Test(a)),
         Command::Record(a) => return wayplug::cli::run(wayplug::cli::Tool::Record(a)),
+        Command::Check(a) => return wayplug::cli::run(wayplug::cli::Tool::Check(a)),
         Command::New(a) => return wayplug::cli::run(wayplug::cli::Tool::New(a)),
         other => other,
     };
@@ -161,7 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 identity,
                 expect,
             } => tunnel(listen, waypoint, to, identity, expect).await,
-            Command::Test(_) | Command::Record(_) | Command::New(_) => {
+            Command::Test(_) | Command::Record(_) | Command::New(_) | Command::Check(_) => {
                 unreachable!("handled above")
             }
         }

@@ -59,6 +59,20 @@ impl Interest {
     }
 }
 
+/// Whether an event can mean new content. Opening, reading and closing a
+/// file unwritten are reported too (inotify's access events), and the
+/// waiters themselves read the files they watch: letting those wake a
+/// topic would make every look cause the next one, forever.
+fn may_change_content(kind: &EventKind) -> bool {
+    use notify::event::MetadataKind;
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)) => false,
+        _ => true,
+    }
+}
+
 #[derive(Default)]
 struct Signals {
     config: Notify,
@@ -110,6 +124,9 @@ impl Watcher {
                 }
                 return;
             };
+            if !may_change_content(&event.kind) {
+                return;
+            }
             let complete = matches!(
                 event.kind,
                 EventKind::Access(AccessKind::Close(AccessMode::Write))
@@ -265,6 +282,18 @@ mod tests {
         std::fs::write(dir.join("unrelated"), b"x").unwrap();
         let woke = tokio::time::timeout(Duration::from_millis(200), w.changed(Topic::Plugins));
         assert!(woke.await.is_err());
+        // Nor does reading the plugin file, as the waiter itself does
+        // after every wake-up: that would wake it again, for ever.
+        for _ in 0..3 {
+            assert_eq!(std::fs::read(&file).unwrap(), b"two");
+        }
+        let woke = tokio::time::timeout(Duration::from_millis(200), w.changed(Topic::Plugins));
+        assert!(woke.await.is_err(), "reading the file woke the plugins topic");
+        // A write in place still does.
+        std::fs::write(&file, b"three").unwrap();
+        tokio::time::timeout(Duration::from_secs(5), w.changed(Topic::Plugins))
+            .await
+            .expect("the write was noticed");
         w.set_plugin_files([]);
         assert!(w.watched().is_empty());
         let _ = std::fs::remove_dir_all(&dir);

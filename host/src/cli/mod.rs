@@ -1,8 +1,10 @@
-//! The `wayplug test`, `wayplug record` and `wayplug new` commands. They
+//! The `wayplug test`, `wayplug check`, `wayplug record` and `wayplug new`
+//! commands. They
 //! are tools around the proxy, not the proxy: they log to stderr (warnings
 //! only unless `RUST_LOG` says otherwise) so their own output stays
 //! machine-readable.
 
+pub mod check;
 pub mod new;
 pub mod record;
 
@@ -12,6 +14,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
+pub use check::CheckArgs;
 pub use new::NewArgs;
 pub use record::RecordArgs;
 
@@ -61,6 +64,7 @@ pub struct TestArgs {
 /// The commands of this module, as `main` hands them over.
 pub enum Tool {
     Test(TestArgs),
+    Check(CheckArgs),
     Record(RecordArgs),
     New(NewArgs),
 }
@@ -77,6 +81,14 @@ pub fn run(tool: Tool) -> anyhow::Result<()> {
         .try_init();
     match tool {
         Tool::New(args) => new::run(args),
+        Tool::Check(args) => {
+            let checked = runtime()?.block_on(check::check(&args, crate::demo::builtins()))?;
+            print!("{}", checked.report);
+            if !checked.ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Tool::Record(args) => runtime()?.block_on(record::run(args)),
         Tool::Test(args) => {
             let ok = runtime()?.block_on(test(&args))?;
