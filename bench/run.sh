@@ -30,6 +30,8 @@ fi
 cargo_() {
     if [ -e /tmp/wayplug-cargo.lock ]; then flock /tmp/wayplug-cargo.lock cargo "$@"; else cargo "$@"; fi
 }
+# The plugins it loads are built for these targets (a no-op when present).
+rustup target add wasm32-wasip1 wasm32-wasip2 >&2
 cargo_ build --release -p wayplug --bin wayplug -p wayplug-bench --bin wayplug-bench
 
 # The harness itself (and its in-process load generator) stays on CPU 0.

@@ -149,14 +149,17 @@ pub struct Plugins {
 }
 
 impl Plugins {
+    /// The plugins `build.rs` compiled for this binary.
     pub fn built() -> Plugins {
-        let url = |p: std::path::PathBuf| format!("file://{}", p.display());
+        let url = |file: &str| {
+            let path = std::path::Path::new(env!("WAYPLUG_BENCH_PLUGINS")).join(file);
+            assert!(path.is_file(), "plugin {} was not built", path.display());
+            format!("file://{}", path.display())
+        };
         Plugins {
-            allowlist_proxywasm: url(wayplug_tests::proxy_wasm_example(
-                "header-allowlist-proxywasm",
-            )),
-            allowlist_component: url(wayplug_tests::component("header-allowlist")),
-            response_header: url(wayplug_tests::component("response-header")),
+            allowlist_proxywasm: url("header_allowlist_proxywasm.wasm"),
+            allowlist_component: url("header_allowlist.wasm"),
+            response_header: url("response_header.wasm"),
         }
     }
 }
@@ -318,7 +321,7 @@ pub fn terminator(identity: &Path, legacy: bool) -> String {
 }
 
 /// A waypoint with `namespaces` namespaces of three plugins each (no listener but admin).
-pub fn scale(p: &Plugins, namespaces: usize, legacy: bool) -> String {
+pub fn scale(p: &Plugins, namespaces: usize, cache_dir: Option<&Path>, legacy: bool) -> String {
     let mut ns = serde_json::Map::new();
     let mut services = Vec::new();
     for i in 0..namespaces {
@@ -338,6 +341,9 @@ pub fn scale(p: &Plugins, namespaces: usize, legacy: bool) -> String {
     let mut config = config;
     if !legacy {
         config["accessLog"] = json!({"enabled": false});
+    }
+    if let Some(dir) = cache_dir {
+        config["cacheDir"] = json!(dir.display().to_string());
     }
     yaml(&config)
 }

@@ -288,7 +288,10 @@ mod tests {
             assert_eq!(std::fs::read(&file).unwrap(), b"two");
         }
         let woke = tokio::time::timeout(Duration::from_millis(200), w.changed(Topic::Plugins));
-        assert!(woke.await.is_err(), "reading the file woke the plugins topic");
+        assert!(
+            woke.await.is_err(),
+            "reading the file woke the plugins topic"
+        );
         // A write in place still does.
         std::fs::write(&file, b"three").unwrap();
         tokio::time::timeout(Duration::from_secs(5), w.changed(Topic::Plugins))

@@ -57,7 +57,12 @@ pub async fn check(args: &CheckArgs, builtins: Builtins) -> anyhow::Result<Check
     let errors = loaded.policies.errors();
 
     let mut out = String::new();
-    let _ = writeln!(out, "{}: loaded in {} ms", args.config.display(), took.as_millis());
+    let _ = writeln!(
+        out,
+        "{}: loaded in {} ms",
+        args.config.display(),
+        took.as_millis()
+    );
     describe_chains(&mut out, &installed);
     let modules = loaded.registry.modules();
     let _ = write!(
@@ -150,11 +155,23 @@ mod tests {
         };
         let first = check(&args, builtins()).await.unwrap();
         assert!(first.ok, "{}", first.report);
-        assert!(first.report.contains("namespace shop: 1 plugin(s)"), "{}", first.report);
-        assert!(first.report.contains("modules: 1 compiled, 0 read from the cache"), "{}", first.report);
+        assert!(
+            first.report.contains("namespace shop: 1 plugin(s)"),
+            "{}",
+            first.report
+        );
+        assert!(
+            first
+                .report
+                .contains("modules: 1 compiled, 0 read from the cache"),
+            "{}",
+            first.report
+        );
         let second = check(&args, builtins()).await.unwrap();
         assert!(
-            second.report.contains("modules: 0 compiled, 1 read from the cache"),
+            second
+                .report
+                .contains("modules: 0 compiled, 1 read from the cache"),
             "{}",
             second.report
         );
@@ -176,7 +193,11 @@ mod tests {
         };
         let checked = check(&args, builtins()).await.unwrap();
         assert!(!checked.ok, "{}", checked.report);
-        assert!(checked.report.contains("policy refused:"), "{}", checked.report);
+        assert!(
+            checked.report.contains("policy refused:"),
+            "{}",
+            checked.report
+        );
         assert!(checked.report.contains("broken"), "{}", checked.report);
         assert!(checked.report.contains("no cacheDir"), "{}", checked.report);
     }
