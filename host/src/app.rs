@@ -90,6 +90,8 @@ pub struct Waypoint {
     drain: Drain,
     policies: Arc<Policies>,
     watcher: Arc<Watcher>,
+    /// Plugins uploaded through the admin API (removed at shutdown).
+    uploads: Arc<crate::admin::uploads::Uploads>,
 }
 
 /// The waypoint's certificate, kept current by its watcher.
@@ -285,6 +287,7 @@ impl Waypoint {
             watcher.clone(),
             rx.clone(),
         )));
+        let uploads = Arc::new(crate::admin::uploads::Uploads::new(&config.load()));
         if let Some(l) = admin_listener {
             let admin = Arc::new(Admin {
                 metrics,
@@ -292,6 +295,7 @@ impl Waypoint {
                 config: config.clone(),
                 ready: ready.clone(),
                 recorder: pipeline.recorder().clone(),
+                uploads: uploads.clone(),
             });
             tasks.push(tokio::spawn(admin::serve(l, admin, rx.clone())));
         }
@@ -308,6 +312,7 @@ impl Waypoint {
             drain,
             policies,
             watcher,
+            uploads,
         })
     }
 
@@ -503,6 +508,7 @@ impl Waypoint {
         if self.drain.finish(deadline).await {
             tracing::info!("drained");
         }
+        self.uploads.close();
     }
 }
 
