@@ -240,7 +240,7 @@ async fn istio_byte_metrics_count_chunked_bodies() {
             tokio::spawn(async move {
                 read_until(&mut s, chunked_done).await;
                 let mut reply = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
-                reply.extend(chunks(&[1000, 1000, 500], b'r'));
+                reply.extend(chunks(&[1000, 1000, 500], b'#'));
                 let _ = s.write_all(&reply).await;
             });
         }
@@ -259,7 +259,7 @@ async fn istio_byte_metrics_count_chunked_bodies() {
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert_eq!(
-        answer.iter().filter(|&&b| b == b'r').count(),
+        answer.iter().filter(|&&b| b == b'#').count(),
         2500,
         "{text}"
     );

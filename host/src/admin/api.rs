@@ -180,7 +180,7 @@ where
     };
     let change = match (body, target) {
         (Some(body), Target::Plugin(ns, name)) => {
-            let spec = entry(body, Some(&name), &uploads)?;
+            let spec = entry(body, Some(&name), uploads)?;
             Change::PutPlugin(ns, Box::new(spec))
         }
         (None, Target::Plugin(ns, name)) => Change::DeletePlugin(ns, name),
@@ -207,7 +207,7 @@ where
                 .into_iter()
                 .enumerate()
                 .map(|(i, e)| {
-                    entry(e, None, &uploads)
+                    entry(e, None, uploads)
                         .map_err(|err| ApiError::BadRequest(format!("plugins[{i}]: {err}")))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
