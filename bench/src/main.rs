@@ -46,7 +46,8 @@ pub struct Args {
     /// Configs without the `accessLog` section, for a binary that predates it.
     #[arg(long)]
     legacy_config: bool,
-    /// Only these scenarios (comma separated names); `direct` is always measured.
+    /// Only these scenarios (comma separated names); `direct` is always
+    /// measured. `scale` runs the scale phase alone and prints its table.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Rate of the latency phase, requests per second.
@@ -271,6 +272,13 @@ fn main() -> anyhow::Result<()> {
     }
     let machine = report::Machine::read();
     let shape = shape(args.quick);
+    if args.only.iter().any(|o| o == "scale") {
+        // The scale phase alone: no proxies or load, and BENCHMARKS.md is
+        // left as it is (a partial run has no other figures to write).
+        let rows = scale(&args, &work, shape.scale)?;
+        print!("{}", scale_table(&rows));
+        return Ok(());
+    }
     let mut list = scenarios();
     if !args.only.is_empty() {
         list.retain(|s| s.name == "direct" || args.only.iter().any(|o| o == s.name));
@@ -607,6 +615,34 @@ fn parse_wrk(text: &str) -> anyhow::Result<Capacity> {
     Ok(cap)
 }
 
+/// The scale rows, with the RSS each namespace adds over the row before
+/// (`(RSS at 50 - RSS at 10) / 40`, the figure issue 11's target is about).
+fn scale_table(rows: &[ScaleRow]) -> String {
+    let mib = |b: f64| b / (1024.0 * 1024.0);
+    let mut out = String::from(
+        "| namespaces | ready ms | RSS MiB | added per namespace since the row before MiB |\n|---:|---:|---:|---:|\n",
+    );
+    let mut before: Option<&ScaleRow> = None;
+    for row in rows {
+        let per = match before {
+            Some(b) if row.namespaces > b.namespaces => format!(
+                "{:.2}",
+                mib(row.rss_bytes as f64 - b.rss_bytes as f64)
+                    / (row.namespaces - b.namespaces) as f64
+            ),
+            _ => "-".into(),
+        };
+        out += &format!(
+            "| {} | {:.0} | {:.1} | {per} |\n",
+            row.namespaces,
+            row.ready_ms,
+            mib(row.rss_bytes as f64)
+        );
+        before = Some(row);
+    }
+    out
+}
+
 /// Startup time and idle RSS of a waypoint with `n` namespaces of three plugins.
 fn scale(args: &Args, work: &Path, sizes: &[usize]) -> anyhow::Result<Vec<ScaleRow>> {
     let plugins = Plugins::built();
@@ -659,6 +695,19 @@ mod tests {
         assert_eq!(cap.errors, 7);
         assert!((cap.rps - 45231.70).abs() < 1e-6);
         assert!(parse_wrk("garbage").is_err());
+    }
+
+    #[test]
+    fn the_scale_table_gives_what_each_namespace_adds() {
+        let row = |namespaces, mib: u64| ScaleRow {
+            namespaces,
+            ready_ms: 1.0,
+            rss_bytes: mib << 20,
+        };
+        let table = scale_table(&[row(0, 20), row(10, 40), row(50, 60)]);
+        assert!(table.contains("| 0 | 1 | 20.0 | - |"), "{table}");
+        assert!(table.contains("| 10 | 1 | 40.0 | 2.00 |"), "{table}");
+        assert!(table.contains("| 50 | 1 | 60.0 | 0.50 |"), "{table}");
     }
 
     #[test]
