@@ -46,7 +46,8 @@ pub struct Args {
     /// Configs without the `accessLog` section, for a binary that predates it.
     #[arg(long)]
     legacy_config: bool,
-    /// Only these scenarios (comma separated names); `direct` is always measured.
+    /// Only these scenarios (comma separated names); `direct` is always
+    /// measured. `scale` runs the scale phase alone and prints its table.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Rate of the latency phase, requests per second.
@@ -273,6 +274,13 @@ fn main() -> anyhow::Result<()> {
     }
     let machine = report::Machine::read();
     let shape = shape(args.quick);
+    if args.only.iter().any(|o| o == "scale") {
+        // The scale phase alone: no proxies or load, and BENCHMARKS.md is
+        // left as it is (a partial run has no other figures to write).
+        let rows = scale(&args, &work, shape.scale)?;
+        print!("{}", report::scale_table(&rows));
+        return Ok(());
+    }
     let mut list = scenarios();
     if !args.only.is_empty() {
         list.retain(|s| s.name == "direct" || args.only.iter().any(|o| o == s.name));
@@ -704,6 +712,38 @@ mod tests {
         assert_eq!(cap.errors, 7);
         assert!((cap.rps - 45231.70).abs() < 1e-6);
         assert!(parse_wrk("garbage").is_err());
+    }
+
+    #[test]
+    fn the_scale_table_gives_what_each_namespace_adds() {
+        let row = |namespaces, mib: u64, cached| ScaleRow {
+            namespaces,
+            ready_ms: 1.0,
+            rss_bytes: mib << 20,
+            cached,
+        };
+        let table = report::scale_table(&[
+            row(0, 20, false),
+            row(10, 40, false),
+            row(50, 60, false),
+            row(50, 55, true),
+        ]);
+        assert!(
+            table.contains("| 0 | compiled at start | 1 | 20.0 | - |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| 10 | compiled at start | 1 | 40.0 | 2.00 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| 50 | compiled at start | 1 | 60.0 | 0.50 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| 50 | cacheDir | 1 | 55.0 | - |"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -124,6 +124,8 @@ pub struct Waypoint {
     drain: Drain,
     policies: Arc<Policies>,
     watcher: Arc<Watcher>,
+    /// Plugins uploaded through the admin API (removed at shutdown).
+    uploads: Arc<crate::admin::uploads::Uploads>,
 }
 
 /// The waypoint's certificate, kept current by its watcher.
@@ -307,6 +309,7 @@ impl Waypoint {
             watcher.clone(),
             rx.clone(),
         )));
+        let uploads = Arc::new(crate::admin::uploads::Uploads::new(&config.load()));
         if let Some(l) = admin_listener {
             let admin = Arc::new(Admin {
                 metrics,
@@ -314,6 +317,7 @@ impl Waypoint {
                 config: config.clone(),
                 ready: ready.clone(),
                 recorder: pipeline.recorder().clone(),
+                uploads: uploads.clone(),
             });
             tasks.push(tokio::spawn(admin::serve(l, admin, rx.clone())));
         }
@@ -330,6 +334,7 @@ impl Waypoint {
             drain,
             policies,
             watcher,
+            uploads,
         })
     }
 
@@ -525,6 +530,7 @@ impl Waypoint {
         if self.drain.finish(deadline).await {
             tracing::info!("drained");
         }
+        self.uploads.close();
     }
 }
 

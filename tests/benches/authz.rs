@@ -9,7 +9,8 @@
 //!   process, denied after the last rule, so no socket or upstream is
 //!   involved.
 //!
-//! Run: `cargo bench -p wayplug-tests --bench authz`.
+//! Run: `cargo bench -p wayplug-tests --bench authz` (`WAYPLUG_BENCH_AUTHZ`
+//! names another build of the plugin to measure instead of the built-in).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -53,9 +54,13 @@ fn policy() -> Value {
 }
 
 fn spec() -> PluginSpec {
+    // `WAYPLUG_BENCH_AUTHZ=/path/to/wayplug_authz.wasm` measures another
+    // build of the plugin (another guest profile, say) in its place.
+    let url = std::env::var("WAYPLUG_BENCH_AUTHZ")
+        .map_or_else(|_| "builtin://authz".to_owned(), |p| format!("file://{p}"));
     serde_json::from_value(json!({
         "name": "authz",
-        "url": "builtin://authz",
+        "url": url,
         "pluginConfig": policy(),
     }))
     .unwrap()

@@ -750,3 +750,83 @@ async fn the_admin_api_lists_applies_and_refuses_changes() {
     assert_eq!(list["apiChanges"], 0);
     wp.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_no_entry_names_are_removed_and_their_folder_at_shutdown() {
+    let up = stamp_upstream().await;
+    let wp = start(&yaml(up, "")).await;
+    let (http, admin) = (wp.http_addr.unwrap(), wp.admin_addr.unwrap());
+    let module = std::fs::read(fixture("config")).unwrap();
+    // The same plugin with a custom section appended: other bytes, another
+    // sha256, the same behaviour.
+    let variant = |tag: u8| {
+        let mut m = module.clone();
+        m.extend_from_slice(&[0, 2, 1, tag]);
+        base64::engine::general_purpose::STANDARD.encode(m)
+    };
+    let put = |wasm: String, value: &'static str| async move {
+        let body = serde_json::json!({
+            "wasm": wasm,
+            "pluginConfig": {"header": "x-stamp", "value": value, "deny_paths": []},
+        });
+        let (status, answer) = api(
+            admin,
+            "PUT",
+            "/api/namespaces/beta/plugins/stamp",
+            &body.to_string(),
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+    };
+    let kept_file = || async move {
+        let dump = admin_get(admin, "/config_dump").await.body;
+        let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+        let url = dump["config"]["namespaces"]["beta"]["plugins"][0]["url"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no beta entry in {dump}"))
+            .to_owned();
+        PathBuf::from(url.strip_prefix("file://").unwrap())
+    };
+
+    put(variant(b'a'), "one").await;
+    let first = kept_file().await;
+    assert!(first.exists(), "{}", first.display());
+    let folder = first.parent().unwrap().to_owned();
+
+    put(variant(b'b'), "two").await;
+    assert_eq!(stamp_of(http, "beta").await.as_deref(), Some("two"));
+    let second = kept_file().await;
+    assert_ne!(first, second);
+    assert!(second.exists());
+    assert!(!first.exists(), "the replaced entry's upload is removed");
+
+    // A refused change leaves no file behind either.
+    let junk = base64::engine::general_purpose::STANDARD.encode(b"\0asm\x01\0\0\0junk");
+    let (status, _) = api(
+        admin,
+        "PUT",
+        "/api/namespaces/beta/plugins/stamp",
+        &serde_json::json!({"wasm": junk}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 422);
+    let names = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert_eq!(
+        names(&folder),
+        [second.file_name().unwrap().to_string_lossy().into_owned()]
+    );
+
+    let (status, _) = api(admin, "DELETE", "/api/namespaces/beta/plugins/stamp", "").await;
+    assert_eq!(status, 200);
+    assert!(!second.exists(), "the removed entry's upload is removed");
+
+    put(variant(b'c'), "three").await;
+    assert!(kept_file().await.exists());
+    wp.shutdown().await;
+    assert!(!folder.exists(), "no cacheDir: the folder goes at shutdown");
+}

@@ -187,3 +187,108 @@ async fn reloads_are_counted_by_result_and_reason() {
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Reads from `s` until `done` says the bytes so far are complete; bounded
+/// to 64 KiB and 5 s.
+async fn read_until(s: &mut tokio::net::TcpStream, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !done(&got) && got.len() < 64 << 10 {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("peer answers within 5 s")
+            .expect("read");
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
+/// A chunked message is complete at its last chunk; a head without a body
+/// at its blank line.
+fn chunked_done(b: &[u8]) -> bool {
+    b.windows(5).any(|w| w == b"0\r\n\r\n")
+}
+
+/// An HTTP/1.1 message as chunks of `sizes` bytes of `fill`.
+fn chunks(sizes: &[usize], fill: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    for &n in sizes {
+        out.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+        out.extend(std::iter::repeat_n(fill, n));
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_byte_metrics_count_chunked_bodies() {
+    use tokio::io::AsyncWriteExt;
+    // An upstream that reads the whole request, then answers 2500 bytes
+    // in chunks with no Content-Length.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        for _ in 0..4 {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                read_until(&mut s, chunked_done).await;
+                let mut reply = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+                reply.extend(chunks(&[1000, 1000, 500], b'#'));
+                let _ = s.write_all(&reply).await;
+            });
+        }
+    });
+    let yaml = config_yaml(up, "");
+    let config = Config::from_yaml(&yaml, "test.yaml", std::path::Path::new(".")).unwrap();
+    let waypoint = Waypoint::start(config, Default::default()).await.unwrap();
+    let (http, admin) = (waypoint.http_addr.unwrap(), waypoint.admin_addr.unwrap());
+
+    let mut s = tokio::net::TcpStream::connect(http).await.unwrap();
+    let mut request =
+        b"POST /upload HTTP/1.1\r\nhost: alpha.test\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    request.extend(chunks(&[1500, 1500], b'q'));
+    s.write_all(&request).await.unwrap();
+    let answer = read_until(&mut s, chunked_done).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(
+        answer.iter().filter(|&&b| b == b'#').count(),
+        2500,
+        "{text}"
+    );
+    drop(s);
+
+    // The request's metrics are recorded once its exchange is done.
+    let labels = [
+        r#"destination_service="alpha.test""#,
+        r#"response_code="200""#,
+    ];
+    let mut scraped = String::new();
+    for _ in 0..50 {
+        scraped = admin_get(admin, "/metrics").await.body;
+        if series(&scraped, "istio_request_bytes_count", &labels) == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let request_bytes = series(&scraped, "istio_request_bytes_sum", &labels).unwrap();
+    let response_bytes = series(&scraped, "istio_response_bytes_sum", &labels).unwrap();
+    // Body bytes as counted, plus a head of well under a kilobyte (a
+    // chunked body used to count nothing).
+    assert!(
+        (3000.0..3500.0).contains(&request_bytes),
+        "request bytes {request_bytes} in\n{scraped}"
+    );
+    assert!(
+        (2500.0..3000.0).contains(&response_bytes),
+        "response bytes {response_bytes} in\n{scraped}"
+    );
+    waypoint.shutdown().await;
+}

@@ -11,8 +11,9 @@
 //!
 //! An entry is a plugin entry as in the config file (JSON), optionally with
 //! `wasm`: the plugin's bytes, base64. Uploaded bytes are kept in a folder
-//! of the waypoint's (`<cacheDir>/uploads`, or a private temporary folder)
-//! under their sha256, and the entry is pinned to that sha256.
+//! of the waypoint's (`<cacheDir>/uploads`, or a private temporary folder
+//! removed at shutdown) under their sha256, and the entry is pinned to that
+//! sha256; an upload no entry names any more is removed (see [`super::uploads`]).
 //!
 //! A change goes through the same path as a config reload: the whole new
 //! configuration is validated, every new or changed plugin read, checked,
@@ -22,8 +23,6 @@
 //! next changes: that content is then applied as written (see README,
 //! "Changing policy live").
 
-use std::path::PathBuf;
-
 use base64::Engine as _;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -32,6 +31,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::Admin;
+use super::uploads::Uploads;
 use crate::config::{Config, NamespaceConfig, PluginSpec};
 use crate::plugin::{self, registry::Installed};
 
@@ -52,8 +52,8 @@ pub enum ApiError {
     Invalid(#[from] crate::config::Error),
     #[error("{0}")]
     Plugin(#[from] plugin::Error),
-    #[error("cannot keep the uploaded plugin: {0}")]
-    Upload(String),
+    #[error(transparent)]
+    Upload(#[from] super::uploads::Error),
 }
 
 impl ApiError {
@@ -169,14 +169,18 @@ where
     } else {
         None
     };
-    let uploads = uploads_dir(&registry.current().config)?;
+    // One change at a time from its first upload to its sweep; uploads a
+    // config reload left unnamed go first.
+    let uploads = &admin.uploads;
+    let _change = uploads.change().await;
+    uploads.sweep(&registry.current().config);
     let namespace = match &target {
         Target::Namespace(ns) | Target::Plugin(ns, _) => ns.clone(),
         Target::List => unreachable!("answered above"),
     };
     let change = match (body, target) {
         (Some(body), Target::Plugin(ns, name)) => {
-            let spec = entry(body, Some(&name), &uploads)?;
+            let spec = entry(body, Some(&name), uploads)?;
             Change::PutPlugin(ns, Box::new(spec))
         }
         (None, Target::Plugin(ns, name)) => Change::DeletePlugin(ns, name),
@@ -203,7 +207,7 @@ where
                 .into_iter()
                 .enumerate()
                 .map(|(i, e)| {
-                    entry(e, None, &uploads)
+                    entry(e, None, uploads)
                         .map_err(|err| ApiError::BadRequest(format!("plugins[{i}]: {err}")))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -212,8 +216,15 @@ where
         (None, Target::Namespace(ns)) => Change::DeleteNamespace(ns),
         (_, Target::List) => unreachable!("answered above"),
     };
-    registry.apply_api(|config| change.apply(config)).await?;
-    tracing::info!(namespace, "admin API change applied");
+    let applied = registry.apply_api(|config| change.apply(config)).await;
+    // Replaced or removed entries' uploads, or a refused change's, go.
+    let removed = uploads.sweep(&registry.current().config);
+    applied?;
+    tracing::info!(
+        namespace,
+        removed_uploads = removed,
+        "admin API change applied"
+    );
     Ok(list(&registry.current(), Some(&namespace)))
 }
 
@@ -280,11 +291,7 @@ fn revalidated(
 
 /// A plugin entry from JSON: `wasm` (base64) becomes a file of ours that the
 /// entry is pinned to.
-fn entry(
-    body: Value,
-    name: Option<&str>,
-    uploads: &std::path::Path,
-) -> Result<PluginSpec, ApiError> {
+fn entry(body: Value, name: Option<&str>, uploads: &Uploads) -> Result<PluginSpec, ApiError> {
     let Value::Object(mut obj) = body else {
         return Err(ApiError::BadRequest(
             "a plugin entry is a JSON object".into(),
@@ -328,7 +335,7 @@ fn entry(
                 actual: sha256,
             }));
         }
-        let file = keep_upload(uploads, &sha256, &bytes)?;
+        let file = uploads.keep(&sha256, &bytes)?;
         obj.insert(
             "url".into(),
             Value::String(format!("file://{}", file.display())),
@@ -337,35 +344,6 @@ fn entry(
     }
     serde_json::from_value(Value::Object(obj))
         .map_err(|e| ApiError::BadRequest(format!("not a plugin entry: {e}")))
-}
-
-/// Where uploaded plugins are kept.
-fn uploads_dir(config: &Config) -> Result<PathBuf, ApiError> {
-    let dir = match config.cache_dir() {
-        Some(cache) => cache.join("uploads"),
-        None => std::env::temp_dir().join(format!("wayplug-uploads-{}", std::process::id())),
-    };
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|e| ApiError::Upload(format!("{}: {e}", dir.display())))?;
-    Ok(dir)
-}
-
-fn keep_upload(dir: &std::path::Path, sha256: &str, bytes: &[u8]) -> Result<PathBuf, ApiError> {
-    let file = dir.join(format!("{sha256}.wasm"));
-    // Named by content: an existing file with the right bytes is reused; the
-    // entry's pinned sha256 refuses any other.
-    if std::fs::read(&file).is_ok_and(|b| b == bytes) {
-        return Ok(file);
-    }
-    let tmp = dir.join(format!(".{sha256}.tmp"));
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, &file))
-        .map_err(|e| ApiError::Upload(format!("{}: {e}", file.display())))?;
-    Ok(file)
 }
 
 /// The chains in force (one namespace's with `only`), with what each plugin
@@ -427,9 +405,9 @@ mod tests {
     #[test]
     fn an_entry_with_wasm_is_pinned_to_a_file_of_ours() {
         let dir = std::env::temp_dir().join(format!("wayplug-api-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let uploads = Uploads::at(dir.clone(), true);
         let wasm = base64::engine::general_purpose::STANDARD.encode(b"\0asm\x01\0\0\0");
-        let spec = entry(json!({"wasm": wasm, "phase": "AUTHZ"}), Some("p"), &dir).unwrap();
+        let spec = entry(json!({"wasm": wasm, "phase": "AUTHZ"}), Some("p"), &uploads).unwrap();
         assert_eq!(spec.name, "p");
         let sha = hex::encode(Sha256::digest(b"\0asm\x01\0\0\0"));
         assert_eq!(spec.sha256.as_deref(), Some(sha.as_str()));
@@ -454,7 +432,7 @@ mod tests {
             (json!([1]), "JSON object"),
         ];
         for (body, want) in cases {
-            let err = entry(body.clone(), Some("p"), &dir)
+            let err = entry(body.clone(), Some("p"), &uploads)
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(want), "{body}: {err}");

@@ -25,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::plugin::Registry;
 
 mod shadow;
+pub mod uploads;
 
 pub struct Admin {
     pub metrics: Arc<Metrics>,
@@ -32,6 +33,7 @@ pub struct Admin {
     pub config: Arc<arc_swap::ArcSwap<Config>>,
     pub ready: Arc<AtomicBool>,
     pub recorder: Arc<record::Recorder>,
+    pub uploads: Arc<uploads::Uploads>,
 }
 
 #[derive(Serialize)]

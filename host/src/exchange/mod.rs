@@ -184,14 +184,60 @@ pub struct StreamFacts {
     pub duration: Option<Duration>,
 }
 
-/// Envoy's legacy response flags, the ones the waypoint can raise.
+/// Envoy's legacy response flags, the ones the waypoint can raise: the bit
+/// a plugin reads in `response.flags` and the short code of access logs and
+/// Istio's `response_flags` label, from this one table.
 pub mod response_flags {
     pub const NO_HEALTHY_UPSTREAM: u64 = 0x2;
     pub const UPSTREAM_REQUEST_TIMEOUT: u64 = 0x4;
     pub const UPSTREAM_CONNECTION_FAILURE: u64 = 0x20;
     pub const NO_ROUTE_FOUND: u64 = 0x100;
+    pub const DOWNSTREAM_CONNECTION_TERMINATION: u64 = 0x4000;
+    pub const DOWNSTREAM_PROTOCOL_ERROR: u64 = 0x4_0000;
     pub const UPSTREAM_PROTOCOL_ERROR: u64 = 0x80_0000;
     pub const NO_CLUSTER_FOUND: u64 = 0x100_0000;
+
+    /// Each flag's short code, as Envoy prints it.
+    pub const CODES: [(u64, &str); 8] = [
+        (NO_HEALTHY_UPSTREAM, "UH"),
+        (UPSTREAM_REQUEST_TIMEOUT, "UT"),
+        (UPSTREAM_CONNECTION_FAILURE, "UF"),
+        (NO_ROUTE_FOUND, "NR"),
+        (DOWNSTREAM_CONNECTION_TERMINATION, "DC"),
+        (DOWNSTREAM_PROTOCOL_ERROR, "DPE"),
+        (UPSTREAM_PROTOCOL_ERROR, "UPE"),
+        (NO_CLUSTER_FOUND, "NC"),
+    ];
+
+    /// The short code of one flag; `-` (Envoy's "none") for no flag.
+    pub fn code(flag: u64) -> &'static str {
+        CODES
+            .iter()
+            .find(|(bit, _)| *bit == flag)
+            .map_or("-", |(_, code)| *code)
+    }
+
+    /// Istio's `response_flags` label for a stream's flags: each raised
+    /// flag's code, comma separated as Envoy prints them; `DC` for a stream
+    /// that ended with no response; `-` for none.
+    pub fn label(flags: u64, answered: bool) -> std::borrow::Cow<'static, str> {
+        if flags == 0 && !answered {
+            return code(DOWNSTREAM_CONNECTION_TERMINATION).into();
+        }
+        let mut raised = CODES.iter().filter(|(bit, _)| flags & bit != 0);
+        match (raised.next(), raised.next()) {
+            (None, _) => "-".into(),
+            (Some((_, one)), None) => (*one).into(),
+            (Some((_, first)), Some((_, second))) => {
+                let mut all = format!("{first},{second}");
+                for (_, c) in raised {
+                    all.push(',');
+                    all.push_str(c);
+                }
+                all.into()
+            }
+        }
+    }
 }
 
 /// Body bytes of the exchange, counted as they pass without taking the
@@ -284,6 +330,44 @@ impl Exchange {
     pub async fn woken(&self) {
         self.wake.notified().await
     }
+}
+
+impl Exchange {
+    /// `request.total_size`: the head as Envoy counts it plus every body
+    /// byte received so far, however it was framed.
+    pub fn request_total_size(&self, st: &ExchangeState) -> u64 {
+        self.bytes.received() + request_header_bytes(&st.request)
+    }
+
+    /// `response.total_size`: the head, every body byte sent so far and
+    /// the trailers.
+    pub fn response_total_size(&self, st: &ExchangeState) -> u64 {
+        let head = st
+            .response
+            .as_ref()
+            .map_or(0, |r| header_bytes(&r.headers) + STATUS_BYTES);
+        let trailers = st.response_trailers.as_ref().map_or(0, header_bytes);
+        self.bytes.sent() + head + trailers
+    }
+}
+
+/// `:status` and its three digits, which Envoy's map size counts.
+pub const STATUS_BYTES: u64 = 7 + 3;
+
+/// Names and values of a header map, as Envoy's map size counts them.
+pub fn header_bytes(h: &HeaderMap) -> u64 {
+    h.iter()
+        .map(|(k, v)| (k.as_str().len() + v.len()) as u64)
+        .sum()
+}
+
+/// Envoy counts the pseudo-headers in a request map's size.
+pub fn request_header_bytes(r: &RequestHead) -> u64 {
+    let pseudo = (":authority".len() + r.authority.len())
+        + (":path".len() + r.path.len())
+        + (":method".len() + r.method.as_str().len())
+        + (":scheme".len() + r.scheme.len());
+    pseudo as u64 + header_bytes(&r.headers)
 }
 
 fn truncate_at_char(s: &mut String, max: usize) {

@@ -55,18 +55,10 @@ pub enum Error {
 }
 
 impl Error {
-    /// Envoy's short response flags (`UF`, `NR`, ...) for Istio's `response_flags` label.
+    /// Envoy's short response flag (`UF`, `NR`, ...) for Istio's
+    /// `response_flags` label: the code of [`response_flags`](Self::response_flags).
     pub fn istio_response_flags(&self) -> &'static str {
-        use crate::discovery::Error as D;
-        match self {
-            Error::MissingAuthority | Error::Authority(_) | Error::Downstream(_) => "DPE",
-            Error::Discovery(D::NoEndpoints { .. }) => "UH",
-            Error::Discovery(_) | Error::UnknownBackend { .. } => "NR",
-            Error::UpstreamConnect { .. } => "UF",
-            Error::Upstream { .. } => "UC",
-            Error::UpstreamTimeout { .. } => "UT",
-            _ => "-",
-        }
+        crate::exchange::response_flags::code(self.response_flags())
     }
 
     pub fn status(&self) -> StatusCode {
@@ -90,18 +82,28 @@ impl Error {
         }
     }
 
-    /// The Envoy response flag a plugin reads in `response.flags`.
+    /// The Envoy response flag a plugin reads in `response.flags` (0 for
+    /// none); its short code comes from the same table. Every variant is
+    /// named, so a new error needs a decision here.
     pub fn response_flags(&self) -> u64 {
         use crate::discovery::Error as D;
         use crate::exchange::response_flags as F;
         match self {
+            // Envoy rejects a request it cannot parse (a missing or
+            // conflicting Host, a broken body) as a downstream protocol error.
+            Error::MissingAuthority | Error::Authority(_) | Error::Downstream(_) => {
+                F::DOWNSTREAM_PROTOCOL_ERROR
+            }
             Error::Discovery(D::UnknownHost(_) | D::UnknownPort { .. }) => F::NO_ROUTE_FOUND,
             Error::Discovery(D::NoEndpoints { .. }) => F::NO_HEALTHY_UPSTREAM,
             Error::UnknownBackend { .. } => F::NO_CLUSTER_FOUND,
             Error::UpstreamConnect { .. } => F::UPSTREAM_CONNECTION_FAILURE,
             Error::UpstreamTimeout { .. } => F::UPSTREAM_REQUEST_TIMEOUT,
+            // Its code details say `protocol_error`: the same flag.
             Error::Upstream { .. } => F::UPSTREAM_PROTOCOL_ERROR,
-            _ => 0,
+            // Envoy raises no flag for a Wasm plugin's failure or a body
+            // over the buffer limit: the status and details tell them apart.
+            Error::PluginFailed { .. } | Error::BodyTooLarge { .. } => 0,
         }
     }
 
@@ -125,5 +127,125 @@ impl Error {
             Error::BodyTooLarge { .. } => "response_payload_too_large",
             Error::Downstream(_) => "downstream_remote_disconnect",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::Error as D;
+    use crate::exchange::response_flags::{self as F, CODES};
+
+    /// Every variant (the `match` in `response_flags` names each one, so a
+    /// new variant fails to compile there first): its flag bit, and the
+    /// short code Istio's label shows, read from the one table.
+    #[test]
+    fn flag_bits_and_short_codes_come_from_one_table() {
+        let s = String::new;
+        let cases: Vec<(Error, u64, &str)> = vec![
+            (Error::MissingAuthority, F::DOWNSTREAM_PROTOCOL_ERROR, "DPE"),
+            (
+                Error::Authority(authority::Error::MissingHost),
+                F::DOWNSTREAM_PROTOCOL_ERROR,
+                "DPE",
+            ),
+            (Error::Downstream(s()), F::DOWNSTREAM_PROTOCOL_ERROR, "DPE"),
+            (
+                Error::Discovery(D::UnknownHost(s())),
+                F::NO_ROUTE_FOUND,
+                "NR",
+            ),
+            (
+                Error::Discovery(D::UnknownPort {
+                    service: s(),
+                    port: 1,
+                }),
+                F::NO_ROUTE_FOUND,
+                "NR",
+            ),
+            (
+                Error::Discovery(D::NoEndpoints {
+                    service: s(),
+                    port: 1,
+                }),
+                F::NO_HEALTHY_UPSTREAM,
+                "UH",
+            ),
+            (
+                Error::UnknownBackend {
+                    plugin: s(),
+                    namespace: s(),
+                    backend: s(),
+                    reason: s(),
+                },
+                F::NO_CLUSTER_FOUND,
+                "NC",
+            ),
+            (
+                Error::UpstreamConnect {
+                    endpoint: s(),
+                    reason: s(),
+                },
+                F::UPSTREAM_CONNECTION_FAILURE,
+                "UF",
+            ),
+            (
+                Error::Upstream {
+                    endpoint: s(),
+                    reason: s(),
+                },
+                F::UPSTREAM_PROTOCOL_ERROR,
+                "UPE",
+            ),
+            (
+                Error::UpstreamTimeout {
+                    endpoint: s(),
+                    reason: s(),
+                },
+                F::UPSTREAM_REQUEST_TIMEOUT,
+                "UT",
+            ),
+            (
+                Error::PluginFailed {
+                    plugin: s(),
+                    namespace: s(),
+                    failure: PluginFailure::InstanceLost,
+                },
+                0,
+                "-",
+            ),
+            (
+                Error::BodyTooLarge {
+                    which: "request",
+                    limit: 1,
+                },
+                0,
+                "-",
+            ),
+        ];
+        for (err, bit, code) in &cases {
+            assert_eq!(err.response_flags(), *bit, "{err:?}");
+            assert_eq!(err.istio_response_flags(), *code, "{err:?}");
+            assert_eq!(F::label(*bit, true), *code, "{err:?}");
+        }
+        // Each bit in the table once, each a single Envoy flag.
+        for (i, (bit, code)) in CODES.iter().enumerate() {
+            assert_eq!(bit.count_ones(), 1, "{code}");
+            assert!(CODES[i + 1..].iter().all(|(b, c)| b != bit && c != code));
+        }
+    }
+
+    #[test]
+    fn the_label_joins_raised_flags_and_names_an_unanswered_stream() {
+        assert_eq!(F::label(0, true), "-");
+        assert_eq!(F::label(0, false), "DC");
+        assert_eq!(
+            F::label(
+                F::UPSTREAM_CONNECTION_FAILURE | F::NO_HEALTHY_UPSTREAM,
+                true
+            ),
+            "UH,UF"
+        );
+        assert_eq!(F::label(1 << 40, true), "-", "a bit we never raise");
     }
 }

@@ -110,8 +110,6 @@ type SharedFilters = Arc<Mutex<Filters>>;
 
 /// Property naming the plugin that answered a request locally.
 const LOCAL_RESPONSE_BY: &str = "wayplug.local_response_by";
-/// Property holding Envoy's response flags for an answer the data path made.
-const RESPONSE_FLAGS: &str = "wayplug.response_flags";
 
 fn lock(f: &SharedFilters) -> MutexGuard<'_, Filters> {
     f.lock().unwrap_or_else(|e| e.into_inner())
@@ -179,19 +177,6 @@ impl Drop for Filters {
     }
 }
 
-/// Bytes of a head as Istio counts them: names, values and the declared body length.
-fn head_bytes(headers: &HeaderMap) -> u64 {
-    let head: usize = headers
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum();
-    let body = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .unwrap_or(0);
-    head as u64 + body
-}
-
 impl Filters {
     /// Istio's request metrics for this request, under its traffic pair's labels.
     fn istio(&self, st: &crate::exchange::ExchangeState, principal: &str, status: u16, secs: f64) {
@@ -204,11 +189,9 @@ impl Filters {
             .and_then(|t| t.get("grpc-status"))
             .or_else(|| st.response.as_ref()?.headers.get("grpc-status"))
             .and_then(|v| v.to_str().ok()?.parse().ok());
-        let flags = match st.properties.get(RESPONSE_FLAGS) {
-            Some(f) => std::str::from_utf8(f).unwrap_or("-"),
-            None if status == 0 => "DC",
-            None => "-",
-        };
+        // From the flags a plugin reads in `response.flags`: one mapping,
+        // and no property a plugin could set.
+        let flags = crate::exchange::response_flags::label(st.stream.response_flags, status != 0);
         let dest_principal = self
             .endpoint
             .as_ref()
@@ -240,15 +223,17 @@ impl Filters {
             destination_principal: &dest_principal,
         };
         let sizes = Sizes {
-            request_bytes: head_bytes(&st.request.headers),
-            response_bytes: st.response.as_ref().map_or(0, |r| head_bytes(&r.headers)),
+            // What passed, as `request.total_size` and `response.total_size`
+            // count it: a chunked body counts too.
+            request_bytes: self.exchange.request_total_size(st),
+            response_bytes: self.exchange.response_total_size(st),
             duration_ms: secs * 1000.0,
         };
         let outcome = Outcome {
             code: status,
             grpc,
             grpc_status,
-            flags,
+            flags: &flags,
         };
         self.metrics.istio.request(&pair, &outcome, &sizes);
     }
@@ -1138,10 +1123,6 @@ impl Pipeline {
         {
             let mut st = exchange.lock();
             st.stream.response_flags |= err.response_flags();
-            st.properties.insert(
-                RESPONSE_FLAGS.into(),
-                err.istio_response_flags().as_bytes().to_vec(),
-            );
         }
         self.local(filters, exchange, error_response(&err, ""), last(filters))
             .await
@@ -1243,10 +1224,13 @@ impl Pipeline {
                         reason: format!("the response body failed: {e}"),
                     };
                     let resp = error_response(&err, "");
-                    exchange.lock().response = Some(ResponseHead {
+                    let mut st = exchange.lock();
+                    st.stream.response_flags |= err.response_flags();
+                    st.response = Some(ResponseHead {
                         status: resp.status,
                         headers: header_map(&resp.headers),
                     });
+                    drop(st);
                     let len = resp.body.len();
                     (body::full(resp.body), Some(len))
                 }
@@ -1509,6 +1493,7 @@ fn apply_route(
             backend: authority.clone(),
             reason: e.to_string(),
         };
+        exchange.lock().stream.response_flags |= err.response_flags();
         error_response(&err, &choice.plugin)
     })?;
     let mut st = exchange.lock();

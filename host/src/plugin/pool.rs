@@ -196,6 +196,13 @@ impl<T> PerRequest<T> {
         }
     }
 
+    /// Drops the ready instances: an entry nobody has used yet holds no
+    /// guest memory; the next `take` starts one.
+    pub fn drop_ready(&self) {
+        let parked = std::mem::take(&mut *self.ready());
+        drop(parked);
+    }
+
     /// Instances alive now: spares plus those serving requests.
     pub fn live(&self) -> usize {
         self.ready().len() + self.busy.load(Ordering::Acquire)
@@ -316,6 +323,19 @@ mod tests {
         failed.poisoned.store(true, Ordering::Release);
         assert_eq!(pool.replace(slot, &failed, || Err("no")).err(), Some("no"));
         assert_eq!(pool.checkout(|| Err("still no")).err(), Some("still no"));
+    }
+
+    #[test]
+    fn a_parked_pool_holds_nothing_until_its_first_request() {
+        let next = AtomicUsize::new(10);
+        let start = || Ok::<usize, ()>(next.fetch_add(1, Ordering::Relaxed));
+        let pool = PerRequest::new(1usize, 1, 4);
+        pool.drop_ready();
+        assert_eq!(pool.live(), 0, "the loading instance is gone");
+        assert_eq!(pool.take(start), Ok(10), "the first request starts one");
+        pool.give_back(10);
+        assert_eq!(pool.live(), 1, "and keeps it for the next");
+        assert_eq!(pool.take(start), Ok(10));
     }
 
     #[test]

@@ -109,6 +109,23 @@ struct Read {
     is_candidate: bool,
 }
 
+/// One buffer per distinct content among the entries being read.
+#[derive(Default)]
+struct Contents(HashMap<String, Bytes>);
+
+impl Contents {
+    fn share(&mut self, read: &mut Read) {
+        let bytes = self
+            .0
+            .entry(read.sha256.clone())
+            .or_insert_with(|| read.bytes.clone());
+        read.bytes = bytes.clone();
+        if let Some(c) = &mut read.candidate {
+            self.share(c);
+        }
+    }
+}
+
 impl Read {
     /// What decides how the plugin is built: an installed plugin with the
     /// same identity (in the same namespace, under the same name) is kept.
@@ -342,11 +359,17 @@ impl Registry {
         let mut entries: Vec<(String, Vec<Entry>)> = Vec::new();
         let mut all = Capacity::default();
         let mut built = Capacity::default();
+        // Every read is held until the chains are built: entries with the
+        // same content share one buffer, so 50 namespaces of one plugin
+        // hold its bytes once, not 50 times (the freed copies would stay
+        // in the process's heap as resident memory).
+        let mut contents = Contents::default();
         for (ns, cfg) in &config.namespaces {
             let installed = current.chains.get(ns);
             let mut list = Vec::with_capacity(cfg.plugins.len());
             for spec in &cfg.plugins {
-                let r = self.read(ns, spec, &config.base_dir).await?;
+                let mut r = self.read(ns, spec, &config.base_dir).await?;
+                contents.share(&mut r);
                 all.add(r.is_component, spec.fail_strategy);
                 if let Some(c) = &r.candidate {
                     all.add(c.is_component, spec.fail_strategy);
@@ -693,7 +716,8 @@ impl Registry {
             is_candidate,
             ..
         } = read;
-        let spec = &spec;
+        let owned_spec = spec;
+        let spec = &owned_spec;
         let plugin = spec.name.clone();
         let ns = namespace.to_owned();
         // A candidate's failures and metrics are counted apart, unexported,
@@ -751,6 +775,11 @@ impl Registry {
                     ComponentLoadError::Abi(m) => LoadFailure::Abi(m),
                     ComponentLoadError::Start(m) => LoadFailure::Start(m),
                 })?;
+                // Started and configured: it loads. Until its first request
+                // the entry keeps no instance (most namespaces of a large
+                // waypoint are idle at any moment); that request pays one
+                // instantiation and `configure`.
+                plugin.park();
                 return Ok(PluginKind::Component(plugin));
             }
             let Compiled::Module(module) = &compiled else {
@@ -798,7 +827,7 @@ impl Registry {
         let took = started.elapsed();
         tracing::info!(plugin = %spec.name, namespace, sha256 = %sha256, size, shadow = is_candidate, ms = took.as_millis() as u64, "plugin loaded");
         Ok(Plugin {
-            spec: spec.clone(),
+            spec: owned_spec,
             namespace: namespace.to_owned(),
             sha256,
             size,

@@ -148,6 +148,13 @@ impl ComponentPlugin {
         self.factory.pool.live()
     }
 
+    /// Lets go of the instance that proved the plugin loads: an entry
+    /// that serves no request costs no guest memory (an authz policy's
+    /// instance is most of a namespace's). Its first request starts one.
+    pub fn park(&self) {
+        self.factory.pool.drop_ready();
+    }
+
     /// Whether the plugin exports the request body hook.
     pub fn has_body_hook(&self) -> bool {
         self.factory.exports.body.is_some()

@@ -10,7 +10,7 @@ use std::time::UNIX_EPOCH;
 use http::header::CONTENT_LENGTH;
 
 use super::instance::HostState;
-use crate::exchange::{Exchange, ExchangeState, RequestHead};
+use crate::exchange::{Exchange, ExchangeState, STATUS_BYTES, header_bytes, request_header_bytes};
 use crate::plugin::sandbox::{Limit, MAX_PROPERTIES};
 
 fn int(v: i64) -> Vec<u8> {
@@ -139,19 +139,13 @@ fn stream_attribute(
                 .map(int),
             None => Some(int(ex.bytes.received() as i64)),
         },
-        ("request", Some("total_size"), None) => Some(int((ex.bytes.received()
-            + request_header_bytes(&st.request))
-            as i64)),
+        ("request", Some("total_size"), None) => Some(int(ex.request_total_size(st) as i64)),
         ("request", Some("headers_bytes"), None) => {
             Some(int(request_header_bytes(&st.request) as i64))
         }
         ("request", Some("duration"), None) => facts.duration.map(|d| int(d.as_nanos() as i64)),
         ("response", Some("size"), None) => Some(int(ex.bytes.sent() as i64)),
-        ("response", Some("total_size"), None) => {
-            let head = response.map_or(0, |r| header_bytes(&r.headers) + STATUS_BYTES);
-            let trailers = st.response_trailers.as_ref().map_or(0, header_bytes);
-            Some(int((ex.bytes.sent() + head + trailers) as i64))
-        }
+        ("response", Some("total_size"), None) => Some(int(ex.response_total_size(st) as i64)),
         ("response", Some("headers_bytes"), None) => Some(int(response
             .map_or(0, |r| header_bytes(&r.headers) + STATUS_BYTES)
             as i64)),
@@ -168,24 +162,6 @@ fn stream_attribute(
         }
         _ => return None,
     })
-}
-
-/// `:status` and its three digits, which Envoy's map size counts.
-const STATUS_BYTES: u64 = 7 + 3;
-
-fn header_bytes(h: &http::HeaderMap) -> u64 {
-    h.iter()
-        .map(|(k, v)| (k.as_str().len() + v.len()) as u64)
-        .sum()
-}
-
-/// Envoy counts the pseudo-headers in a request map's size.
-fn request_header_bytes(r: &RequestHead) -> u64 {
-    let pseudo = (":authority".len() + r.authority.len())
-        + (":path".len() + r.path.len())
-        + (":method".len() + r.method.as_str().len())
-        + (":scheme".len() + r.scheme.len());
-    pseudo as u64 + header_bytes(&r.headers)
 }
 
 /// The gRPC status as Envoy finds it: the trailers' `grpc-status`, the
