@@ -59,14 +59,22 @@ pub struct ComponentState {
 }
 
 fn joined(h: &http::HeaderMap, name: &str) -> Option<String> {
-    let mut values = h.get_all(name).iter().peekable();
-    values.peek()?;
-    Some(
-        values
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .collect::<Vec<_>>()
-            .join(","),
-    )
+    let mut values = h.get_all(name).iter();
+    let mut out = String::from_utf8_lossy(values.next()?.as_bytes()).into_owned();
+    for v in values {
+        out.push(',');
+        out.push_str(&String::from_utf8_lossy(v.as_bytes()));
+    }
+    Some(out)
+}
+
+/// `name` as a header map key: the guest's own string when it is already
+/// lower case (the usual case), so a lookup allocates nothing more.
+fn lower(mut name: String) -> String {
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        name.make_ascii_lowercase();
+    }
+    name
 }
 
 fn all(h: &http::HeaderMap, name: &str) -> Vec<String> {
@@ -88,11 +96,11 @@ fn pairs(h: &http::HeaderMap) -> Vec<(String, String)> {
 }
 
 impl ComponentState {
-    fn req(&self, r: &Resource<RequestRef>) -> wasmtime::Result<Arc<Exchange>> {
-        Ok(self.table.get(r)?.exchange.clone())
+    fn req(&self, r: &Resource<RequestRef>) -> wasmtime::Result<&Exchange> {
+        Ok(&self.table.get(r)?.exchange)
     }
-    fn resp(&self, r: &Resource<ResponseRef>) -> wasmtime::Result<Arc<Exchange>> {
-        Ok(self.table.get(r)?.exchange.clone())
+    fn resp(&self, r: &Resource<ResponseRef>) -> wasmtime::Result<&Exchange> {
+        Ok(&self.table.get(r)?.exchange)
     }
 }
 
@@ -122,7 +130,7 @@ impl types::HostRequest for ComponentState {
         name: String,
     ) -> wasmtime::Result<Option<String>> {
         let ex = self.req(&r)?;
-        let name = name.to_ascii_lowercase();
+        let name = lower(name);
         let st = ex.lock();
         if name == "host" {
             return Ok(Some(st.request.authority.clone()));
@@ -134,10 +142,7 @@ impl types::HostRequest for ComponentState {
         r: Resource<RequestRef>,
         name: String,
     ) -> wasmtime::Result<Vec<String>> {
-        Ok(all(
-            &self.req(&r)?.lock().request.headers,
-            &name.to_ascii_lowercase(),
-        ))
+        Ok(all(&self.req(&r)?.lock().request.headers, &lower(name)))
     }
     fn headers(&mut self, r: Resource<RequestRef>) -> wasmtime::Result<Vec<(String, String)>> {
         Ok(pairs(&self.req(&r)?.lock().request.headers))
@@ -195,7 +200,7 @@ impl types::HostResponse for ComponentState {
         Ok(st
             .response
             .as_ref()
-            .and_then(|r| joined(&r.headers, &name.to_ascii_lowercase())))
+            .and_then(|r| joined(&r.headers, &lower(name))))
     }
     fn header_values(
         &mut self,
@@ -207,7 +212,7 @@ impl types::HostResponse for ComponentState {
         Ok(st
             .response
             .as_ref()
-            .map(|r| all(&r.headers, &name.to_ascii_lowercase()))
+            .map(|r| all(&r.headers, &lower(name)))
             .unwrap_or_default())
     }
     fn headers(&mut self, r: Resource<ResponseRef>) -> wasmtime::Result<Vec<(String, String)>> {

@@ -21,7 +21,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use wasmtime::component::{Component, InstancePre, Linker, Resource, ResourceTable};
 use wasmtime::{Engine, Store};
 
-use super::filter::{FilterStatus, HttpFilter};
+use super::filter::{FilterStatus, Hooks, HttpFilter};
 use super::pool::{PerRequest, TakeError};
 use super::sandbox::{MemoryLimiter, classify};
 use super::{PluginFailure, PluginShared};
@@ -151,6 +151,20 @@ impl ComponentPlugin {
     /// Whether the plugin exports the request body hook.
     pub fn has_body_hook(&self) -> bool {
         self.factory.exports.body.is_some()
+    }
+
+    /// Request and response headers always run (the request decision's
+    /// response header changes are applied on the response, by the host);
+    /// the request body and trailers only with the body hook.
+    pub fn hooks(&self) -> Hooks {
+        let headers = Hooks::REQUEST_HEADERS.with(Hooks::RESPONSE_HEADERS);
+        if self.has_body_hook() {
+            headers
+                .with(Hooks::REQUEST_BODY)
+                .with(Hooks::REQUEST_TRAILERS)
+        } else {
+            headers
+        }
     }
 
     /// A filter for one request, with an instance of its own. With
@@ -310,6 +324,17 @@ fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), PluginFa
     Ok((n, v))
 }
 
+fn header_changes_empty(c: &types::HeaderChanges) -> bool {
+    c.set.is_empty() && c.add.is_empty() && c.remove.is_empty()
+}
+
+/// A `continue` that changes nothing on the request or the response.
+fn no_changes(c: &types::RequestChanges) -> bool {
+    header_changes_empty(&c.request_headers)
+        && c.response_headers.is_empty()
+        && header_changes_empty(&c.response_changes)
+}
+
 /// Header changes checked in full before any is applied, so a decision
 /// with one bad header changes nothing.
 struct Changes {
@@ -335,6 +360,10 @@ impl Changes {
             set: pairs(&changes.set)?,
             add: pairs(&changes.add)?,
         })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
     }
 
     fn apply(self, headers: &mut HeaderMap) {
@@ -478,16 +507,20 @@ impl ComponentFilter {
     /// Applies a decision only once all of it is known to be valid: a bad
     /// header leaves no route, header change or response behind.
     fn decide(&mut self, d: types::Decision) -> Result<(), PluginFailure> {
-        let plugin = self.name().to_owned();
         let (changes, route) = match d {
             types::Decision::Respond(r) => {
-                let local = local(&plugin, r)?;
+                let local = local(self.name(), r)?;
                 self.exchange.lock().local_response = Some(local);
                 return Ok(());
             }
             types::Decision::Redirect(r) => {
-                let local = redirect(&plugin, r)?;
+                let local = redirect(self.name(), r)?;
                 self.exchange.lock().local_response = Some(local);
+                return Ok(());
+            }
+            // The common answer: nothing to check, copy or lock.
+            types::Decision::Continue(changes) if no_changes(&changes) => {
+                self.let_through = true;
                 return Ok(());
             }
             types::Decision::Continue(changes) => (changes, None),
@@ -498,7 +531,7 @@ impl ComponentFilter {
                     port: backend.port,
                     rewrite_path: route.rewrite_path.clone(),
                     rewrite_host: route.rewrite_host.clone(),
-                    plugin: plugin.clone(),
+                    plugin: self.name().to_owned(),
                 };
                 (route.changes, Some(choice))
             }
@@ -508,16 +541,15 @@ impl ComponentFilter {
             .iter()
             .map(|(k, v)| header(k, v))
             .collect::<Result<Vec<_>, _>>()?;
-        let rc = &changes.response_changes;
-        let response_changes = if rc.set.is_empty() && rc.add.is_empty() && rc.remove.is_empty() {
+        let response_changes = if header_changes_empty(&changes.response_changes) {
             None
         } else {
             // Checked now, so a bad name fails the request decision rather
             // than surfacing later on the response.
-            Some(Changes::check(rc)?)
+            Some(Changes::check(&changes.response_changes)?)
         };
         let request = Changes::check(&changes.request_headers)?;
-        {
+        if !request.is_empty() || route.is_some() {
             let mut st = self.exchange.lock();
             request.apply(&mut st.request.headers);
             if route.is_some() {
@@ -546,8 +578,7 @@ impl ComponentFilter {
                 self.exchange.lock().request_body = BytesMut::from(&bytes[..]);
             }
             Some(types::BodyDecision::Respond(r)) => {
-                let plugin = self.name().to_owned();
-                let local = local(&plugin, r)?;
+                let local = local(self.name(), r)?;
                 self.exchange.lock().local_response = Some(local);
             }
         }
@@ -593,7 +624,12 @@ impl HttpFilter for ComponentFilter {
     }
 
     fn on_response_headers(&mut self, _eos: bool) -> Result<FilterStatus, PluginFailure> {
-        {
+        let edits = !self.response_headers.is_empty() || self.response_changes.is_some();
+        if !edits && !self.has_response_hook() {
+            // Nothing asked of the response: it is not touched.
+            return Ok(FilterStatus::Continue);
+        }
+        if edits {
             let mut st = self.exchange.lock();
             if let Some(resp) = st.response.as_mut() {
                 for (k, v) in &self.response_headers {
@@ -641,8 +677,7 @@ impl HttpFilter for ComponentFilter {
                 }
             }
             Some(types::ResponseDecision::Replace(r)) => {
-                let plugin = self.name().to_owned();
-                let local = local(&plugin, r)?;
+                let local = local(self.name(), r)?;
                 self.exchange.lock().local_response = Some(local);
             }
         }
