@@ -38,15 +38,13 @@ pub fn add_insecure_seed(
     Ok(())
 }
 
-/// The request a call is about; valid for that call only.
-pub struct RequestRef {
-    pub exchange: Arc<Exchange>,
-}
+/// The request a call is about. An instance keeps one handle for its life
+/// and lends it to each call; it reads the exchange of the call in
+/// progress (`ComponentState::current`), and nothing outside a call.
+pub struct RequestRef;
 
-/// The response a call is about; valid for that call only.
-pub struct ResponseRef {
-    pub exchange: Arc<Exchange>,
-}
+/// The response a call is about, lent like [`RequestRef`].
+pub struct ResponseRef;
 
 pub struct ComponentState {
     pub table: ResourceTable,
@@ -97,10 +95,17 @@ fn pairs(h: &http::HeaderMap) -> Vec<(String, String)> {
 
 impl ComponentState {
     fn req(&self, r: &Resource<RequestRef>) -> wasmtime::Result<&Exchange> {
-        Ok(&self.table.get(r)?.exchange)
+        self.table.get(r)?;
+        self.in_call()
     }
     fn resp(&self, r: &Resource<ResponseRef>) -> wasmtime::Result<&Exchange> {
-        Ok(&self.table.get(r)?.exchange)
+        self.table.get(r)?;
+        self.in_call()
+    }
+    fn in_call(&self) -> wasmtime::Result<&Exchange> {
+        self.current
+            .as_deref()
+            .ok_or_else(|| wasmtime::Error::msg("a request handle was read outside a guest call"))
     }
 }
 
@@ -179,7 +184,9 @@ impl types::HostRequest for ComponentState {
         })
     }
     fn drop(&mut self, r: Resource<RequestRef>) -> wasmtime::Result<()> {
-        self.table.delete(r)?;
+        // Guests are only ever lent the instance's one handle, which lives
+        // as long as the instance: there is nothing of theirs to free.
+        let _ = r;
         Ok(())
     }
 }
@@ -225,7 +232,9 @@ impl types::HostResponse for ComponentState {
             .unwrap_or_default())
     }
     fn drop(&mut self, r: Resource<ResponseRef>) -> wasmtime::Result<()> {
-        self.table.delete(r)?;
+        // Guests are only ever lent the instance's one handle, which lives
+        // as long as the instance: there is nothing of theirs to free.
+        let _ = r;
         Ok(())
     }
 }
@@ -399,5 +408,22 @@ impl config::Host for ComponentState {
     }
     fn plugin_name(&mut self) -> wasmtime::Result<String> {
         Ok(self.plugin.name.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_reads_join_repeats_and_match_any_case() {
+        let mut h = http::HeaderMap::new();
+        h.append("x-a", "1".parse().unwrap());
+        h.append("x-a", "2".parse().unwrap());
+        h.insert("x-b", "only".parse().unwrap());
+        assert_eq!(joined(&h, &lower("X-A".into())).as_deref(), Some("1,2"));
+        assert_eq!(joined(&h, &lower("x-b".into())).as_deref(), Some("only"));
+        assert_eq!(joined(&h, "x-c"), None);
+        assert_eq!(lower("Content-Type".into()), "content-type");
     }
 }

@@ -193,6 +193,11 @@ impl ComponentPlugin {
 
 struct Inner {
     store: Store<ComponentState>,
+    /// The instance's request and response handles, pushed once: they
+    /// read the exchange of the call in progress, so a call pays no table
+    /// insert or removal.
+    request_rep: u32,
+    response_rep: u32,
     request: request_policy::Guest,
     response: Option<response_hooks::Guest>,
     body: Option<body_hooks::Guest>,
@@ -222,6 +227,21 @@ impl ComponentInstance {
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(shared.limits.deadline_ticks);
+        let table_error = |e: wasmtime::component::ResourceTableError| {
+            LoadError::Start(format!("cannot create the request handle: {e}"))
+        };
+        let request_rep = store
+            .data_mut()
+            .table
+            .push(RequestRef)
+            .map_err(table_error)?
+            .rep();
+        let response_rep = store
+            .data_mut()
+            .table
+            .push(ResponseRef)
+            .map_err(table_error)?
+            .rep();
         let fail = |store: &Store<ComponentState>, e: wasmtime::Error| {
             LoadError::Start(classify(&e, store.data().limiter.refused, shared).to_string())
         };
@@ -260,6 +280,8 @@ impl ComponentInstance {
         Ok(ComponentInstance {
             inner: Inner {
                 store,
+                request_rep,
+                response_rep,
                 request,
                 response,
                 body,
@@ -469,12 +491,10 @@ impl ComponentFilter {
     ) -> Result<R, PluginFailure> {
         let exchange = self.exchange.clone();
         self.call(|inner| {
-            inner.store.data_mut().current = Some(exchange.clone());
-            let req = inner.store.data_mut().table.push(RequestRef { exchange })?;
-            let borrowed = Resource::new_borrow(req.rep());
+            inner.store.data_mut().current = Some(exchange);
+            let borrowed = Resource::new_borrow(inner.request_rep);
             let r = f(inner, borrowed);
             inner.store.data_mut().current = None;
-            inner.store.data_mut().table.delete(req)?;
             r
         })
     }
@@ -649,21 +669,13 @@ impl HttpFilter for ComponentFilter {
                 return Ok(None);
             };
             let g = g.clone();
-            inner.store.data_mut().current = Some(exchange.clone());
-            let table = &mut inner.store.data_mut().table;
-            let req = table.push(RequestRef {
-                exchange: exchange.clone(),
-            })?;
-            let resp = table.push(ResponseRef { exchange })?;
+            inner.store.data_mut().current = Some(exchange);
             let r = g.call_on_response(
                 &mut inner.store,
-                Resource::new_borrow(req.rep()),
-                Resource::new_borrow(resp.rep()),
+                Resource::new_borrow(inner.request_rep),
+                Resource::new_borrow(inner.response_rep),
             );
             inner.store.data_mut().current = None;
-            let table = &mut inner.store.data_mut().table;
-            table.delete(req)?;
-            table.delete(resp)?;
             r.map(Some)
         })?;
         self.release();
@@ -706,5 +718,45 @@ impl HttpFilter for ComponentFilter {
 impl Drop for ComponentFilter {
     fn drop(&mut self) {
         self.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn changes(set: &[(&str, &str)], remove: &[&str]) -> types::HeaderChanges {
+        let pairs = |l: &[(&str, &str)]| {
+            l.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        types::HeaderChanges {
+            set: pairs(set),
+            add: Vec::new(),
+            remove: remove.iter().map(|n| n.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn only_a_continue_that_changes_nothing_skips_the_exchange() {
+        let none = || types::RequestChanges {
+            request_headers: changes(&[], &[]),
+            response_headers: Vec::new(),
+            response_changes: changes(&[], &[]),
+        };
+        assert!(no_changes(&none()));
+        let mut c = none();
+        c.request_headers = changes(&[("x-user", "alice")], &[]);
+        assert!(!no_changes(&c));
+        let mut c = none();
+        c.response_headers = vec![("x-a".into(), "1".into())];
+        assert!(!no_changes(&c));
+        let mut c = none();
+        c.response_changes = changes(&[], &["server"]);
+        assert!(!no_changes(&c));
+        let mut c = none();
+        c.request_headers.add = vec![("x-b".into(), "2".into())];
+        assert!(!no_changes(&c));
     }
 }
