@@ -288,6 +288,10 @@ pub fn profile(p: &Plugins, legacy: bool) -> String {
         // Valgrind cannot reserve the pooling allocator's address space for
         // the default 256 instances; these namespaces need four.
         "sandbox": {"maxInstances": 8, "instancesPerPlugin": 1, "requestsPerComponent": 2},
+        // The plugin-file poll re-reads and hashes every module; under
+        // valgrind's slow clock a poll lands in every counted window and
+        // outweighs the requests, though it is no per-request cost.
+        "policyPollIntervalMs": 60000,
         "services": services,
         "workloads": [{"uid": "backend-1", "name": "backend-1", "namespace": "none",
             "workloadIps": ["127.0.0.1"], "services": wl}],

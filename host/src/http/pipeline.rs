@@ -40,7 +40,7 @@ use crate::exchange::{
 use crate::metrics::Metrics;
 use crate::plugin::registry::Installed;
 use crate::plugin::shadow;
-use crate::plugin::{FilterStatus, HttpFilter, Plugin, PluginFailure, Registry};
+use crate::plugin::{FilterStatus, Hooks, HttpFilter, Plugin, PluginFailure, Registry};
 
 /// A plugin closed the stream: the connection layer resets it instead of
 /// answering.
@@ -275,6 +275,17 @@ fn call(f: &mut dyn HttpFilter, dir: Dir, phase: Phase) -> Result<FilterStatus, 
     }
 }
 
+fn hook_of(dir: &Dir, phase: Phase) -> Hooks {
+    match (dir, phase) {
+        (Dir::Request, Phase::Headers { .. }) => Hooks::REQUEST_HEADERS,
+        (Dir::Request, Phase::Body { .. }) => Hooks::REQUEST_BODY,
+        (Dir::Request, Phase::Trailers) => Hooks::REQUEST_TRAILERS,
+        (Dir::Response, Phase::Headers { .. }) => Hooks::RESPONSE_HEADERS,
+        (Dir::Response, Phase::Body { .. }) => Hooks::RESPONSE_BODY,
+        (Dir::Response, Phase::Trailers) => Hooks::RESPONSE_TRAILERS,
+    }
+}
+
 fn failure_response(plugin: &Plugin, failure: &PluginFailure) -> LocalResponse {
     let err = Error::PluginFailed {
         plugin: plugin.name().to_owned(),
@@ -377,6 +388,11 @@ fn run_callback(
     let Some(filter) = slot.filter.as_mut() else {
         return Err(Outcome::Continue);
     };
+    if !plugin.hooks().any(hook_of(&dir, phase)) {
+        // The module does not export this callback: nothing to enter,
+        // lock or roll back.
+        return Err(Outcome::Continue);
+    }
     {
         let mut st = exchange.lock();
         match dir {
@@ -1988,6 +2004,11 @@ mod tests {
     /// A pipeline with no plugins: `svc.test` goes to `port` on loopback,
     /// `down.test` to a port nothing listens on.
     async fn pipeline(port: u16) -> Pipeline {
+        pipeline_with(port, "").await
+    }
+
+    /// [`pipeline`] with more config (`namespaces:`) after the services.
+    async fn pipeline_with(port: u16, extra: &str) -> Pipeline {
         let yaml = format!(
             r#"
 services:
@@ -1995,6 +2016,7 @@ services:
   - {{ name: down, namespace: ns, hostname: down.test, ports: {{ 80: 1 }} }}
 workloads:
   - {{ uid: u1, name: svc-1, namespace: ns, workloadIps: [127.0.0.1], services: {{ ns/svc.test: {{ 80: {port} }}, ns/down.test: {{ 80: 1 }} }} }}
+{extra}
 "#
         );
         let config = Config::from_yaml(&yaml, "t", Path::new(".")).unwrap();
@@ -2076,6 +2098,66 @@ workloads:
         for hop in ["connection", "keep-alive", "x-hop"] {
             assert!(up.get(hop).is_none(), "{hop} reached the upstream");
         }
+    }
+
+    /// A Proxy-Wasm module with only `proxy_on_request_headers`, which adds
+    /// `x-seen: 1` to the request.
+    const HEADERS_ONLY: &str = r#"
+(module
+  (import "env" "proxy_add_header_map_value"
+    (func $add (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "x-seen1")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop (call $add (i32.const 0) (i32.const 16) (i32.const 6) (i32.const 22) (i32.const 1)))
+    (i32.const 0))
+)
+"#;
+
+    #[tokio::test]
+    async fn callbacks_a_module_does_not_export_are_never_entered() {
+        let (addr, seen) = upstream().await;
+        let path =
+            std::env::temp_dir().join(format!("wayplug-headers-only-{}.wasm", std::process::id()));
+        std::fs::write(&path, wat::parse_str(HEADERS_ONLY).unwrap()).unwrap();
+        // FAIL_OPEN: every callback that runs would snapshot the exchange.
+        let extra = format!(
+            "namespaces: {{ ns: {{ plugins: [ {{ name: h, url: 'file://{}', failStrategy: FAIL_OPEN }} ] }} }}",
+            path.display()
+        );
+        let p = pipeline_with(addr.port(), &extra).await;
+        let _ = std::fs::remove_file(&path);
+        let plugin = p.registry().chain("ns").unwrap().plugins[0].clone();
+        assert_eq!(plugin.hooks(), Hooks::REQUEST_HEADERS);
+        assert!(!plugin.handles_body(true) && !plugin.handles_body(false));
+        let crate::plugin::PluginKind::ProxyWasm(vms) = &plugin.kind else {
+            panic!("a Proxy-Wasm plugin");
+        };
+        let post = || {
+            Request::builder()
+                .method("POST")
+                .uri("/x")
+                .header("host", "svc.test")
+                .body(Full::new(Bytes::from("a body")))
+                .unwrap()
+        };
+        // The first request may start this thread's VM.
+        assert_eq!(handle(&p, post()).await.0, 200);
+        let before = vms.guest_calls();
+        for _ in 0..3 {
+            let (status, _, body) = handle(&p, post()).await;
+            assert_eq!((status.as_u16(), body.as_str()), (200, "hello"));
+        }
+        // Per request: creating its context and the request headers; no
+        // body, response or end-of-request call.
+        assert_eq!(vms.guest_calls() - before, 3 * 2);
+        let up = seen.lock().unwrap();
+        assert_eq!(up.len(), 4);
+        assert!(up.iter().all(|h| h["x-seen"] == "1"), "the guest ran");
+        assert!(up.iter().all(|h| h["content-length"] == "6"));
     }
 
     #[tokio::test]

@@ -54,6 +54,12 @@ pub struct PluginMetricLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabels {
+    pub namespace: String,
+    pub plugin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NamespaceLabels {
     pub namespace: String,
 }
@@ -99,6 +105,7 @@ pub struct Metrics {
     plugin_requests: Family<PluginRequestLabels, Counter>,
     plugin_failures: Family<PluginFailureLabels, Counter>,
     plugin_limit_violations: Family<PluginLimitLabels, Counter>,
+    plugin_vm_contended: Family<PluginLabels, Counter>,
     request_duration: HistogramFamily<NamespaceLabels>,
     plugin_counters: Family<PluginMetricLabels, Counter>,
     plugin_gauges: Family<PluginMetricLabels, Gauge>,
@@ -137,6 +144,12 @@ impl Metrics {
             "plugin_limit_violations",
             "Host function calls refused because a plugin asked for more than a sandbox limit allows",
             plugin_limit_violations.clone(),
+        );
+        let plugin_vm_contended = Family::<PluginLabels, Counter>::default();
+        registry.register(
+            "plugin_vm_contended",
+            "Requests that found every Proxy-Wasm VM of their plugin in a guest call and share a busy one",
+            plugin_vm_contended.clone(),
         );
         let request_duration: HistogramFamily<NamespaceLabels> =
             Family::new_with_constructor(duration_histogram);
@@ -182,6 +195,7 @@ impl Metrics {
             plugin_requests,
             plugin_failures,
             plugin_limit_violations,
+            plugin_vm_contended,
             request_duration,
             plugin_counters,
             plugin_gauges,
@@ -358,6 +372,16 @@ impl Metrics {
                 limit: limit.to_owned(),
             })
             .inc();
+    }
+
+    /// The plugin's contended-checkout counter, resolved once at load.
+    pub fn vm_contended(&self, namespace: &str, plugin: &str) -> Counter {
+        self.plugin_vm_contended
+            .get_or_create(&PluginLabels {
+                namespace: namespace.to_owned(),
+                plugin: plugin.to_owned(),
+            })
+            .clone()
     }
 
     pub fn plugin_metrics(self: &Arc<Self>, namespace: &str, plugin: &str) -> PluginMetrics {

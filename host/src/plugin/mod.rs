@@ -32,7 +32,7 @@ use crate::exchange::Exchange;
 pub use crate::exchange::PluginFailure;
 use crate::metrics::{Metrics, PluginMetrics};
 
-pub use filter::{FilterStatus, HttpFilter};
+pub use filter::{FilterStatus, Hooks, HttpFilter};
 pub use registry::{Chain, Registry};
 
 #[derive(Debug, thiserror::Error)]
@@ -275,13 +275,19 @@ impl Plugin {
         }
     }
 
-    /// Whether the plugin can see or change a body in this direction: a
-    /// component only has a request body hook, and only when it exports it.
-    pub fn handles_body(&self, request: bool) -> bool {
+    /// The callbacks the plugin has, read from its exports at load.
+    pub fn hooks(&self) -> filter::Hooks {
         match &self.kind {
-            PluginKind::ProxyWasm(_) => true,
-            PluginKind::Component(p) => request && p.has_body_hook(),
+            PluginKind::ProxyWasm(p) => p.hooks(),
+            PluginKind::Component(p) => p.hooks(),
         }
+    }
+
+    /// Whether the plugin can see or change a body in this direction: a
+    /// Proxy-Wasm module when it exports that body or trailers callback, a
+    /// component only on the request side, when it exports the body hook.
+    pub fn handles_body(&self, request: bool) -> bool {
+        self.hooks().body(request)
     }
 
     pub fn live_instances(&self) -> usize {

@@ -2,25 +2,105 @@
 //!
 //! - [`InstancePool`] (Proxy-Wasm): a few long-lived VMs, Envoy's model. A
 //!   request is pinned to one slot's VM for its lifetime, and many requests
-//!   share a VM. Slots are handed out round robin; a slot whose VM failed
-//!   gets a fresh one at its next use, and FAIL_RELOAD replaces exactly the
-//!   slot that failed.
+//!   share a VM. A slot whose VM failed gets a fresh one at its next use, and
+//!   FAIL_RELOAD replaces exactly the slot that failed.
 //! - [`PerRequest`] (components): every request gets an instance of its own
 //!   that serves nobody else and is dropped when the request is done, so a
 //!   crash can fail only that request. A few ready-to-use instances are kept
 //!   so a request rarely pays for instantiation and `configure`; how many may
 //!   serve requests at once is capped, so one busy plugin cannot take every
 //!   slot of the engine.
+//!
+//! Checkout from an [`InstancePool`] never waits for guest code. Each OS
+//! thread gets a home slot once (a thread-local index; Envoy keeps one VM
+//! per worker for the same reason). A new request takes its thread's home VM
+//! unless that VM is in a guest call right now, then the next idle VM, and
+//! only when every VM is in a call falls back to round robin, counted as a
+//! contended checkout. Reading a slot is one atomic load (`arc-swap`); the
+//! slot's refill lock is taken only to start an instance, and checkout
+//! skips a slot being refilled rather than wait for it.
+//!
+//! Because the request stays pinned to its VM (its HTTP context lives
+//! there), and the worker that created it is the VM's home, two requests
+//! only meet on one VM when tokio moved a request's task to another worker
+//! mid-request, or when every VM was busy at checkout. The in-call check
+//! and the claim are not one atomic step: two threads may both see a VM
+//! idle and take it, and one of them then waits for the other's call; that
+//! costs one guest call's time, never correctness.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwapOption;
+
 pub trait Poisonable {
     fn is_poisoned(&self) -> bool;
+    /// Whether a guest call is running (or waiting to run) on it now.
+    fn in_call(&self) -> bool {
+        false
+    }
+}
+
+/// Hands every OS thread that checks out an instance its own index, once.
+static NEXT_HOME: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static HOME: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// This thread's home index (the same for every pool; each takes it modulo
+/// its size).
+fn home_index() -> usize {
+    HOME.with(|h| match h.get() {
+        Some(i) => i,
+        None => {
+            let i = NEXT_HOME.fetch_add(1, Ordering::Relaxed);
+            h.set(Some(i));
+            i
+        }
+    })
+}
+
+struct PoolSlot<T> {
+    current: ArcSwapOption<T>,
+    /// Held only while this slot's instance is being started, so a
+    /// replacement starts once.
+    refill: Mutex<()>,
+}
+
+impl<T: Poisonable> PoolSlot<T> {
+    fn healthy(&self) -> Option<Arc<T>> {
+        self.current.load_full().filter(|i| !i.is_poisoned())
+    }
+
+    /// The slot's healthy instance, or a new one from `start` (under the
+    /// refill lock, which the caller holds).
+    fn fill<E>(&self, start: impl FnOnce() -> Result<Arc<T>, E>) -> Result<Arc<T>, E> {
+        if let Some(inst) = self.healthy() {
+            return Ok(inst);
+        }
+        let inst = start()?;
+        self.current.store(Some(inst.clone()));
+        Ok(inst)
+    }
+}
+
+fn lock_refill<T>(slot: &PoolSlot<T>) -> std::sync::MutexGuard<'_, ()> {
+    slot.refill.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A slot's instance handed to one request.
+pub struct Checkout<T> {
+    pub slot: usize,
+    pub instance: Arc<T>,
+    /// Every VM was in a call: this request shares a busy one.
+    pub contended: bool,
 }
 
 pub struct InstancePool<T> {
-    slots: Vec<Mutex<Option<Arc<T>>>>,
+    slots: Vec<PoolSlot<T>>,
+    /// Round robin, used only when every VM is busy.
     next: AtomicUsize,
 }
 
@@ -29,7 +109,10 @@ impl<T: Poisonable> InstancePool<T> {
     /// first use.
     pub fn new(first: Arc<T>, size: usize) -> InstancePool<T> {
         let slots = (0..size.max(1))
-            .map(|i| Mutex::new((i == 0).then(|| first.clone())))
+            .map(|i| PoolSlot {
+                current: ArcSwapOption::new((i == 0).then(|| first.clone())),
+                refill: Mutex::new(()),
+            })
             .collect();
         InstancePool {
             slots,
@@ -37,22 +120,62 @@ impl<T: Poisonable> InstancePool<T> {
         }
     }
 
-    /// The next slot and its instance; an empty slot, or one whose instance
-    /// failed, gets a new one from `start` first.
-    pub fn checkout<E>(
+    /// An instance for a new request on this thread: its home slot's VM when
+    /// idle, else the next idle one, else round robin. An empty slot, or one
+    /// whose instance failed, gets a new one from `start` first.
+    pub fn checkout<E>(&self, start: impl FnOnce() -> Result<Arc<T>, E>) -> Result<Checkout<T>, E> {
+        self.checkout_from(home_index(), start)
+    }
+
+    fn checkout_from<E>(
         &self,
+        home: usize,
         start: impl FnOnce() -> Result<Arc<T>, E>,
-    ) -> Result<(usize, Arc<T>), E> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let mut slot = self.slots[i].lock().unwrap_or_else(|e| e.into_inner());
-        match slot.as_ref() {
-            Some(inst) if !inst.is_poisoned() => Ok((i, inst.clone())),
-            _ => {
-                let inst = start()?;
-                *slot = Some(inst.clone());
-                Ok((i, inst))
+    ) -> Result<Checkout<T>, E> {
+        let n = self.slots.len();
+        let home = home % n;
+        for k in 0..n {
+            let i = (home + k) % n;
+            let slot = &self.slots[i];
+            match slot.healthy() {
+                Some(inst) if inst.in_call() => continue,
+                Some(instance) => {
+                    return Ok(Checkout {
+                        slot: i,
+                        instance,
+                        contended: false,
+                    });
+                }
+                None => {
+                    // Empty or failed: start one here, unless another
+                    // request is doing so right now.
+                    let Ok(_refill) = slot.refill.try_lock() else {
+                        continue;
+                    };
+                    if let Some(inst) = slot.healthy().filter(|i| i.in_call()) {
+                        drop(inst);
+                        continue;
+                    }
+                    let instance = slot.fill(start)?;
+                    return Ok(Checkout {
+                        slot: i,
+                        instance,
+                        contended: false,
+                    });
+                }
             }
         }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let slot = &self.slots[i];
+        let instance = match slot.healthy() {
+            Some(inst) => inst,
+            None => slot.fill_locked(start)?,
+        };
+        Ok(Checkout {
+            slot: i,
+            instance,
+            contended: true,
+        })
     }
 
     /// A working instance for slot `slot`, after `failed` (which came from
@@ -65,14 +188,13 @@ impl<T: Poisonable> InstancePool<T> {
         failed: &Arc<T>,
         start: impl FnOnce() -> Result<Arc<T>, E>,
     ) -> Result<Arc<T>, E> {
-        let mut current = self.slots[slot % self.slots.len()]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        match current.as_ref() {
-            Some(inst) if !Arc::ptr_eq(inst, failed) && !inst.is_poisoned() => Ok(inst.clone()),
+        let slot = &self.slots[slot % self.slots.len()];
+        let _refill = lock_refill(slot);
+        match slot.healthy() {
+            Some(inst) if !Arc::ptr_eq(&inst, failed) => Ok(inst),
             _ => {
                 let inst = start()?;
-                *current = Some(inst.clone());
+                slot.current.store(Some(inst.clone()));
                 Ok(inst)
             }
         }
@@ -80,15 +202,25 @@ impl<T: Poisonable> InstancePool<T> {
 
     /// Instances that can serve requests now.
     pub fn live(&self) -> usize {
+        self.slots.iter().filter(|s| s.healthy().is_some()).count()
+    }
+
+    /// `f` summed over the instances in the slots now.
+    #[cfg(test)]
+    pub fn sum(&self, f: impl Fn(&T) -> usize) -> usize {
         self.slots
             .iter()
-            .filter(|s| {
-                s.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .as_ref()
-                    .is_some_and(|i| !i.is_poisoned())
-            })
-            .count()
+            .filter_map(|s| s.current.load_full())
+            .map(|i| f(&i))
+            .sum()
+    }
+}
+
+impl<T: Poisonable> PoolSlot<T> {
+    /// [`fill`](Self::fill), waiting for a refill in progress.
+    fn fill_locked<E>(&self, start: impl FnOnce() -> Result<Arc<T>, E>) -> Result<Arc<T>, E> {
+        let _refill = lock_refill(self);
+        self.fill(start)
     }
 }
 
@@ -222,11 +354,15 @@ mod tests {
     struct Fake {
         id: usize,
         poisoned: AtomicBool,
+        busy: AtomicBool,
     }
 
     impl Poisonable for Fake {
         fn is_poisoned(&self) -> bool {
             self.poisoned.load(Ordering::Acquire)
+        }
+        fn in_call(&self) -> bool {
+            self.busy.load(Ordering::Acquire)
         }
     }
 
@@ -238,10 +374,7 @@ mod tests {
             Starter(AtomicUsize::new(100))
         }
         fn start(&self) -> Result<Arc<Fake>, ()> {
-            Ok(Arc::new(Fake {
-                id: self.0.fetch_add(1, Ordering::Relaxed),
-                poisoned: AtomicBool::new(false),
-            }))
+            Ok(fake(self.0.fetch_add(1, Ordering::Relaxed)))
         }
     }
 
@@ -249,54 +382,118 @@ mod tests {
         Arc::new(Fake {
             id,
             poisoned: AtomicBool::new(false),
+            busy: AtomicBool::new(false),
         })
     }
 
+    fn take(pool: &InstancePool<Fake>, home: usize, s: &Starter) -> (usize, usize) {
+        let c = pool.checkout_from(home, || s.start()).unwrap();
+        (c.slot, c.instance.id)
+    }
+
     #[test]
-    fn checkout_is_round_robin_and_fills_empty_slots_once() {
+    fn an_idle_home_slot_is_returned_every_time() {
         let s = Starter::new();
         let pool = InstancePool::new(fake(1), 3);
-        let got: Vec<(usize, usize)> = (0..6)
-            .map(|_| {
-                let (slot, i) = pool.checkout(|| s.start()).unwrap();
-                (slot, i.id)
-            })
-            .collect();
+        // The thread's own home, whatever index it got.
+        let home = pool.checkout(|| s.start()).unwrap().slot;
+        for _ in 0..5 {
+            let c = pool.checkout(|| s.start()).unwrap();
+            assert_eq!(c.slot, home);
+            assert!(!c.contended);
+        }
         assert_eq!(
-            got,
-            vec![(0, 1), (1, 100), (2, 101), (0, 1), (1, 100), (2, 101)]
+            pool.live(),
+            if home == 0 { 1 } else { 2 },
+            "one slot filled"
         );
+        // Other homes fill their own slot once, then keep it.
+        let got: Vec<_> = [1, 2, 1, 2, 0]
+            .iter()
+            .map(|&h| take(&pool, h, &s))
+            .collect();
+        assert_eq!(got[0], got[2]);
+        assert_eq!(got[1], got[3]);
+        assert_eq!((got[0].0, got[1].0, got[4].0), (1, 2, 0));
         assert_eq!(pool.live(), 3);
     }
 
     #[test]
-    fn a_poisoned_instance_is_replaced_at_its_slots_next_checkout() {
+    fn a_vm_in_a_call_on_another_thread_sends_the_request_elsewhere() {
         let s = Starter::new();
         let pool = InstancePool::new(fake(1), 2);
-        let (_, first) = pool.checkout(|| s.start()).unwrap();
+        let a = pool.checkout_from(0, || s.start()).unwrap().instance;
+        let (in_call, release) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
+        std::thread::scope(|t| {
+            t.spawn(|| {
+                a.busy.store(true, Ordering::Release);
+                in_call.wait();
+                release.wait();
+                a.busy.store(false, Ordering::Release);
+            });
+            in_call.wait();
+            let c = pool.checkout_from(0, || s.start()).unwrap();
+            assert_eq!((c.slot, c.instance.id, c.contended), (1, 100, false));
+            release.wait();
+        });
+        assert_eq!(take(&pool, 0, &s), (0, 1), "home again once idle");
+    }
+
+    #[test]
+    fn with_every_vm_busy_checkout_goes_round_robin_without_waiting() {
+        let s = Starter::new();
+        let pool = InstancePool::new(fake(1), 3);
+        let all: Vec<_> = (0..3)
+            .map(|h| pool.checkout_from(h, || s.start()).unwrap())
+            .collect();
+        for c in &all {
+            c.instance.busy.store(true, Ordering::Release);
+        }
+        let got: Vec<(usize, bool)> = (0..4)
+            .map(|_| {
+                let c = pool.checkout_from(1, || s.start()).unwrap();
+                (c.slot, c.contended)
+            })
+            .collect();
+        assert_eq!(got, vec![(0, true), (1, true), (2, true), (0, true)]);
+        assert_eq!(s.0.load(Ordering::Relaxed), 102, "nothing more started");
+    }
+
+    #[test]
+    fn a_slot_being_refilled_is_skipped_not_waited_for() {
+        let s = Starter::new();
+        let pool = InstancePool::new(fake(1), 2);
+        let first = pool.checkout_from(0, || s.start()).unwrap().instance;
+        first.poisoned.store(true, Ordering::Release);
+        let _refilling = pool.slots[0].refill.lock().unwrap();
+        assert_eq!(take(&pool, 0, &s), (1, 100));
+    }
+
+    #[test]
+    fn a_poisoned_home_slot_is_renewed_at_its_next_checkout() {
+        let s = Starter::new();
+        let pool = InstancePool::new(fake(1), 2);
+        let first = pool.checkout_from(0, || s.start()).unwrap().instance;
         first.poisoned.store(true, Ordering::Release);
         assert_eq!(pool.live(), 0, "slot 1 is still empty, slot 0 failed");
-        let (slot, other) = pool.checkout(|| s.start()).unwrap();
-        assert_eq!((slot, other.id), (1, 100));
-        let (slot, replaced) = pool.checkout(|| s.start()).unwrap();
-        assert_eq!((slot, replaced.id), (0, 101));
+        assert_eq!(take(&pool, 1, &s), (1, 100));
+        assert_eq!(take(&pool, 0, &s), (0, 101));
+        assert_eq!(take(&pool, 0, &s), (0, 101));
     }
 
     #[test]
     fn replace_renews_the_failed_slot_not_the_next_one() {
         let s = Starter::new();
         let pool = InstancePool::new(fake(1), 2);
-        let (a_slot, a) = pool.checkout(|| s.start()).unwrap();
-        let (b_slot, b) = pool.checkout(|| s.start()).unwrap();
-        assert_eq!((a_slot, b_slot), (0, 1));
-        a.poisoned.store(true, Ordering::Release);
-        let fresh = pool.replace(a_slot, &a, || s.start()).unwrap();
+        let a = pool.checkout_from(0, || s.start()).unwrap();
+        let b = pool.checkout_from(1, || s.start()).unwrap();
+        assert_eq!((a.slot, b.slot), (0, 1));
+        a.instance.poisoned.store(true, Ordering::Release);
+        let fresh = pool.replace(a.slot, &a.instance, || s.start()).unwrap();
         assert_eq!(fresh.id, 101);
         // Slot 1 keeps its healthy instance; slot 0 serves the replacement.
-        let next: Vec<usize> = (0..2)
-            .map(|_| pool.checkout(|| s.start()).unwrap().1.id)
-            .collect();
-        assert_eq!(next, vec![101, b.id]);
+        let next: Vec<usize> = (0..2).map(|h| take(&pool, h, &s).1).collect();
+        assert_eq!(next, vec![101, b.instance.id]);
         assert_eq!(pool.live(), 2);
     }
 
@@ -304,7 +501,8 @@ mod tests {
     fn replace_shares_a_replacement_another_request_already_made() {
         let s = Starter::new();
         let pool = InstancePool::new(fake(1), 1);
-        let (slot, failed) = pool.checkout(|| s.start()).unwrap();
+        let c = pool.checkout_from(0, || s.start()).unwrap();
+        let (slot, failed) = (c.slot, c.instance);
         failed.poisoned.store(true, Ordering::Release);
         let first = pool.replace(slot, &failed, || s.start()).unwrap();
         let second = pool.replace(slot, &failed, || s.start()).unwrap();
@@ -319,7 +517,8 @@ mod tests {
     #[test]
     fn a_failed_start_leaves_the_slot_as_it_was() {
         let pool = InstancePool::new(fake(1), 1);
-        let (slot, failed) = pool.checkout(|| Err::<Arc<Fake>, _>("no")).unwrap();
+        let c = pool.checkout(|| Err::<Arc<Fake>, _>("no")).unwrap();
+        let (slot, failed) = (c.slot, c.instance);
         failed.poisoned.store(true, Ordering::Release);
         assert_eq!(pool.replace(slot, &failed, || Err("no")).err(), Some("no"));
         assert_eq!(pool.checkout(|| Err("still no")).err(), Some("still no"));

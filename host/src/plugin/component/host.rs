@@ -38,15 +38,13 @@ pub fn add_insecure_seed(
     Ok(())
 }
 
-/// The request a call is about; valid for that call only.
-pub struct RequestRef {
-    pub exchange: Arc<Exchange>,
-}
+/// The request a call is about. An instance keeps one handle for its life
+/// and lends it to each call; it reads the exchange of the call in
+/// progress (`ComponentState::current`), and nothing outside a call.
+pub struct RequestRef;
 
-/// The response a call is about; valid for that call only.
-pub struct ResponseRef {
-    pub exchange: Arc<Exchange>,
-}
+/// The response a call is about, lent like [`RequestRef`].
+pub struct ResponseRef;
 
 pub struct ComponentState {
     pub table: ResourceTable,
@@ -59,14 +57,22 @@ pub struct ComponentState {
 }
 
 fn joined(h: &http::HeaderMap, name: &str) -> Option<String> {
-    let mut values = h.get_all(name).iter().peekable();
-    values.peek()?;
-    Some(
-        values
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .collect::<Vec<_>>()
-            .join(","),
-    )
+    let mut values = h.get_all(name).iter();
+    let mut out = String::from_utf8_lossy(values.next()?.as_bytes()).into_owned();
+    for v in values {
+        out.push(',');
+        out.push_str(&String::from_utf8_lossy(v.as_bytes()));
+    }
+    Some(out)
+}
+
+/// `name` as a header map key: the guest's own string when it is already
+/// lower case (the usual case), so a lookup allocates nothing more.
+fn lower(mut name: String) -> String {
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        name.make_ascii_lowercase();
+    }
+    name
 }
 
 fn all(h: &http::HeaderMap, name: &str) -> Vec<String> {
@@ -88,11 +94,18 @@ fn pairs(h: &http::HeaderMap) -> Vec<(String, String)> {
 }
 
 impl ComponentState {
-    fn req(&self, r: &Resource<RequestRef>) -> wasmtime::Result<Arc<Exchange>> {
-        Ok(self.table.get(r)?.exchange.clone())
+    fn req(&self, r: &Resource<RequestRef>) -> wasmtime::Result<&Exchange> {
+        self.table.get(r)?;
+        self.in_call()
     }
-    fn resp(&self, r: &Resource<ResponseRef>) -> wasmtime::Result<Arc<Exchange>> {
-        Ok(self.table.get(r)?.exchange.clone())
+    fn resp(&self, r: &Resource<ResponseRef>) -> wasmtime::Result<&Exchange> {
+        self.table.get(r)?;
+        self.in_call()
+    }
+    fn in_call(&self) -> wasmtime::Result<&Exchange> {
+        self.current
+            .as_deref()
+            .ok_or_else(|| wasmtime::Error::msg("a request handle was read outside a guest call"))
     }
 }
 
@@ -122,7 +135,7 @@ impl types::HostRequest for ComponentState {
         name: String,
     ) -> wasmtime::Result<Option<String>> {
         let ex = self.req(&r)?;
-        let name = name.to_ascii_lowercase();
+        let name = lower(name);
         let st = ex.lock();
         if name == "host" {
             return Ok(Some(st.request.authority.clone()));
@@ -134,10 +147,7 @@ impl types::HostRequest for ComponentState {
         r: Resource<RequestRef>,
         name: String,
     ) -> wasmtime::Result<Vec<String>> {
-        Ok(all(
-            &self.req(&r)?.lock().request.headers,
-            &name.to_ascii_lowercase(),
-        ))
+        Ok(all(&self.req(&r)?.lock().request.headers, &lower(name)))
     }
     fn headers(&mut self, r: Resource<RequestRef>) -> wasmtime::Result<Vec<(String, String)>> {
         Ok(pairs(&self.req(&r)?.lock().request.headers))
@@ -174,7 +184,9 @@ impl types::HostRequest for ComponentState {
         })
     }
     fn drop(&mut self, r: Resource<RequestRef>) -> wasmtime::Result<()> {
-        self.table.delete(r)?;
+        // Guests are only ever lent the instance's one handle, which lives
+        // as long as the instance: there is nothing of theirs to free.
+        let _ = r;
         Ok(())
     }
 }
@@ -195,7 +207,7 @@ impl types::HostResponse for ComponentState {
         Ok(st
             .response
             .as_ref()
-            .and_then(|r| joined(&r.headers, &name.to_ascii_lowercase())))
+            .and_then(|r| joined(&r.headers, &lower(name))))
     }
     fn header_values(
         &mut self,
@@ -207,7 +219,7 @@ impl types::HostResponse for ComponentState {
         Ok(st
             .response
             .as_ref()
-            .map(|r| all(&r.headers, &name.to_ascii_lowercase()))
+            .map(|r| all(&r.headers, &lower(name)))
             .unwrap_or_default())
     }
     fn headers(&mut self, r: Resource<ResponseRef>) -> wasmtime::Result<Vec<(String, String)>> {
@@ -220,7 +232,9 @@ impl types::HostResponse for ComponentState {
             .unwrap_or_default())
     }
     fn drop(&mut self, r: Resource<ResponseRef>) -> wasmtime::Result<()> {
-        self.table.delete(r)?;
+        // Guests are only ever lent the instance's one handle, which lives
+        // as long as the instance: there is nothing of theirs to free.
+        let _ = r;
         Ok(())
     }
 }
@@ -394,5 +408,22 @@ impl config::Host for ComponentState {
     }
     fn plugin_name(&mut self) -> wasmtime::Result<String> {
         Ok(self.plugin.name.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_reads_join_repeats_and_match_any_case() {
+        let mut h = http::HeaderMap::new();
+        h.append("x-a", "1".parse().unwrap());
+        h.append("x-a", "2".parse().unwrap());
+        h.insert("x-b", "only".parse().unwrap());
+        assert_eq!(joined(&h, &lower("X-A".into())).as_deref(), Some("1,2"));
+        assert_eq!(joined(&h, &lower("x-b".into())).as_deref(), Some("only"));
+        assert_eq!(joined(&h, "x-c"), None);
+        assert_eq!(lower("Content-Type".into()), "content-type");
     }
 }

@@ -21,7 +21,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use wasmtime::component::{Component, InstancePre, Linker, Resource, ResourceTable};
 use wasmtime::{Engine, Store};
 
-use super::filter::{FilterStatus, HttpFilter};
+use super::filter::{FilterStatus, Hooks, HttpFilter};
 use super::pool::{PerRequest, TakeError};
 use super::sandbox::{MemoryLimiter, classify};
 use super::{PluginFailure, PluginShared};
@@ -160,6 +160,20 @@ impl ComponentPlugin {
         self.factory.exports.body.is_some()
     }
 
+    /// Request and response headers always run (the request decision's
+    /// response header changes are applied on the response, by the host);
+    /// the request body and trailers only with the body hook.
+    pub fn hooks(&self) -> Hooks {
+        let headers = Hooks::REQUEST_HEADERS.with(Hooks::RESPONSE_HEADERS);
+        if self.has_body_hook() {
+            headers
+                .with(Hooks::REQUEST_BODY)
+                .with(Hooks::REQUEST_TRAILERS)
+        } else {
+            headers
+        }
+    }
+
     /// A filter for one request, with an instance of its own. With
     /// `reload_on_failure`, an instance that cannot start is tried once more.
     pub fn new_filter(
@@ -186,6 +200,11 @@ impl ComponentPlugin {
 
 struct Inner {
     store: Store<ComponentState>,
+    /// The instance's request and response handles, pushed once: they
+    /// read the exchange of the call in progress, so a call pays no table
+    /// insert or removal.
+    request_rep: u32,
+    response_rep: u32,
     request: request_policy::Guest,
     response: Option<response_hooks::Guest>,
     body: Option<body_hooks::Guest>,
@@ -215,6 +234,21 @@ impl ComponentInstance {
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(shared.limits.deadline_ticks);
+        let table_error = |e: wasmtime::component::ResourceTableError| {
+            LoadError::Start(format!("cannot create the request handle: {e}"))
+        };
+        let request_rep = store
+            .data_mut()
+            .table
+            .push(RequestRef)
+            .map_err(table_error)?
+            .rep();
+        let response_rep = store
+            .data_mut()
+            .table
+            .push(ResponseRef)
+            .map_err(table_error)?
+            .rep();
         let fail = |store: &Store<ComponentState>, e: wasmtime::Error| {
             LoadError::Start(classify(&e, store.data().limiter.refused, shared).to_string())
         };
@@ -253,6 +287,8 @@ impl ComponentInstance {
         Ok(ComponentInstance {
             inner: Inner {
                 store,
+                request_rep,
+                response_rep,
                 request,
                 response,
                 body,
@@ -317,6 +353,17 @@ fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), PluginFa
     Ok((n, v))
 }
 
+fn header_changes_empty(c: &types::HeaderChanges) -> bool {
+    c.set.is_empty() && c.add.is_empty() && c.remove.is_empty()
+}
+
+/// A `continue` that changes nothing on the request or the response.
+fn no_changes(c: &types::RequestChanges) -> bool {
+    header_changes_empty(&c.request_headers)
+        && c.response_headers.is_empty()
+        && header_changes_empty(&c.response_changes)
+}
+
 /// Header changes checked in full before any is applied, so a decision
 /// with one bad header changes nothing.
 struct Changes {
@@ -342,6 +389,10 @@ impl Changes {
             set: pairs(&changes.set)?,
             add: pairs(&changes.add)?,
         })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
     }
 
     fn apply(self, headers: &mut HeaderMap) {
@@ -447,12 +498,10 @@ impl ComponentFilter {
     ) -> Result<R, PluginFailure> {
         let exchange = self.exchange.clone();
         self.call(|inner| {
-            inner.store.data_mut().current = Some(exchange.clone());
-            let req = inner.store.data_mut().table.push(RequestRef { exchange })?;
-            let borrowed = Resource::new_borrow(req.rep());
+            inner.store.data_mut().current = Some(exchange);
+            let borrowed = Resource::new_borrow(inner.request_rep);
             let r = f(inner, borrowed);
             inner.store.data_mut().current = None;
-            inner.store.data_mut().table.delete(req)?;
             r
         })
     }
@@ -485,16 +534,20 @@ impl ComponentFilter {
     /// Applies a decision only once all of it is known to be valid: a bad
     /// header leaves no route, header change or response behind.
     fn decide(&mut self, d: types::Decision) -> Result<(), PluginFailure> {
-        let plugin = self.name().to_owned();
         let (changes, route) = match d {
             types::Decision::Respond(r) => {
-                let local = local(&plugin, r)?;
+                let local = local(self.name(), r)?;
                 self.exchange.lock().local_response = Some(local);
                 return Ok(());
             }
             types::Decision::Redirect(r) => {
-                let local = redirect(&plugin, r)?;
+                let local = redirect(self.name(), r)?;
                 self.exchange.lock().local_response = Some(local);
+                return Ok(());
+            }
+            // The common answer: nothing to check, copy or lock.
+            types::Decision::Continue(changes) if no_changes(&changes) => {
+                self.let_through = true;
                 return Ok(());
             }
             types::Decision::Continue(changes) => (changes, None),
@@ -505,7 +558,7 @@ impl ComponentFilter {
                     port: backend.port,
                     rewrite_path: route.rewrite_path.clone(),
                     rewrite_host: route.rewrite_host.clone(),
-                    plugin: plugin.clone(),
+                    plugin: self.name().to_owned(),
                 };
                 (route.changes, Some(choice))
             }
@@ -515,16 +568,15 @@ impl ComponentFilter {
             .iter()
             .map(|(k, v)| header(k, v))
             .collect::<Result<Vec<_>, _>>()?;
-        let rc = &changes.response_changes;
-        let response_changes = if rc.set.is_empty() && rc.add.is_empty() && rc.remove.is_empty() {
+        let response_changes = if header_changes_empty(&changes.response_changes) {
             None
         } else {
             // Checked now, so a bad name fails the request decision rather
             // than surfacing later on the response.
-            Some(Changes::check(rc)?)
+            Some(Changes::check(&changes.response_changes)?)
         };
         let request = Changes::check(&changes.request_headers)?;
-        {
+        if !request.is_empty() || route.is_some() {
             let mut st = self.exchange.lock();
             request.apply(&mut st.request.headers);
             if route.is_some() {
@@ -553,8 +605,7 @@ impl ComponentFilter {
                 self.exchange.lock().request_body = BytesMut::from(&bytes[..]);
             }
             Some(types::BodyDecision::Respond(r)) => {
-                let plugin = self.name().to_owned();
-                let local = local(&plugin, r)?;
+                let local = local(self.name(), r)?;
                 self.exchange.lock().local_response = Some(local);
             }
         }
@@ -600,7 +651,12 @@ impl HttpFilter for ComponentFilter {
     }
 
     fn on_response_headers(&mut self, _eos: bool) -> Result<FilterStatus, PluginFailure> {
-        {
+        let edits = !self.response_headers.is_empty() || self.response_changes.is_some();
+        if !edits && !self.has_response_hook() {
+            // Nothing asked of the response: it is not touched.
+            return Ok(FilterStatus::Continue);
+        }
+        if edits {
             let mut st = self.exchange.lock();
             if let Some(resp) = st.response.as_mut() {
                 for (k, v) in &self.response_headers {
@@ -620,21 +676,13 @@ impl HttpFilter for ComponentFilter {
                 return Ok(None);
             };
             let g = g.clone();
-            inner.store.data_mut().current = Some(exchange.clone());
-            let table = &mut inner.store.data_mut().table;
-            let req = table.push(RequestRef {
-                exchange: exchange.clone(),
-            })?;
-            let resp = table.push(ResponseRef { exchange })?;
+            inner.store.data_mut().current = Some(exchange);
             let r = g.call_on_response(
                 &mut inner.store,
-                Resource::new_borrow(req.rep()),
-                Resource::new_borrow(resp.rep()),
+                Resource::new_borrow(inner.request_rep),
+                Resource::new_borrow(inner.response_rep),
             );
             inner.store.data_mut().current = None;
-            let table = &mut inner.store.data_mut().table;
-            table.delete(req)?;
-            table.delete(resp)?;
             r.map(Some)
         })?;
         self.release();
@@ -648,8 +696,7 @@ impl HttpFilter for ComponentFilter {
                 }
             }
             Some(types::ResponseDecision::Replace(r)) => {
-                let plugin = self.name().to_owned();
-                let local = local(&plugin, r)?;
+                let local = local(self.name(), r)?;
                 self.exchange.lock().local_response = Some(local);
             }
         }
@@ -678,5 +725,45 @@ impl HttpFilter for ComponentFilter {
 impl Drop for ComponentFilter {
     fn drop(&mut self) {
         self.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn changes(set: &[(&str, &str)], remove: &[&str]) -> types::HeaderChanges {
+        let pairs = |l: &[(&str, &str)]| {
+            l.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        types::HeaderChanges {
+            set: pairs(set),
+            add: Vec::new(),
+            remove: remove.iter().map(|n| n.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn only_a_continue_that_changes_nothing_skips_the_exchange() {
+        let none = || types::RequestChanges {
+            request_headers: changes(&[], &[]),
+            response_headers: Vec::new(),
+            response_changes: changes(&[], &[]),
+        };
+        assert!(no_changes(&none()));
+        let mut c = none();
+        c.request_headers = changes(&[("x-user", "alice")], &[]);
+        assert!(!no_changes(&c));
+        let mut c = none();
+        c.response_headers = vec![("x-a".into(), "1".into())];
+        assert!(!no_changes(&c));
+        let mut c = none();
+        c.response_changes = changes(&[], &["server"]);
+        assert!(!no_changes(&c));
+        let mut c = none();
+        c.request_headers.add = vec![("x-b".into(), "2".into())];
+        assert!(!no_changes(&c));
     }
 }

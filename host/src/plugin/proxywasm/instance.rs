@@ -15,7 +15,7 @@
 mod grpc;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use wasmtime::{Memory, Store, Trap, TypedFunc};
 use super::ProxyWasmModule;
 use crate::exchange::Exchange;
 use crate::plugin::callout::{CalloutRequest, CalloutResponse};
+use crate::plugin::filter::Hooks;
 pub use crate::plugin::sandbox::MemoryLimiter;
 use crate::plugin::sandbox::classify;
 use crate::plugin::{PluginFailure, PluginShared};
@@ -101,6 +102,16 @@ struct Inner {
 pub struct Instance {
     inner: Mutex<Inner>,
     poisoned: AtomicBool,
+    /// Guest calls running or waiting for the lock: the pool sends a new
+    /// request elsewhere while this is not zero.
+    in_call: AtomicUsize,
+    /// Guest calls made (every entry into the module), for tests.
+    #[cfg(test)]
+    pub calls: AtomicUsize,
+    /// The http callbacks the module exports; the others return Continue
+    /// without entering the VM.
+    hooks: Hooks,
+    finishes: bool,
     tick_generation: AtomicU64,
     pub shared: Arc<PluginShared>,
 }
@@ -117,6 +128,17 @@ pub enum Callback {
 }
 
 impl Callback {
+    pub fn hook(self) -> Hooks {
+        match self {
+            Callback::RequestHeaders { .. } => Hooks::REQUEST_HEADERS,
+            Callback::RequestBody { .. } => Hooks::REQUEST_BODY,
+            Callback::RequestTrailers { .. } => Hooks::REQUEST_TRAILERS,
+            Callback::ResponseHeaders { .. } => Hooks::RESPONSE_HEADERS,
+            Callback::ResponseBody { .. } => Hooks::RESPONSE_BODY,
+            Callback::ResponseTrailers { .. } => Hooks::RESPONSE_TRAILERS,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Callback::RequestHeaders { .. } => "proxy_on_request_headers",
@@ -151,6 +173,25 @@ const ROOT_CONTEXT_ID: u32 = 1;
 impl crate::plugin::pool::Poisonable for Instance {
     fn is_poisoned(&self) -> bool {
         Instance::is_poisoned(self)
+    }
+    fn in_call(&self) -> bool {
+        self.in_call.load(Ordering::Acquire) != 0
+    }
+}
+
+/// Counts a guest call from before it waits for the lock until it is done.
+struct InCall<'a>(&'a AtomicUsize);
+
+impl<'a> InCall<'a> {
+    fn enter(n: &'a AtomicUsize) -> InCall<'a> {
+        n.fetch_add(1, Ordering::AcqRel);
+        InCall(n)
+    }
+}
+
+impl Drop for InCall<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -237,6 +278,11 @@ impl Instance {
                 next_id: ROOT_CONTEXT_ID + 1,
             }),
             poisoned: AtomicBool::new(false),
+            in_call: AtomicUsize::new(0),
+            #[cfg(test)]
+            calls: AtomicUsize::new(0),
+            hooks: module.hooks,
+            finishes: module.finishes,
             tick_generation: AtomicU64::new(0),
             shared: shared.clone(),
         });
@@ -300,10 +346,13 @@ impl Instance {
         ctx: u32,
         f: impl FnOnce(&mut Inner) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFailure> {
+        let in_call = InCall::enter(&self.in_call);
         let mut inner = self.lock();
         if self.is_poisoned() {
             return Err(PluginFailure::InstanceLost);
         }
+        #[cfg(test)]
+        self.calls.fetch_add(1, Ordering::Relaxed);
         let deadline = self.shared.limits.deadline_ticks;
         inner.store.set_epoch_deadline(deadline);
         {
@@ -325,6 +374,7 @@ impl Instance {
             self.poisoned.store(true, Ordering::Release);
         }
         drop(inner);
+        drop(in_call);
         match result {
             Ok(r) => {
                 for (ctx, token, req) in callouts {
@@ -373,8 +423,13 @@ impl Instance {
         }
     }
 
-    /// Runs one http callback; returns the guest's action code.
+    /// Runs one http callback; returns the guest's action code. One the
+    /// module does not export continues without touching the VM (a VM that
+    /// failed is noticed at the next callback that does run).
     pub fn http_callback(&self, ctx: u32, cb: Callback) -> Result<i32, PluginFailure> {
+        if !self.hooks.any(cb.hook()) {
+            return Ok(0);
+        }
         self.call(ctx, |inner| {
             let e = &inner.exports;
             let s = &mut inner.store;
@@ -411,7 +466,7 @@ impl Instance {
 
     /// Ends an http context: `on_log`, `on_done`, `on_delete`.
     pub fn finish_http_context(&self, ctx: u32) {
-        if !self.is_poisoned() {
+        if self.finishes && !self.is_poisoned() {
             let _ = self.call(ctx, |inner| {
                 let s = &mut inner.store;
                 if let Some(f) = &inner.exports.on_log {

@@ -4,7 +4,9 @@
 //! A plugin keeps a small pool of long-lived instances (Envoy keeps one VM
 //! per worker). A request is pinned to one instance for its lifetime, as an
 //! HTTP context inside it, and each callback locks that instance only for the
-//! duration of the guest call. As in Envoy, the requests pinned to a VM share
+//! duration of the guest call. Checkout prefers the calling worker's own VM
+//! and never waits for another request's guest code (see `plugin::pool`);
+//! callbacks the module does not export are never entered. As in Envoy, the requests pinned to a VM share
 //! its fate: when one of them makes it fail, the others fail at their next
 //! callback on it (each per its own plugin's failStrategy, FAIL_RELOAD
 //! moving the request to the slot's replacement).
@@ -29,7 +31,7 @@ use wasmtime::{InstancePre, Linker, Module};
 use instance::Callback;
 pub use instance::{HostState, Instance, StartError};
 
-use super::filter::{FilterStatus, HttpFilter};
+use super::filter::{FilterStatus, Hooks, HttpFilter};
 use super::pool::InstancePool;
 use super::{PluginFailure, PluginShared};
 use crate::exchange::Exchange;
@@ -45,6 +47,31 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostState>> 
 /// A compiled, linked plugin module, ready to instantiate.
 pub struct ProxyWasmModule {
     pre: InstancePre<HostState>,
+    hooks: Hooks,
+    /// Exports any of `proxy_on_log`, `proxy_on_done`, `proxy_on_delete`.
+    finishes: bool,
+}
+
+/// The http callbacks `module` exports.
+fn hooks_of(module: &Module) -> (Hooks, bool) {
+    let mut hooks = Hooks::NONE;
+    let mut finishes = false;
+    for e in module.exports() {
+        hooks = hooks.with(match e.name() {
+            "proxy_on_request_headers" => Hooks::REQUEST_HEADERS,
+            "proxy_on_request_body" => Hooks::REQUEST_BODY,
+            "proxy_on_request_trailers" => Hooks::REQUEST_TRAILERS,
+            "proxy_on_response_headers" => Hooks::RESPONSE_HEADERS,
+            "proxy_on_response_body" => Hooks::RESPONSE_BODY,
+            "proxy_on_response_trailers" => Hooks::RESPONSE_TRAILERS,
+            "proxy_on_log" | "proxy_on_done" | "proxy_on_delete" => {
+                finishes = true;
+                Hooks::NONE
+            }
+            _ => Hooks::NONE,
+        });
+    }
+    (hooks, finishes)
 }
 
 impl ProxyWasmModule {
@@ -69,7 +96,17 @@ impl ProxyWasmModule {
         let pre = linker
             .instantiate_pre(module)
             .map_err(|e| format!("cannot link the module: {e}"))?;
-        Ok(ProxyWasmModule { pre })
+        let (hooks, finishes) = hooks_of(module);
+        Ok(ProxyWasmModule {
+            pre,
+            hooks,
+            finishes,
+        })
+    }
+
+    /// The http callbacks the module exports.
+    pub fn hooks(&self) -> Hooks {
+        self.hooks
     }
 }
 
@@ -83,6 +120,8 @@ struct Loaded {
     module: ProxyWasmModule,
     shared: Arc<PluginShared>,
     pool: InstancePool<Instance>,
+    /// `wayplug_plugin_vm_contended`: checkouts that found every VM busy.
+    contended: prometheus_client::metrics::counter::Counter,
 }
 
 impl Loaded {
@@ -101,16 +140,25 @@ impl ProxyWasmPlugin {
         instances: usize,
     ) -> Result<Self, StartError> {
         let first = Instance::start(&module, shared.clone())?;
+        let contended = shared
+            .global_metrics
+            .vm_contended(&shared.namespace, &shared.name);
         Ok(ProxyWasmPlugin {
             inner: Arc::new(Loaded {
                 module,
                 shared,
                 pool: InstancePool::new(first, instances),
+                contended,
             }),
         })
     }
 
-    /// A filter for a new request, pinned to the next slot's instance (a
+    /// The http callbacks the module exports.
+    pub fn hooks(&self) -> Hooks {
+        self.inner.module.hooks
+    }
+
+    /// A filter for a new request, pinned to an instance from the pool (a
     /// failed one is replaced first). With `reload_on_failure`, a context
     /// that cannot be created is retried once on a replacement of that same
     /// slot.
@@ -120,7 +168,11 @@ impl ProxyWasmPlugin {
         reload_on_failure: bool,
     ) -> Result<Box<dyn HttpFilter>, PluginFailure> {
         let loaded = &self.inner;
-        let (slot, mut instance) = loaded.pool.checkout(|| loaded.start())?;
+        let checkout = loaded.pool.checkout(|| loaded.start())?;
+        if checkout.contended {
+            loaded.contended.inc();
+        }
+        let (slot, mut instance) = (checkout.slot, checkout.instance);
         let ctx = match instance.create_http_context(exchange.clone()) {
             Ok(ctx) => ctx,
             Err(_) if reload_on_failure => {
@@ -146,6 +198,14 @@ impl ProxyWasmPlugin {
     /// Instances alive now (for the config dump and tests).
     pub fn live_instances(&self) -> usize {
         self.inner.pool.live()
+    }
+
+    /// Guest calls made on the instances alive now.
+    #[cfg(test)]
+    pub fn guest_calls(&self) -> usize {
+        self.inner
+            .pool
+            .sum(|i| i.calls.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 
