@@ -60,13 +60,16 @@ pub fn body() -> String {
     "x".repeat(1024)
 }
 
-/// nginx answering 1 KB on the backend addresses: one worker, keep-alive.
-pub fn nginx_backend(dir: &Path) -> String {
+/// What both nginx configs share: one worker in the foreground, its pid,
+/// error log and temporary files under `dir`, no access log, unlimited
+/// keep-alive requests. `name` names the pid and error log files; `http`
+/// goes inside the `http` block.
+fn nginx(dir: &Path, name: &str, http: &str) -> String {
     format!(
         r#"worker_processes 1;
 daemon off;
-pid {dir}/backend.pid;
-error_log {dir}/backend-error.log warn;
+pid {dir}/{name}.pid;
+error_log {dir}/{name}-error.log warn;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
@@ -76,36 +79,31 @@ http {{
     fastcgi_temp_path {dir}/tmp;
     uwsgi_temp_path {dir}/tmp;
     scgi_temp_path {dir}/tmp;
-    server {{
+{http}}}
+"#,
+        dir = dir.display(),
+    )
+}
+
+/// nginx answering 1 KB on the backend addresses: one worker, keep-alive.
+pub fn nginx_backend(dir: &Path) -> String {
+    let server = format!(
+        r#"    server {{
         listen {BACKEND} reuseport;
         listen {BACKEND_TERMINATED};
         default_type text/plain;
         location / {{ return 200 "{body}"; }}
     }}
-}}
 "#,
-        dir = dir.display(),
         body = body()
-    )
+    );
+    nginx(dir, "backend", &server)
 }
 
 /// nginx as a plain HTTP/1.1 reverse proxy with upstream keep-alive.
 pub fn nginx_proxy(dir: &Path) -> String {
-    format!(
-        r#"worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    keepalive_requests 1000000;
-    client_body_temp_path {dir}/tmp;
-    proxy_temp_path {dir}/tmp;
-    fastcgi_temp_path {dir}/tmp;
-    uwsgi_temp_path {dir}/tmp;
-    scgi_temp_path {dir}/tmp;
-    upstream backend {{ server {BACKEND}; keepalive 64; }}
+    let proxy = format!(
+        r#"    upstream backend {{ server {BACKEND}; keepalive 64; }}
     server {{
         listen {NGINX};
         location / {{
@@ -114,10 +112,9 @@ http {{
             proxy_set_header Connection "";
         }}
     }}
-}}
-"#,
-        dir = dir.display()
-    )
+"#
+    );
+    nginx(dir, "nginx", &proxy)
 }
 
 /// haproxy in HTTP mode, one thread, connections to the backend reused.
@@ -354,6 +351,32 @@ pub fn scale(p: &Plugins, namespaces: usize, cache_dir: Option<&Path>, legacy: b
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn both_nginx_configs_share_the_preamble_and_keep_their_own_files() {
+        let dir = std::path::Path::new("/w");
+        let backend = super::nginx_backend(dir);
+        let proxy = super::nginx_proxy(dir);
+        for (text, name) in [(&backend, "backend"), (&proxy, "nginx")] {
+            assert!(
+                text.starts_with("worker_processes 1;\ndaemon off;\n"),
+                "{text}"
+            );
+            assert!(text.contains(&format!("pid /w/{name}.pid;")), "{text}");
+            assert!(
+                text.contains(&format!("error_log /w/{name}-error.log warn;")),
+                "{text}"
+            );
+            assert!(text.contains("    scgi_temp_path /w/tmp;\n    "), "{text}");
+            assert!(text.ends_with("    }\n}\n"), "{text}");
+        }
+        assert!(backend.contains(&format!("return 200 \"{}\";", super::body())));
+        assert!(proxy.contains("upstream backend {"), "{proxy}");
+        assert!(
+            proxy.contains("proxy_set_header Connection \"\";"),
+            "{proxy}"
+        );
+    }
+
     #[test]
     fn numeric_keys_lose_their_quotes_and_nothing_else_does() {
         let v = serde_json::json!({"ports": {"80": 8080}, "s": "a\\\"80\":b", "n": "123"});

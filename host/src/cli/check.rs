@@ -128,7 +128,12 @@ mod tests {
         dir
     }
 
-    fn write_config(dir: &std::path::Path, policy: &str) -> PathBuf {
+    /// A config whose policy folder holds one AuthorizationPolicy in `shop`.
+    fn write_config(dir: &std::path::Path, name: &str, spec: &str) -> PathBuf {
+        let policy = format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+             metadata: {{ name: {name}, namespace: shop }}\nspec: {spec}\n"
+        );
         std::fs::write(dir.join("policy.yaml"), policy).unwrap();
         let path = dir.join("wayplug.yaml");
         std::fs::write(
@@ -145,9 +150,8 @@ mod tests {
         let dir = temp_dir("fill");
         let config = write_config(
             &dir,
-            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
-             metadata: { name: allow-get, namespace: shop }\n\
-             spec: { rules: [ { to: [ { operation: { methods: [GET] } } ] } ] }\n",
+            "allow-get",
+            "{ rules: [ { to: [ { operation: { methods: [GET] } } ] } ] }",
         );
         let args = CheckArgs {
             config,
@@ -181,12 +185,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_refused_policy_resource_makes_the_check_fail_and_is_named() {
         let dir = temp_dir("refused");
-        let config = write_config(
-            &dir,
-            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
-             metadata: { name: broken, namespace: shop }\n\
-             spec: { action: MAYBE }\n",
-        );
+        let config = write_config(&dir, "broken", "{ action: MAYBE }");
         let args = CheckArgs {
             config,
             cache_dir: None,
