@@ -571,7 +571,11 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .filter(|t| !HOP_BY_HOP.iter().any(|n| n.as_str().eq_ignore_ascii_case(t)))
+        .filter(|t| {
+            !HOP_BY_HOP
+                .iter()
+                .any(|n| n.as_str().eq_ignore_ascii_case(t))
+        })
         .filter(|t| h.contains_key(*t))
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
