@@ -531,6 +531,10 @@ impl Waypoint {
             tracing::info!("drained");
         }
         self.uploads.close();
+        // The writer pauses between batches: the last requests' lines go now.
+        self.pipeline
+            .access_log()
+            .flush(std::time::Duration::from_secs(1));
     }
 }
 

@@ -25,8 +25,9 @@ pub struct Service {
     pub namespace: String,
     pub hostname: String,
     pub vips: Vec<IpAddr>,
-    /// Service port to its endpoints on that port.
-    ports: HashMap<u16, Vec<Endpoint>>,
+    /// Service port to its endpoints on that port (shared: a request holds
+    /// the one it picked without copying its strings).
+    ports: HashMap<u16, Vec<Arc<Endpoint>>>,
     /// The protocols the config declares for service ports (`appProtocols`).
     app_protocols: HashMap<u16, AppProtocol>,
     next: AtomicUsize,
@@ -57,7 +58,7 @@ impl Destination {
     }
 
     /// Picks the next endpoint, round robin.
-    pub fn pick_endpoint(&self) -> Result<Endpoint, Error> {
+    pub fn pick_endpoint(&self) -> Result<Arc<Endpoint>, Error> {
         let eps = self
             .service
             .ports
@@ -95,7 +96,7 @@ impl Discovery {
         let mut d = Discovery::default();
         for svc in &config.services {
             let key = format!("{}/{}", svc.namespace, svc.hostname);
-            let mut ports: HashMap<u16, Vec<Endpoint>> = HashMap::new();
+            let mut ports: HashMap<u16, Vec<Arc<Endpoint>>> = HashMap::new();
             for sport in svc.ports.keys() {
                 ports.entry(*sport).or_default();
             }
@@ -107,14 +108,14 @@ impl Discovery {
                 // one is the one it is reached on.
                 let ip = wl.workload_ips[0];
                 for (sport, tport) in port_map {
-                    ports.entry(*sport).or_default().push(Endpoint {
+                    ports.entry(*sport).or_default().push(Arc::new(Endpoint {
                         address: SocketAddr::new(ip, *tport),
                         protocol: wl.protocol,
                         workload: wl.name.clone(),
                         namespace: wl.namespace.clone(),
                         service_account: wl.service_account.clone(),
                         trust_domain: wl.trust_domain.clone(),
-                    });
+                    }));
                 }
             }
             let vips = svc
@@ -184,7 +185,7 @@ impl Discovery {
             namespace: wl.namespace.clone(),
             hostname: wl.name.clone(),
             vips: vec![addr.ip()],
-            ports: HashMap::from([(addr.port(), vec![endpoint])]),
+            ports: HashMap::from([(addr.port(), vec![Arc::new(endpoint)])]),
             app_protocols: HashMap::new(),
             next: AtomicUsize::new(0),
         };

@@ -69,7 +69,7 @@ struct Peer {
 struct Opened {
     addr: SocketAddr,
     destination: Destination,
-    endpoint: Endpoint,
+    endpoint: Arc<Endpoint>,
     upstream: Conn,
     /// `traceparent`, `baggage` and `forwarded` from the CONNECT.
     context: HeaderMap,

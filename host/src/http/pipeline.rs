@@ -14,12 +14,13 @@
 //! policy suites drive exactly this code. Failures of a plugin are handled
 //! here, per its failStrategy, whatever the plugin's ABI.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Version};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
@@ -92,7 +93,7 @@ struct Filters {
     metrics: Arc<Metrics>,
     access_log: Arc<AccessLog>,
     /// The endpoint the request went to, once picked (Istio's destination workload).
-    endpoint: Option<Endpoint>,
+    endpoint: Option<Arc<Endpoint>>,
     namespace: String,
     status: Option<u16>,
     start: Instant,
@@ -153,25 +154,34 @@ impl Drop for Filters {
         if !self.access_log.enabled() {
             return;
         }
+        // Nobody else holds the exchange any more: its strings move into the
+        // entry instead of being copied.
+        let alone = Arc::strong_count(&self.exchange) == 1;
+        let mut st = st;
+        let (authority, path) = if alone {
+            (
+                std::mem::take(&mut st.request.authority),
+                std::mem::take(&mut st.request.path),
+            )
+        } else {
+            (st.request.authority.clone(), st.request.path.clone())
+        };
+        let mut decisions = String::new();
+        for (i, d) in st.decisions.iter().enumerate() {
+            if i > 0 {
+                decisions.push(';');
+            }
+            let _ = write!(decisions, "{d}");
+        }
         self.access_log.log(Entry {
-            time: info.start,
-            id: info.id.clone(),
-            namespace: self.namespace.clone(),
-            service: info.service_hostname.clone(),
-            source: info.source,
+            info: info.clone(),
             principal,
             method: st.request.method.clone(),
-            authority: st.request.authority.clone(),
-            path: st.request.path.clone(),
-            protocol: info.protocol,
+            authority,
+            path,
             status,
             local_by,
-            decisions: st
-                .decisions
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(";"),
+            decisions,
             duration_ms: elapsed * 1000.0,
         });
     }
@@ -516,18 +526,29 @@ fn fail(filters: &SharedFilters, plugin: &Plugin, i: usize, failure: PluginFailu
     }
 }
 
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-    "trailer",
-    "proxy-authenticate",
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TE,
+    header::TRAILER,
+    header::PROXY_AUTHENTICATE,
 ];
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // One pass over the names, comparing parsed names (no hashing): which of
+    // the list are here. Most messages carry at most `connection`.
+    let mut present = 0u8;
+    for k in h.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
+        return;
+    }
     // `te: trailers` is end-to-end in effect: gRPC servers require it, and
     // HTTP/2 allows exactly that value.
     let trailers = h
@@ -542,14 +563,28 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
                 .trim()
                 .eq_ignore_ascii_case("trailers")
         });
-    // Headers named by Connection are hop-by-hop too.
-    let named: Vec<String> = h
+    // Headers named by Connection are hop-by-hop too; only those outside the
+    // list and actually present need a name of their own (`close` does not).
+    let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| {
+            !HOP_BY_HOP
+                .iter()
+                .any(|n| n.as_str().eq_ignore_ascii_case(t))
+        })
+        .filter(|t| h.contains_key(*t))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
-    for n in named.iter().map(String::as_str).chain(HOP_BY_HOP) {
+    for (i, n) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            h.remove(n);
+        }
+    }
+    for n in &named {
         h.remove(n);
     }
     if trailers {
@@ -781,6 +816,10 @@ impl Pipeline {
             observed,
         }));
 
+        // Answers other than the upstream's (local, errors, verdicts, upgrades) are
+        // boxed where they happen: inline, their states would make every request's
+        // future (which hyper moves by value) larger.
+
         // Phase 2: request headers.
         let outcome = self
             .request_headers(&filters, &exchange, &plugins, body.is_end_stream())
@@ -788,7 +827,7 @@ impl Pipeline {
         match outcome {
             Outcome::Continue => {}
             Outcome::Respond { response, upto } => {
-                return self.local(&filters, &exchange, response, upto).await;
+                return Box::pin(self.local(&filters, &exchange, response, upto)).await;
             }
             Outcome::Reset => return Err(StreamReset),
         }
@@ -802,7 +841,8 @@ impl Pipeline {
                 match apply_route(&installed.discovery, &exchange, &destination, choice) {
                     Ok(d) => d,
                     Err(resp) => {
-                        return self.local(&filters, &exchange, resp, last(&filters)).await;
+                        return Box::pin(self.local(&filters, &exchange, resp, last(&filters)))
+                            .await;
                     }
                 }
             }
@@ -811,15 +851,14 @@ impl Pipeline {
         // Phase 3: upstream.
         let endpoint = match destination.pick_endpoint() {
             Ok(e) => e,
-            Err(e) => return self.answer_error(&filters, &exchange, e.into()).await,
+            Err(e) => return Box::pin(self.answer_error(&filters, &exchange, e.into())).await,
         };
         record_upstream(&exchange, &destination, &endpoint, routed_by.as_deref());
         lock(&filters).endpoint = Some(endpoint.clone());
         // Only a connection that can hand over its stream is upgraded; any
         // other upgrade request goes on as plain HTTP, without its Upgrade.
         if let (Some(upgrade), Some(on_upgrade)) = (upgrade, on_upgrade) {
-            return self
-                .upgrade(&filters, &exchange, upgrade, on_upgrade, &endpoint, h2)
+            return Box::pin(self.upgrade(&filters, &exchange, upgrade, on_upgrade, &endpoint, h2))
                 .await;
         }
         let body = body.map_err(|e| -> BoxError { e.into() }).boxed_unsync();
@@ -847,7 +886,7 @@ impl Pipeline {
                     endpoint: endpoint.address.to_string(),
                     reason: format!("a plugin left the request invalid: {e}"),
                 };
-                return self.answer_error(&filters, &exchange, err).await;
+                return Box::pin(self.answer_error(&filters, &exchange, err)).await;
             }
         };
         // The chain may still answer while the body streams: its answer wins
@@ -858,13 +897,13 @@ impl Pipeline {
             r = self.forward(upstream_req, h2, &destination, &endpoint) => Ok(r),
         };
         let response = match sent {
-            Err(verdict) => return self.verdict(&filters, &exchange, verdict).await,
+            Err(verdict) => return Box::pin(self.verdict(&filters, &exchange, verdict)).await,
             Ok(Ok(r)) => r,
             Ok(Err(err)) => {
                 // The upload failing because the chain ended it is the
                 // chain's answer, not an upstream failure.
                 if let Some(verdict) = state.as_ref().and_then(ended) {
-                    return self.verdict(&filters, &exchange, verdict).await;
+                    return Box::pin(self.verdict(&filters, &exchange, verdict)).await;
                 }
                 let err = if err.is_connect() {
                     Error::UpstreamConnect {
@@ -882,13 +921,13 @@ impl Pipeline {
                         reason: format!("{err:#}"),
                     }
                 };
-                return self.answer_error(&filters, &exchange, err).await;
+                return Box::pin(self.answer_error(&filters, &exchange, err)).await;
             }
         };
         // A plugin still deciding about request bytes decides before the
         // response leaves: a deny must not arrive behind the upstream's 200.
         if let Some(verdict) = settled(state.as_mut()).await {
-            return self.verdict(&filters, &exchange, verdict).await;
+            return Box::pin(self.verdict(&filters, &exchange, verdict)).await;
         }
 
         // Phase 4: response.
@@ -956,7 +995,7 @@ impl Pipeline {
                     state: Some(state),
                 })
             }
-            Err(e) => Err(self.verdict(filters, exchange, Verdict::from(e)).await),
+            Err(e) => Err(Box::pin(self.verdict(filters, exchange, Verdict::from(e))).await),
         }
     }
 
@@ -1337,7 +1376,13 @@ fn upstream_request(
     let head = &st.request;
     let mut builder = Request::builder()
         .method(head.method.clone())
-        .uri(format!("http://{}{}", head.authority, head.path))
+        .uri({
+            let mut uri = String::with_capacity(7 + head.authority.len() + head.path.len());
+            uri.push_str("http://");
+            uri.push_str(&head.authority);
+            uri.push_str(&head.path);
+            uri
+        })
         .version(if h2 {
             Version::HTTP_2
         } else {
@@ -1534,10 +1579,14 @@ fn record_upstream(
 ) {
     let mut st = exchange.lock();
     st.stream.upstream = Some(endpoint.address);
-    st.stream.cluster = Some(format!(
-        "outbound|{}||{}",
-        destination.port, destination.service.hostname
-    ));
+    // Istio's cluster name, `outbound|<port>||<hostname>`, without the formatter.
+    let host = &destination.service.hostname;
+    let mut cluster = String::with_capacity("outbound|||".len() + 5 + host.len());
+    cluster.push_str("outbound|");
+    cluster.push_str(itoa::Buffer::new().format(destination.port));
+    cluster.push_str("||");
+    cluster.push_str(host);
+    st.stream.cluster = Some(cluster);
     st.stream.route = Some(routed_by.unwrap_or("default").to_owned());
 }
 
@@ -2301,6 +2350,44 @@ workloads:
             upgrade_of(&classic).is_none(),
             "classic CONNECT is not an upgrade"
         );
+    }
+
+    #[test]
+    fn headers_named_by_connection_are_stripped_and_others_kept() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("X-Hop , Keep-Alive,,close"),
+        );
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("x-kept", HeaderValue::from_static("2"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
+        // A map without any of them is left exactly as it was.
+        let mut plain = HeaderMap::new();
+        plain.insert("x-a", HeaderValue::from_static("1"));
+        plain.append("x-a", HeaderValue::from_static("2"));
+        plain.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        let before = plain.clone();
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(plain, before);
+        // Proxy-Authenticate and Trailer go even when Connection names nothing.
+        let mut resp = HeaderMap::new();
+        resp.insert(
+            header::PROXY_AUTHENTICATE,
+            HeaderValue::from_static("Basic"),
+        );
+        resp.insert(header::TRAILER, HeaderValue::from_static("x-t"));
+        resp.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut resp);
+        assert!(resp.is_empty(), "{resp:?}");
     }
 
     #[test]

@@ -312,8 +312,10 @@ impl Upstream {
                 let (mut sender, reused) = match pooled.take() {
                     Some(s) => (s, true),
                     None => {
-                        let conn = self.connect(endpoint, &trace).await?;
-                        let sender = handshake_h2(conn).await.map_err(Error::Handshake)?;
+                        // Boxed: connecting (TCP, or a TLS tunnel) is the largest state of
+                        // this future and rare with pooling; inline it would be moved with
+                        // every request's future.
+                        let sender = Box::pin(self.open_h2(endpoint, &trace)).await?;
                         lock(&self.h2).insert(
                             key.clone(),
                             SharedH2 {
@@ -343,10 +345,7 @@ impl Upstream {
         loop {
             let (mut sender, reused) = match self.take_h1(&key) {
                 Some(s) => (s, true),
-                None => {
-                    let conn = self.connect(endpoint, &trace).await?;
-                    (handshake_h1(conn).await.map_err(Error::Handshake)?, false)
-                }
+                None => (Box::pin(self.open_h1(endpoint, &trace)).await?, false),
             };
             match response_head(sender.try_send_request(req), self.timeouts()).await? {
                 Ok(resp) => {
@@ -363,6 +362,24 @@ impl Upstream {
                 },
             }
         }
+    }
+
+    async fn open_h1(
+        &self,
+        endpoint: &Endpoint,
+        trace: &HeaderMap,
+    ) -> Result<http1::SendRequest<ProxyBody>, Error> {
+        let conn = self.connect(endpoint, trace).await?;
+        handshake_h1(conn).await.map_err(Error::Handshake)
+    }
+
+    async fn open_h2(
+        &self,
+        endpoint: &Endpoint,
+        trace: &HeaderMap,
+    ) -> Result<http2::SendRequest<ProxyBody>, Error> {
+        let conn = self.connect(endpoint, trace).await?;
+        handshake_h2(conn).await.map_err(Error::Handshake)
     }
 
     fn shared_h2(&self, key: &Key) -> Option<http2::SendRequest<ProxyBody>> {
