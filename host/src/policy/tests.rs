@@ -15,11 +15,12 @@ services:
     Config::from_yaml(&yaml, "test.yaml", Path::new("/")).unwrap()
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("wayplug-policy-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn temp_dir(name: &str) -> tempfile::TempDir {
+    // Removed when dropped, also when the test fails.
+    tempfile::Builder::new()
+        .prefix(&format!("wayplug-policy-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 fn route(name: &str, backend: &str) -> String {
@@ -56,7 +57,8 @@ fn route_docs(config: &Config, set: &PolicySet) -> Vec<String> {
 
 #[test]
 fn routes_compile_into_one_builtin_entry_per_namespace() {
-    let dir = temp_dir("compile");
+    let dir_guard = temp_dir("compile");
+    let dir = dir_guard.path();
     let other = "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: x }\n";
     std::fs::write(
         dir.join("a.yaml"),
@@ -82,7 +84,8 @@ fn routes_compile_into_one_builtin_entry_per_namespace() {
 
 #[test]
 fn bad_documents_are_refused_alone_and_named() {
-    let dir = temp_dir("bad");
+    let dir_guard = temp_dir("bad");
+    let dir = dir_guard.path();
     let unknown_field = route("typo", "web").replace("backendRefs", "backendRefz");
     let unknown_backend = route("ghost", "nowhere");
     std::fs::write(
@@ -127,7 +130,8 @@ fn bad_documents_are_refused_alone_and_named() {
 
 #[test]
 fn a_refused_edit_keeps_the_previous_version() {
-    let dir = temp_dir("keep");
+    let dir_guard = temp_dir("keep");
+    let dir = dir_guard.path();
     let file = dir.join("r.yaml");
     std::fs::write(
         &file,
@@ -163,7 +167,8 @@ fn a_refused_edit_keeps_the_previous_version() {
 
 #[test]
 fn wasm_plugins_become_entries_and_selectors_are_refused() {
-    let dir = temp_dir("wasm");
+    let dir_guard = temp_dir("wasm");
+    let dir = dir_guard.path();
     let plugin = r#"apiVersion: extensions.istio.io/v1alpha1
 kind: WasmPlugin
 metadata: { name: stamp, namespace: shop }
@@ -228,7 +233,8 @@ spec:
 
 #[test]
 fn wasm_plugins_from_oci_keep_their_pull_policy() {
-    let dir = temp_dir("wasm-oci");
+    let dir_guard = temp_dir("wasm-oci");
+    let dir = dir_guard.path();
     let plugin = r#"apiVersion: extensions.istio.io/v1alpha1
 kind: WasmPlugin
 metadata: { name: pulled, namespace: shop }
@@ -255,7 +261,8 @@ spec:
 
 #[test]
 fn authorization_policies_compile_and_bad_cel_is_refused() {
-    let dir = temp_dir("authz");
+    let dir_guard = temp_dir("authz");
+    let dir = dir_guard.path();
     let policy = |name: &str, cel: &str| {
         format!(
             r#"apiVersion: security.istio.io/v1
