@@ -17,7 +17,7 @@
 //! machines. Run: `cargo bench -p wayplug-tests --bench live`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sha2::Digest;

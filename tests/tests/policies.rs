@@ -89,7 +89,7 @@ struct Rig {
 async fn rig() -> Rig {
     let ca = DevCa::generate("cluster.local").unwrap();
     let certs_guard = temp_dir("certs");
-    let certs = certs_guard.path();
+    let certs = certs_guard.path().to_owned();
     let identity = |ns: &str, sa: &str| {
         let dir = certs.join(format!("{ns}-{sa}"));
         ca.write_workload_dir(&dir, ns, sa).unwrap();

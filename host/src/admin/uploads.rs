@@ -212,15 +212,15 @@ fn sweep_dead(tmp: &Path, proc: &Path) -> usize {
         let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)) else {
             continue;
         };
-        // `<pid>-<start>-<n>`, or `<pid>-<n>` from earlier versions (no
-        // start time: alive while the id is).
+        // `<pid>-<start>-<n>`, or `<pid>-<n>` and `<pid>` from earlier
+        // versions (no start time: alive while the id is).
         let parts: Vec<u64> = match rest.split('-').map(str::parse).collect() {
             Ok(p) => p,
             Err(_) => continue,
         };
         let (pid, started) = match parts[..] {
             [pid, started, _] => (pid, Some(started)),
-            [pid, _] => (pid, None),
+            [pid, _] | [pid] => (pid, None),
             _ => continue,
         };
         let Ok(pid) = u32::try_from(pid) else {
@@ -343,12 +343,14 @@ mod tests {
         let gone = [
             folder(format!("{PREFIX}{dead}-{started}-0")),
             folder(format!("{PREFIX}{dead}-3")),
+            folder(format!("{PREFIX}{dead}")),
             // Our id, another start time: the id was reused.
             folder(format!("{PREFIX}{me}-{}-0", started + 1)),
         ];
         let kept = [
             folder(format!("{PREFIX}{me}-{started}-0")),
             folder(format!("{PREFIX}{me}-3")),
+            folder(format!("{PREFIX}{me}")),
             folder(format!("{PREFIX}not-ours")),
             folder("wayplug-other-1".into()),
         ];
@@ -364,7 +366,7 @@ mod tests {
             0,
             "cannot tell: nothing removed"
         );
-        assert_eq!(sweep_dead(tmp.path(), proc), 4);
+        assert_eq!(sweep_dead(tmp.path(), proc), 5);
         for d in gone.iter().chain([&left]) {
             assert!(!d.exists(), "{} was removed", d.display());
         }
