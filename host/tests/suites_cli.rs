@@ -154,7 +154,7 @@ fn passing_suites_exit_0_with_coverage_changes_and_insta_snapshots() {
             "--coverage",
             "--explain",
             "--snapshot",
-            &s(&dir),
+            &s(dir),
             "--against",
             &v2,
             &store,
@@ -184,7 +184,7 @@ fn passing_suites_exit_0_with_coverage_changes_and_insta_snapshots() {
     // A changed outcome fails the run and waits for review as .snap.new.
     std::fs::write(&snap, text.replace("status: 200", "status: 201")).unwrap();
     let (code, json, _) = wayplug(
-        &["test", "--format", "json", "--snapshot", &s(&dir), &store],
+        &["test", "--format", "json", "--snapshot", &s(dir), &store],
         None,
     );
     assert_eq!(code, 1, "{json}");
@@ -347,7 +347,7 @@ fn new_plugins_build_pass_their_tests_and_their_suite() {
             "{out}"
         );
     }
-    let (code, _, err) = wayplug(&["new", "Bad_Name"], Some(&root));
+    let (code, _, err) = wayplug(&["new", "Bad_Name"], Some(root));
     assert_eq!(code, 1);
     assert!(err.contains("`Bad_Name` is not a crate name"), "{err}");
 }

@@ -268,8 +268,8 @@ fn main() {
             if std::env::var_os("WAYPLUG_BENCH_CACHE").is_some() {
                 let cache_guard = dir("cache");
                 let cache = cache_guard.path();
-                ready(n, Some(&cache), "cold-cache").await;
-                ready(n, Some(&cache), "warm-cache").await;
+                ready(n, Some(cache), "cold-cache").await;
+                ready(n, Some(cache), "warm-cache").await;
             } else {
                 ready(n, None, "no-disk-cache").await;
             }

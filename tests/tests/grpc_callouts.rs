@@ -424,7 +424,7 @@ async fn grpc_callouts_reach_a_tls_upstream() {
         server,
         &format!("upstreams:\n  authz: {{ address: \"{server}\", tls: {{ caFile: bad.pem }} }}\n"),
     );
-    let err = wayplug::config::Config::from_yaml(&yaml, "t.yaml", &dir).unwrap_err();
+    let err = wayplug::config::Config::from_yaml(&yaml, "t.yaml", dir).unwrap_err();
     assert!(
         err.to_string().contains("upstreams.authz.tls.caFile"),
         "{err}"

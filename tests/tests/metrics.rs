@@ -120,7 +120,7 @@ async fn reloads_are_counted_by_result_and_reason() {
     let path = dir.join("waypoint.yaml");
     let first = config_yaml(up.addr, "");
     std::fs::write(&path, &first).unwrap();
-    let config = Config::from_yaml(&first, "waypoint.yaml", &dir).unwrap();
+    let config = Config::from_yaml(&first, "waypoint.yaml", dir).unwrap();
     let waypoint = Waypoint::start(config, Default::default()).await.unwrap();
     let admin = waypoint.admin_addr.unwrap();
     let waypoint = std::sync::Arc::new(waypoint);

@@ -358,8 +358,8 @@ async fn the_demo_store_namespace_allows_denies_and_routes() {
     let dir = dir_guard.path();
     let echo = wayplug::demo::start_echo().await.unwrap();
     let store = wayplug::demo::StoreBackends::start().await.unwrap();
-    let certs = wayplug::demo::write_certs(&dir).unwrap();
-    let policies = wayplug::demo::write_policies(&dir).unwrap();
+    let certs = wayplug::demo::write_certs(dir).unwrap();
+    let policies = wayplug::demo::write_policies(dir).unwrap();
     let mut config = wayplug::demo::config(echo, store, &certs, &policies).unwrap();
     config.listeners.http = Some("127.0.0.1:0".parse().unwrap());
     config.listeners.admin = None;

@@ -281,7 +281,7 @@ async fn recorded_traffic_replays_to_the_same_decisions_without_secrets() {
     let dir_guard = tempdir("record");
     let dir = dir_guard.path();
     let upstream = harness::upstream().await;
-    let config_path = store_waypoint(&dir, upstream.addr);
+    let config_path = store_waypoint(dir, upstream.addr);
     let waypoint = Waypoint::start(
         Config::load(&config_path).unwrap(),
         wayplug::demo::builtins(),

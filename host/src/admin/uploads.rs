@@ -284,7 +284,7 @@ mod tests {
     async fn unused_uploads_are_removed_and_the_temporary_folder_at_close() {
         let base_guard = scratch("uploads-sweep");
         let base = base_guard.path();
-        let none = config(&base, "namespaces: {}\n");
+        let none = config(base, "namespaces: {}\n");
         let (one, two) = (Uploads::new(&none), Uploads::new(&none));
         assert!(one.temporary, "no cacheDir: a folder of our own");
         assert_ne!(one.dir(), two.dir(), "one per waypoint");
@@ -301,7 +301,7 @@ mod tests {
         std::fs::write(&other, b"keep").unwrap();
 
         let keeps_a = config(
-            &base,
+            base,
             &format!(
                 "namespaces:\n  ns:\n    plugins:\n      - name: p\n        url: file://{}\n",
                 a.display()
@@ -386,7 +386,7 @@ mod tests {
     fn a_cache_dir_keeps_its_uploads_folder_at_close() {
         let base_guard = scratch("uploads-cache");
         let base = base_guard.path();
-        let cfg = config(&base, "cacheDir: cache\nnamespaces: {}\n");
+        let cfg = config(base, "cacheDir: cache\nnamespaces: {}\n");
         let uploads = Uploads::new(&cfg);
         assert_eq!(uploads.dir(), base.join("cache/uploads"));
         uploads.keep(&"d".repeat(64), b"x").unwrap();

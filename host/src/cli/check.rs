@@ -151,7 +151,7 @@ mod tests {
         let dir_guard = temp_dir("fill");
         let dir = dir_guard.path();
         let config = write_config(
-            &dir,
+            dir,
             "allow-get",
             "{ rules: [ { to: [ { operation: { methods: [GET] } } ] } ] }",
         );
@@ -187,7 +187,7 @@ mod tests {
     async fn a_refused_policy_resource_makes_the_check_fail_and_is_named() {
         let dir_guard = temp_dir("refused");
         let dir = dir_guard.path();
-        let config = write_config(&dir, "broken", "{ action: MAYBE }");
+        let config = write_config(dir, "broken", "{ action: MAYBE }");
         let args = CheckArgs {
             config,
             cache_dir: None,

@@ -322,7 +322,7 @@ mod tests {
         let engine = engine();
         let dir_guard = temp("roundtrip");
         let dir = dir_guard.path();
-        let cache = DiskCache::open(&dir, &engine).unwrap();
+        let cache = DiskCache::open(dir, &engine).unwrap();
         let module = Module::new(&engine, wat::parse_str(WAT).unwrap()).unwrap();
         assert!(cache.load(&engine, "ab", false).unwrap().is_none());
         cache.store("ab", &Compiled::Module(module)).unwrap();
@@ -357,22 +357,22 @@ mod tests {
         let engine = engine();
         let dir_guard = temp("open");
         let dir = dir_guard.path();
-        fs::create_dir_all(&dir).unwrap();
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
-        let err = DiskCache::open(&dir, &engine).err().unwrap().to_string();
+        fs::create_dir_all(dir).unwrap();
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = DiskCache::open(dir, &engine).err().unwrap().to_string();
         assert!(err.contains("lets group or others write"), "{err}");
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
-        assert!(DiskCache::open(&dir, &engine).is_ok());
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(DiskCache::open(dir, &engine).is_ok());
     }
 
     #[test]
     fn entries_are_named_by_engine_settings() {
         let dir_guard = temp("names");
         let dir = dir_guard.path();
-        let a = DiskCache::open(&dir, &engine()).unwrap();
+        let a = DiskCache::open(dir, &engine()).unwrap();
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
-        let b = DiskCache::open(&dir, &Engine::new(&config).unwrap()).unwrap();
+        let b = DiskCache::open(dir, &Engine::new(&config).unwrap()).unwrap();
         assert_ne!(a.path("ab", false), b.path("ab", false));
         assert_eq!(a.path("AB", false), a.path("ab", false));
     }

@@ -70,8 +70,8 @@ fn routes_compile_into_one_builtin_entry_per_namespace() {
     )
     .unwrap();
     std::fs::write(dir.join("ignored.txt"), "not: yaml: at all:").unwrap();
-    let cfg = config(&dir);
-    let loaded = load(&dir, &cfg, &PolicySet::default());
+    let cfg = config(dir);
+    let loaded = load(dir, &cfg, &PolicySet::default());
     assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
     assert_eq!(route_docs(&cfg, &loaded.set), ["one", "two"]);
     let ns = loaded.set.namespaces(&cfg);
@@ -96,8 +96,8 @@ fn bad_documents_are_refused_alone_and_named() {
         ),
     )
     .unwrap();
-    let cfg = config(&dir);
-    let loaded = load(&dir, &cfg, &PolicySet::default());
+    let cfg = config(dir);
+    let loaded = load(dir, &cfg, &PolicySet::default());
     let file = dir.join("routes.yaml");
     let errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
     assert_eq!(errors.len(), 3, "{errors:#?}");
@@ -138,14 +138,14 @@ fn a_refused_edit_keeps_the_previous_version() {
         format!("{}---\n{}", route("a", "web"), route("b", "web")),
     )
     .unwrap();
-    let cfg = config(&dir);
-    let first = load(&dir, &cfg, &PolicySet::default());
+    let cfg = config(dir);
+    let first = load(dir, &cfg, &PolicySet::default());
     assert!(first.errors.is_empty());
 
     // `a` gets an unsupported field, `b` becomes malformed YAML.
     let broken_a = route("a", "web").replace("rules:", "hostnames: [x.example]\n  rules:");
     std::fs::write(&file, format!("{broken_a}---\nkind: [\n")).unwrap();
-    let second = load(&dir, &cfg, &first.set);
+    let second = load(dir, &cfg, &first.set);
     let errors: Vec<String> = second.errors.iter().map(ToString::to_string).collect();
     assert!(
         errors[0].contains("HTTPRoute shop/a: field `spec.hostnames`")
@@ -160,7 +160,7 @@ fn a_refused_edit_keeps_the_previous_version() {
 
     // Removing the documents removes the routes.
     std::fs::write(&file, "").unwrap();
-    let third = load(&dir, &cfg, &second.set);
+    let third = load(dir, &cfg, &second.set);
     assert!(third.errors.is_empty());
     assert!(third.set.is_empty());
 }
@@ -194,8 +194,8 @@ spec:
         format!("{plugin}---\n{selector}---\n{dup_name}---\n{dup_name}"),
     )
     .unwrap();
-    let cfg = config(&dir);
-    let loaded = load(&dir, &cfg, &PolicySet::default());
+    let cfg = config(dir);
+    let loaded = load(dir, &cfg, &PolicySet::default());
     let errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
     assert_eq!(errors.len(), 2, "{errors:#?}");
     assert!(
@@ -244,8 +244,8 @@ spec:
   imagePullPolicy: Always
 "#;
     std::fs::write(dir.join("p.yaml"), plugin).unwrap();
-    let cfg = config(&dir);
-    let loaded = load(&dir, &cfg, &PolicySet::default());
+    let cfg = config(dir);
+    let loaded = load(dir, &cfg, &PolicySet::default());
     assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
     let ns = loaded.set.namespaces(&cfg);
     let pulled = &ns["shop"].plugins[0];
@@ -286,8 +286,8 @@ spec:
         ),
     )
     .unwrap();
-    let cfg = config(&dir);
-    let loaded = load(&dir, &cfg, &PolicySet::default());
+    let cfg = config(dir);
+    let loaded = load(dir, &cfg, &PolicySet::default());
     let errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
     assert_eq!(errors.len(), 2, "{errors:#?}");
     assert!(
