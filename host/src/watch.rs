@@ -254,8 +254,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_replaced_plugin_file_wakes_the_plugins_topic() {
-        let dir = std::env::temp_dir().join(format!("wayplug-watch-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        // Removed when dropped, also when the test fails.
+        let dir_guard = tempfile::Builder::new()
+            .prefix("wayplug-watch-")
+            .tempdir()
+            .unwrap();
+        let dir = dir_guard.path();
         let file = dir.join("p.wasm");
         std::fs::write(&file, b"one").unwrap();
         let w = Watcher::new();
@@ -299,6 +303,5 @@ mod tests {
             .expect("the write was noticed");
         w.set_plugin_files([]);
         assert!(w.watched().is_empty());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -66,8 +66,12 @@ fn run_until(config: &std::path::Path, until: Option<&str>) -> (bool, String, St
 
 #[test]
 fn logs_and_errors_written_to_a_pipe_have_no_colour_codes() {
-    let dir = std::env::temp_dir().join(format!("wayplug-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    // Removed when dropped, also when the test fails.
+    let dir_guard = tempfile::Builder::new()
+        .prefix("wayplug-cli-")
+        .tempdir()
+        .unwrap();
+    let dir = dir_guard.path();
     std::fs::write(dir.join("not.wasm"), b"+L;\xfd not wasm at all").unwrap();
     let good = dir.join("good.yaml");
     std::fs::write(
@@ -107,7 +111,6 @@ namespaces:
 
     // A bad config is one plain error line and a failed exit.
     let (success, stdout, stderr) = run_until(&bad, None);
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(!success);
     for (name, text) in [("stdout", &stdout), ("stderr", &stderr)] {
         assert!(!text.contains('\x1b'), "{name} has escape codes: {text:?}");

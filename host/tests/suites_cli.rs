@@ -72,11 +72,12 @@ fn wait(mut child: std::process::Child, limit: Duration) -> Output {
     }
 }
 
-fn tempdir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("wayplug-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn tempdir(tag: &str) -> tempfile::TempDir {
+    // Removed when dropped, also when the test fails.
+    tempfile::Builder::new()
+        .prefix(&format!("wayplug-cli-{tag}-"))
+        .tempdir()
+        .unwrap()
 }
 
 fn s(p: &Path) -> String {
@@ -98,7 +99,8 @@ fn a_failing_expectation_exits_1_with_a_diff_naming_the_case() {
 
 #[test]
 fn junit_and_min_coverage_fail_a_suite_for_ci() {
-    let dir = tempdir("cov");
+    let dir_guard = tempdir("cov");
+    let dir = dir_guard.path();
     let suite = dir.join("one.yaml");
     std::fs::write(
         &suite,
@@ -138,12 +140,12 @@ fn junit_and_min_coverage_fail_a_suite_for_ci() {
             && xml.contains(r#"<failure message="status: expected 201, got 200">"#),
         "{xml}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn passing_suites_exit_0_with_coverage_changes_and_insta_snapshots() {
-    let dir = tempdir("snap");
+    let dir_guard = tempdir("snap");
+    let dir = dir_guard.path();
     let store = s(&suites().join("store.yaml"));
     let v2 = s(&suites().join("store/policies-v2"));
     let (code, out, err) = wayplug(
@@ -152,7 +154,7 @@ fn passing_suites_exit_0_with_coverage_changes_and_insta_snapshots() {
             "--coverage",
             "--explain",
             "--snapshot",
-            &s(&dir),
+            &s(dir),
             "--against",
             &v2,
             &store,
@@ -182,7 +184,7 @@ fn passing_suites_exit_0_with_coverage_changes_and_insta_snapshots() {
     // A changed outcome fails the run and waits for review as .snap.new.
     std::fs::write(&snap, text.replace("status: 200", "status: 201")).unwrap();
     let (code, json, _) = wayplug(
-        &["test", "--format", "json", "--snapshot", &s(&dir), &store],
+        &["test", "--format", "json", "--snapshot", &s(dir), &store],
         None,
     );
     assert_eq!(code, 1, "{json}");
@@ -196,12 +198,12 @@ fn passing_suites_exit_0_with_coverage_changes_and_insta_snapshots() {
     );
     let pending = std::fs::read_to_string(dir.join("store__alice_reads_the_api.snap.new")).unwrap();
     assert!(pending.contains("status: 200"), "{pending}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn bad_suites_are_refused_naming_the_file_the_case_and_the_field() {
-    let dir = tempdir("bad");
+    let dir_guard = tempdir("bad");
+    let dir = dir_guard.path();
     let config = s(&suites().join("store/waypoint.yaml"));
     let cases = [
         (
@@ -264,7 +266,6 @@ fn bad_suites_are_refused_naming_the_file_the_case_and_the_field() {
             assert!(err.contains(want), "{file}: {want:?} not in {err}");
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The workspace's guest target directory: warm with the SDK's and
@@ -307,7 +308,8 @@ fn cargo(dir: &Path, args: &[&str]) {
 
 #[test]
 fn new_plugins_build_pass_their_tests_and_their_suite() {
-    let root = tempdir("new");
+    let root_guard = tempdir("new");
+    let root = root_guard.path();
     for (abi, target) in [
         ("component", "wasm32-wasip2"),
         ("proxy-wasm", "wasm32-wasip1"),
@@ -345,8 +347,7 @@ fn new_plugins_build_pass_their_tests_and_their_suite() {
             "{out}"
         );
     }
-    let (code, _, err) = wayplug(&["new", "Bad_Name"], Some(&root));
+    let (code, _, err) = wayplug(&["new", "Bad_Name"], Some(root));
     assert_eq!(code, 1);
     assert!(err.contains("`Bad_Name` is not a crate name"), "{err}");
-    let _ = std::fs::remove_dir_all(&root);
 }

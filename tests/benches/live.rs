@@ -17,7 +17,7 @@
 //! machines. Run: `cargo bench -p wayplug-tests --bench live`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sha2::Digest;
@@ -100,16 +100,18 @@ fn config_yaml(
     y
 }
 
-fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("wayplug-bench-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn dir(name: &str) -> tempfile::TempDir {
+    // Removed when dropped, also when the test fails.
+    tempfile::Builder::new()
+        .prefix(&format!("wayplug-bench-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 async fn ready(n: usize, cache: Option<&Path>, label: &str) {
     let up = upstream().await;
-    let d = dir("ready");
+    let d_guard = dir("ready");
+    let d = d_guard.path();
     let fixture = wayplug_tests::fixture("config");
     let path = d.join("waypoint.yaml");
     std::fs::write(
@@ -132,7 +134,6 @@ async fn ready(n: usize, cache: Option<&Path>, label: &str) {
         took.as_secs_f64()
     );
     wp.shutdown().await;
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 /// The stamp the last request reached the upstream with.
@@ -191,7 +192,8 @@ async fn until_module(
 async fn change() {
     let n = 10;
     let up = upstream().await;
-    let d = dir("change");
+    let d_guard = dir("change");
+    let d = d_guard.path();
     let fixture = wayplug_tests::fixture("config");
     // Namespace 0's stamp plugin is a file of its own, so it can be replaced.
     let own = d.join("stamp.wasm");
@@ -247,7 +249,6 @@ async fn change() {
     };
     tokio::join!(follow, measure);
     wp.shutdown().await;
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 fn main() {
@@ -265,10 +266,10 @@ fn main() {
     rt.block_on(async {
         if wants("ready") {
             if std::env::var_os("WAYPLUG_BENCH_CACHE").is_some() {
-                let cache = dir("cache");
-                ready(n, Some(&cache), "cold-cache").await;
-                ready(n, Some(&cache), "warm-cache").await;
-                let _ = std::fs::remove_dir_all(&cache);
+                let cache_guard = dir("cache");
+                let cache = cache_guard.path();
+                ready(n, Some(cache), "cold-cache").await;
+                ready(n, Some(cache), "warm-cache").await;
             } else {
                 ready(n, None, "no-disk-cache").await;
             }

@@ -22,8 +22,12 @@ async fn start_err(yaml: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_files_are_refused_with_reasons() {
     let headers = fixture_url("headers");
-    let dir = std::env::temp_dir().join(format!("wayplug-bad-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    // Removed when dropped, also when the test fails.
+    let dir_guard = tempfile::Builder::new()
+        .prefix("wayplug-bad-")
+        .tempdir()
+        .unwrap();
+    let dir = dir_guard.path();
     let not_wasm = dir.join("not.wasm");
     std::fs::write(&not_wasm, b"definitely not wasm").unwrap();
     let zeros = "0".repeat(64);
@@ -82,7 +86,6 @@ async fn bad_files_are_refused_with_reasons() {
         assert!(err.contains(want), "`{err}` lacks `{want}` for:\n{yaml}");
         assert!(!err.contains('\n'), "one line: {err}");
     }
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,8 +216,12 @@ async fn a_config_file_caught_half_written_is_read_again() {
             ),
         )
     };
-    let dir = std::env::temp_dir().join(format!("wayplug-half-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    // Removed when dropped, also when the test fails.
+    let dir_guard = tempfile::Builder::new()
+        .prefix("wayplug-half-")
+        .tempdir()
+        .unwrap();
+    let dir = dir_guard.path();
     let path = dir.join("wayplug.yaml");
     std::fs::write(&path, with("headers")).unwrap();
     let wp = Waypoint::start(Config::load(&path).unwrap(), Default::default())
@@ -257,7 +264,6 @@ async fn a_config_file_caught_half_written_is_read_again() {
     };
     tokio::join!(watch, test);
     wp.shutdown().await;
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Service `s.test` in namespace `service_ns`; the `headers` fixture (which

@@ -375,8 +375,12 @@ async fn deadline_unknown_and_unreachable_upstreams_answer_as_envoy_does() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_callouts_reach_a_tls_upstream() {
     let (server, ca_pem) = grpc_tls_server().await;
-    let dir = std::env::temp_dir().join(format!("wayplug-grpc-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    // Removed when dropped, also when the test fails.
+    let dir_guard = tempfile::Builder::new()
+        .prefix("wayplug-grpc-tls-")
+        .tempdir()
+        .unwrap();
+    let dir = dir_guard.path();
     let ca = dir.join("ca.pem");
     std::fs::write(&ca, &ca_pem).unwrap();
     let rig = rig(&format!(
@@ -420,10 +424,9 @@ async fn grpc_callouts_reach_a_tls_upstream() {
         server,
         &format!("upstreams:\n  authz: {{ address: \"{server}\", tls: {{ caFile: bad.pem }} }}\n"),
     );
-    let err = wayplug::config::Config::from_yaml(&yaml, "t.yaml", &dir).unwrap_err();
+    let err = wayplug::config::Config::from_yaml(&yaml, "t.yaml", dir).unwrap_err();
     assert!(
         err.to_string().contains("upstreams.authz.tls.caFile"),
         "{err}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

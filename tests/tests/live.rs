@@ -80,11 +80,12 @@ fn yaml(up: SocketAddr, extra: &str) -> String {
     y + extra
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("wayplug-live-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn temp_dir(name: &str) -> tempfile::TempDir {
+    // Removed when dropped, also when the test fails.
+    tempfile::Builder::new()
+        .prefix(&format!("wayplug-live-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 async fn start(yaml: &str) -> Waypoint {
@@ -158,7 +159,8 @@ async fn a_plugin_replaced_under_load_answers_old_or_new_and_never_fails() {
     const CONNECTIONS: usize = 8;
     const REQUESTS: usize = 3_000;
     let up = stamp_upstream().await;
-    let dir = temp_dir("load");
+    let dir_guard = temp_dir("load");
+    let dir = dir_guard.path();
     let path = dir.join("wayplug.yaml");
     let with = |stamp: &str| {
         yaml(
@@ -213,7 +215,6 @@ async fn a_plugin_replaced_under_load_answers_old_or_new_and_never_fails() {
     })
     .await;
     wp.shutdown().await;
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// A core module that exports the Proxy-Wasm ABI version and loops forever
@@ -233,7 +234,8 @@ fn looping_start_module() -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_reloads_name_their_reason_and_the_old_version_keeps_serving() {
     let up = stamp_upstream().await;
-    let dir = temp_dir("refused");
+    let dir_guard = temp_dir("refused");
+    let dir = dir_guard.path();
     let broken = dir.join("broken.wasm");
     std::fs::write(&broken, b"\0asm\x01\0\0\0this is not a module").unwrap();
     let looping = dir.join("loop.wasm");
@@ -313,14 +315,14 @@ async fn refused_reloads_name_their_reason_and_the_old_version_keeps_serving() {
     })
     .await;
     wp.shutdown().await;
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugins_namespaces_and_callout_upstreams_change_live() {
     let up = stamp_upstream().await;
     let auth = auth_service().await;
-    let dir = temp_dir("change");
+    let dir_guard = temp_dir("change");
+    let dir = dir_guard.path();
     let path = dir.join("wayplug.yaml");
     let good = fixture("config");
     let callout = format!(
@@ -402,7 +404,6 @@ async fn plugins_namespaces_and_callout_upstreams_change_live() {
     })
     .await;
     wp.shutdown().await;
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -478,7 +479,8 @@ async fn entries_that_did_not_change_keep_their_plugins_and_code_compiles_once()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_plugin_file_is_noticed_and_rebuilt() {
     let up = stamp_upstream().await;
-    let dir = temp_dir("replaced");
+    let dir_guard = temp_dir("replaced");
+    let dir = dir_guard.path();
     let file = dir.join("stamp.wasm");
     std::fs::copy(fixture("config"), &file).unwrap();
     let wp = start(&yaml(
@@ -517,7 +519,6 @@ async fn a_replaced_plugin_file_is_noticed_and_rebuilt() {
     );
     assert_eq!(stamp_of(http, "alpha").await.as_deref(), Some("one"));
     wp.shutdown().await;
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn metric(text: &str, line: &str) -> Option<u64> {
@@ -528,7 +529,8 @@ fn metric(text: &str, line: &str) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warm_cache_restart_compiles_nothing_and_a_corrupt_entry_is_rebuilt() {
     let up = stamp_upstream().await;
-    let dir = temp_dir("cache");
+    let dir_guard = temp_dir("cache");
+    let dir = dir_guard.path();
     let cache = dir.join("cache");
     let extra = format!(
         "cacheDir: {}\nnamespaces:\n  alpha:\n    plugins:\n{}      - {{ name: comp, url: \"file://{}\", pluginConfig: {{ name: x-component, value: \"yes\" }} }}\n",
@@ -584,7 +586,6 @@ async fn a_warm_cache_restart_compiles_nothing_and_a_corrupt_entry_is_rebuilt() 
         .expect("refused")
         .to_string();
     assert!(err.contains("lets group or others write"), "{err}");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 async fn api(admin: SocketAddr, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
@@ -810,10 +811,12 @@ async fn uploads_no_entry_names_are_removed_and_their_folder_at_shutdown() {
     )
     .await;
     assert_eq!(status, 422);
+    // `.lock` tells other processes' sweeps that this folder's process runs.
     let names = |dir: &Path| -> Vec<String> {
         std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != ".lock")
             .collect()
     };
     assert_eq!(

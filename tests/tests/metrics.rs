@@ -111,12 +111,16 @@ async fn requests_are_counted_under_istio_waypoint_labels() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_are_counted_by_result_and_reason() {
     let up = upstream().await;
-    let dir = std::env::temp_dir().join(format!("wayplug-metrics-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    // Removed when dropped, also when the test fails.
+    let dir_guard = tempfile::Builder::new()
+        .prefix("wayplug-metrics-")
+        .tempdir()
+        .unwrap();
+    let dir = dir_guard.path();
     let path = dir.join("waypoint.yaml");
     let first = config_yaml(up.addr, "");
     std::fs::write(&path, &first).unwrap();
-    let config = Config::from_yaml(&first, "waypoint.yaml", &dir).unwrap();
+    let config = Config::from_yaml(&first, "waypoint.yaml", dir).unwrap();
     let waypoint = Waypoint::start(config, Default::default()).await.unwrap();
     let admin = waypoint.admin_addr.unwrap();
     let waypoint = std::sync::Arc::new(waypoint);
@@ -185,7 +189,6 @@ async fn reloads_are_counted_by_result_and_reason() {
         .await
         .expect("the follower stops")
         .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Reads from `s` until `done` says the bytes so far are complete; bounded

@@ -178,8 +178,12 @@ async fn credentials_come_from_a_docker_config_file() {
         .push_wasm_artifact("plugins/headers", "v1", &module)
         .await;
     let r = registry.addr;
-    let dir = std::env::temp_dir().join(format!("wayplug-oci-creds-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    // Removed when dropped, also when the test fails.
+    let dir_guard = tempfile::Builder::new()
+        .prefix("wayplug-oci-creds-")
+        .tempdir()
+        .unwrap();
+    let dir = dir_guard.path();
     let good = dir.join("good.json");
     // `auth` is base64 of `alice:s3cret`.
     std::fs::write(
@@ -235,5 +239,4 @@ async fn credentials_come_from_a_docker_config_file() {
         "{err}"
     );
     assert_served_by_headers_fixture(&rig, "alpha.test").await;
-    let _ = std::fs::remove_dir_all(dir);
 }

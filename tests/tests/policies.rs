@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,16 +30,12 @@ async fn step<F: std::future::Future>(what: &str, f: F) -> F::Output {
         .unwrap_or_else(|_| panic!("{what}: timed out"))
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let path = std::env::temp_dir().join(format!(
-        "wayplug-policies-{tag}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&path);
-    std::fs::create_dir_all(&path).unwrap();
-    path
+/// Removed when dropped, also when the test fails.
+fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("wayplug-policies-{tag}-"))
+        .tempdir()
+        .unwrap()
 }
 
 const AUTHZ: &str = r#"apiVersion: security.istio.io/v1
@@ -83,6 +78,8 @@ spec:
 struct Rig {
     waypoint: Waypoint,
     policy_dir: PathBuf,
+    /// The certificates' and policies' folders, removed with the rig.
+    _dirs: [tempfile::TempDir; 2],
     v1: Upstream,
     v2: Upstream,
     frontend: Arc<ClientConfig>,
@@ -91,7 +88,8 @@ struct Rig {
 
 async fn rig() -> Rig {
     let ca = DevCa::generate("cluster.local").unwrap();
-    let certs = temp_dir("certs");
+    let certs_guard = temp_dir("certs");
+    let certs = certs_guard.path().to_owned();
     let identity = |ns: &str, sa: &str| {
         let dir = certs.join(format!("{ns}-{sa}"));
         ca.write_workload_dir(&dir, ns, sa).unwrap();
@@ -105,7 +103,8 @@ async fn rig() -> Rig {
             .unwrap()
     };
     let (v1, v2) = (harness::upstream().await, harness::upstream().await);
-    let policy_dir = temp_dir("policy");
+    let policy_guard = temp_dir("policy");
+    let policy_dir = policy_guard.path().to_owned();
     std::fs::write(policy_dir.join("authz.yaml"), AUTHZ).unwrap();
     std::fs::write(policy_dir.join("route.yaml"), route("web")).unwrap();
     let yaml = format!(
@@ -139,6 +138,7 @@ workloads:
     Rig {
         waypoint,
         policy_dir,
+        _dirs: [certs_guard, policy_guard],
         v1,
         v2,
         frontend: client("web", "frontend"),
@@ -354,11 +354,12 @@ async fn bad_policies_are_named_and_the_previous_ones_keep_serving() {
 /// The demo's `store` namespace does what `wayplug run` says it does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_store_namespace_allows_denies_and_routes() {
-    let dir = temp_dir("demo");
+    let dir_guard = temp_dir("demo");
+    let dir = dir_guard.path();
     let echo = wayplug::demo::start_echo().await.unwrap();
     let store = wayplug::demo::StoreBackends::start().await.unwrap();
-    let certs = wayplug::demo::write_certs(&dir).unwrap();
-    let policies = wayplug::demo::write_policies(&dir).unwrap();
+    let certs = wayplug::demo::write_certs(dir).unwrap();
+    let policies = wayplug::demo::write_policies(dir).unwrap();
     let mut config = wayplug::demo::config(echo, store, &certs, &policies).unwrap();
     config.listeners.http = Some("127.0.0.1:0".parse().unwrap());
     config.listeners.admin = None;
@@ -395,5 +396,4 @@ async fn the_demo_store_namespace_allows_denies_and_routes() {
     assert_eq!(r.status, 403, "{r:?}");
     assert_eq!(r.body, "RBAC: access denied");
     waypoint.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }

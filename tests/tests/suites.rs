@@ -202,7 +202,8 @@ fn a_failing_expectation_names_the_case_the_expected_and_the_actual_value(
 
 #[tokio::test]
 async fn proxy_wasm_plugins_record_decisions_through_the_property() {
-    let dir = tempdir("pw");
+    let dir_guard = tempdir("pw");
+    let dir = dir_guard.path();
     std::fs::write(
         dir.join("waypoint.yaml"),
         harness::config_yaml("127.0.0.1:9".parse().unwrap(), ""),
@@ -246,11 +247,12 @@ cases:
     assert_eq!(results[0].outcome.decisions[0].detail, "gold tier");
 }
 
-fn tempdir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("wayplug-suites-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn tempdir(tag: &str) -> tempfile::TempDir {
+    // Removed when dropped, also when the test fails.
+    tempfile::Builder::new()
+        .prefix(&format!("wayplug-suites-{tag}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// Copies the store suite's waypoint and policies into `dir`, with the
@@ -276,9 +278,10 @@ fn store_waypoint(dir: &Path, upstream: std::net::SocketAddr) -> PathBuf {
 
 #[tokio::test]
 async fn recorded_traffic_replays_to_the_same_decisions_without_secrets() {
-    let dir = tempdir("record");
+    let dir_guard = tempdir("record");
+    let dir = dir_guard.path();
     let upstream = harness::upstream().await;
-    let config_path = store_waypoint(&dir, upstream.addr);
+    let config_path = store_waypoint(dir, upstream.addr);
     let waypoint = Waypoint::start(
         Config::load(&config_path).unwrap(),
         wayplug::demo::builtins(),
@@ -358,5 +361,4 @@ async fn recorded_traffic_replays_to_the_same_decisions_without_secrets() {
     );
     let statuses: Vec<u16> = results.iter().map(|r| r.outcome.status).collect();
     assert_eq!(statuses, live);
-    let _ = std::fs::remove_dir_all(&dir);
 }

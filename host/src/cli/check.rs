@@ -121,11 +121,12 @@ mod tests {
         crate::demo::builtins()
     }
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("wayplug-check-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    fn temp_dir(name: &str) -> tempfile::TempDir {
+        // Removed when dropped, also when the test fails.
+        tempfile::Builder::new()
+            .prefix(&format!("wayplug-check-{name}-"))
+            .tempdir()
+            .unwrap()
     }
 
     /// A config whose policy folder holds one AuthorizationPolicy in `shop`.
@@ -147,9 +148,10 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_check_fills_the_cache_a_second_check_compiles_nothing() {
-        let dir = temp_dir("fill");
+        let dir_guard = temp_dir("fill");
+        let dir = dir_guard.path();
         let config = write_config(
-            &dir,
+            dir,
             "allow-get",
             "{ rules: [ { to: [ { operation: { methods: [GET] } } ] } ] }",
         );
@@ -179,13 +181,13 @@ mod tests {
             "{}",
             second.report
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_refused_policy_resource_makes_the_check_fail_and_is_named() {
-        let dir = temp_dir("refused");
-        let config = write_config(&dir, "broken", "{ action: MAYBE }");
+        let dir_guard = temp_dir("refused");
+        let dir = dir_guard.path();
+        let config = write_config(dir, "broken", "{ action: MAYBE }");
         let args = CheckArgs {
             config,
             cache_dir: None,
@@ -203,7 +205,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_config_that_cannot_load_is_an_error_naming_the_file() {
-        let dir = temp_dir("bad");
+        let dir_guard = temp_dir("bad");
+        let dir = dir_guard.path();
         let path = dir.join("wayplug.yaml");
         std::fs::write(&path, "listeners: { http: nonsense }\n").unwrap();
         let args = CheckArgs {

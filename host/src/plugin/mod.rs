@@ -5,6 +5,7 @@
 //! - `proxywasm`: the Proxy-Wasm ABI 0.2.1.
 //! - `filter`: the interface the request pipeline drives, whatever the ABI.
 //! - `shared`, `callout`: services plugins reach through the ABI.
+//! - `files`: plugin files read once per install, and not when unchanged.
 //! - `cache`, `precompiled`: compiled code shared by content, in memory and
 //!   on disk.
 
@@ -12,6 +13,7 @@ pub mod cache;
 pub mod callout;
 pub mod component;
 pub mod engine;
+mod files;
 pub mod filter;
 pub mod pool;
 mod precompiled;

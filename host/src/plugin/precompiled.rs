@@ -307,10 +307,12 @@ mod tests {
         Engine::default()
     }
 
-    fn temp(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("wayplug-cache-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        d
+    fn temp(name: &str) -> tempfile::TempDir {
+        // Removed when dropped, also when the test fails.
+        tempfile::Builder::new()
+            .prefix(&format!("wayplug-cache-{name}-"))
+            .tempdir()
+            .unwrap()
     }
 
     const WAT: &str = r#"(module (func (export "f") (result i32) i32.const 7))"#;
@@ -318,8 +320,9 @@ mod tests {
     #[test]
     fn an_entry_round_trips_and_a_corrupt_one_is_rejected_and_removed() {
         let engine = engine();
-        let dir = temp("roundtrip");
-        let cache = DiskCache::open(&dir, &engine).unwrap();
+        let dir_guard = temp("roundtrip");
+        let dir = dir_guard.path();
+        let cache = DiskCache::open(dir, &engine).unwrap();
         let module = Module::new(&engine, wat::parse_str(WAT).unwrap()).unwrap();
         assert!(cache.load(&engine, "ab", false).unwrap().is_none());
         cache.store("ab", &Compiled::Module(module)).unwrap();
@@ -346,32 +349,31 @@ mod tests {
         fs::write(&file, b"short").unwrap();
         let err = cache.load(&engine, "ab", false).err().unwrap();
         assert!(err.to_string().contains("bad header"), "{err}");
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_directory_others_may_write_is_refused() {
         use std::os::unix::fs::PermissionsExt;
         let engine = engine();
-        let dir = temp("open");
-        fs::create_dir_all(&dir).unwrap();
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
-        let err = DiskCache::open(&dir, &engine).err().unwrap().to_string();
+        let dir_guard = temp("open");
+        let dir = dir_guard.path();
+        fs::create_dir_all(dir).unwrap();
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = DiskCache::open(dir, &engine).err().unwrap().to_string();
         assert!(err.contains("lets group or others write"), "{err}");
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
-        assert!(DiskCache::open(&dir, &engine).is_ok());
-        let _ = fs::remove_dir_all(&dir);
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(DiskCache::open(dir, &engine).is_ok());
     }
 
     #[test]
     fn entries_are_named_by_engine_settings() {
-        let dir = temp("names");
-        let a = DiskCache::open(&dir, &engine()).unwrap();
+        let dir_guard = temp("names");
+        let dir = dir_guard.path();
+        let a = DiskCache::open(dir, &engine()).unwrap();
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
-        let b = DiskCache::open(&dir, &Engine::new(&config).unwrap()).unwrap();
+        let b = DiskCache::open(dir, &Engine::new(&config).unwrap()).unwrap();
         assert_ne!(a.path("ab", false), b.path("ab", false));
         assert_eq!(a.path("AB", false), a.path("ab", false));
-        let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -37,6 +37,7 @@ use super::cache::{Compiled, ModuleCache};
 use super::callout::Callouts;
 use super::component::{ComponentPlugin, LoadError as ComponentLoadError};
 use super::engine::Engine;
+use super::files::{Files, Pass};
 use super::proxywasm::{ProxyWasmModule, ProxyWasmPlugin, StartError};
 use super::shadow::{Shadow, ShadowMetrics};
 use super::shared::NamespaceShared;
@@ -94,13 +95,17 @@ pub struct Registry {
     builtin_sha256: Mutex<HashMap<String, String>>,
     /// `oci://` plugins: pulls and the copies kept.
     oci: Puller,
+    /// `file://` plugins: what is known of each without reading it.
+    files: Files,
     shadow_metrics: ShadowMetrics,
 }
 
 /// A plugin file read and checked, not yet compiled.
 struct Read {
     spec: PluginSpec,
-    bytes: Bytes,
+    /// `None` for a file known unchanged from an earlier read: enough to
+    /// keep its plugin, not to build one ([`Read::lacks_bytes`]).
+    bytes: Option<Bytes>,
     sha256: String,
     is_component: bool,
     /// The entry's shadow candidate, read the same way.
@@ -115,11 +120,17 @@ struct Contents(HashMap<String, Bytes>);
 
 impl Contents {
     fn share(&mut self, read: &mut Read) {
-        let bytes = self
-            .0
-            .entry(read.sha256.clone())
-            .or_insert_with(|| read.bytes.clone());
-        read.bytes = bytes.clone();
+        match &read.bytes {
+            Some(bytes) => {
+                let shared = self
+                    .0
+                    .entry(read.sha256.clone())
+                    .or_insert_with(|| bytes.clone());
+                read.bytes = Some(shared.clone());
+            }
+            // Known by its hash only: another entry may have read it.
+            None => read.bytes = self.0.get(&read.sha256).cloned(),
+        }
         if let Some(c) = &mut read.candidate {
             self.share(c);
         }
@@ -127,6 +138,11 @@ impl Contents {
 }
 
 impl Read {
+    /// Whether building this entry needs a read of its file first.
+    fn lacks_bytes(&self) -> bool {
+        self.bytes.is_none() || self.candidate.as_ref().is_some_and(|c| c.lacks_bytes())
+    }
+
     /// What decides how the plugin is built: an installed plugin with the
     /// same identity (in the same namespace, under the same name) is kept.
     fn identity(&self) -> String {
@@ -239,6 +255,7 @@ impl Registry {
         Ok(Registry {
             shadow_metrics,
             oci: Puller::default(),
+            files: Files::default(),
             engine,
             metrics,
             callouts,
@@ -258,6 +275,11 @@ impl Registry {
             modules,
             builtin_sha256: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// How many times a plugin file was read (and hashed) since start.
+    pub fn plugin_file_reads(&self) -> u64 {
+        self.files.reads()
     }
 
     /// The compiled-code cache (its counters show what was compiled).
@@ -323,8 +345,9 @@ impl Registry {
             .await?)
     }
 
-    /// Reads every plugin of the config in force again and rebuilds those
-    /// whose bytes changed (a plugin file was replaced).
+    /// Looks at every plugin of the config in force again and rebuilds
+    /// those whose bytes changed (a plugin file was replaced). A file whose
+    /// stamp is unchanged and settled is not read (see `files`).
     pub async fn refresh(&self) -> Result<(), Error> {
         let _applying = self.applying.lock().await;
         let current = self.current();
@@ -364,24 +387,39 @@ impl Registry {
         // hold its bytes once, not 50 times (the freed copies would stay
         // in the process's heap as resident memory).
         let mut contents = Contents::default();
+        // Each plugin file is read at most once, whatever names it.
+        let mut files = self.files.pass();
         for (ns, cfg) in &config.namespaces {
             let installed = current.chains.get(ns);
             let mut list = Vec::with_capacity(cfg.plugins.len());
             for spec in &cfg.plugins {
-                let mut r = self.read(ns, spec, &config.base_dir).await?;
+                let kept_by = |r: &Read| {
+                    let identity = r.identity();
+                    installed.and_then(|c| {
+                        c.plugins
+                            .iter()
+                            .find(|p| p.spec.name == spec.name && p.identity == identity)
+                            .cloned()
+                    })
+                };
+                let mut r = self
+                    .read(ns, spec, &config.base_dir, &mut files, false)
+                    .await?;
                 contents.share(&mut r);
+                let mut kept = kept_by(&r);
+                if kept.is_none() && r.lacks_bytes() {
+                    r = self
+                        .read(ns, spec, &config.base_dir, &mut files, true)
+                        .await?;
+                    contents.share(&mut r);
+                    kept = kept_by(&r);
+                }
                 all.add(r.is_component, spec.fail_strategy);
                 if let Some(c) = &r.candidate {
                     all.add(c.is_component, spec.fail_strategy);
                 }
-                let identity = r.identity();
-                let kept = installed.and_then(|c| {
-                    c.plugins
-                        .iter()
-                        .find(|p| p.spec.name == spec.name && p.identity == identity)
-                });
                 match kept {
-                    Some(p) => list.push(Entry::Keep(p.clone())),
+                    Some(p) => list.push(Entry::Keep(p)),
                     None => {
                         built.add(r.is_component, spec.fail_strategy);
                         if let Some(c) = &r.candidate {
@@ -396,6 +434,7 @@ impl Registry {
             }
         }
         if refresh && built == Capacity::default() {
+            files.finish();
             return Ok(());
         }
         self.check_capacity(&built, built.need(&self.sandbox))?;
@@ -418,6 +457,7 @@ impl Registry {
             }));
         }
         self.modules.retain(&in_use);
+        files.finish();
         Ok(())
     }
 
@@ -556,8 +596,12 @@ impl Registry {
         base_dir: &Path,
     ) -> Result<Chain, Error> {
         let mut read = Vec::with_capacity(specs.len());
+        let mut files = self.files.pass();
         for spec in specs {
-            read.push(self.read(namespace, spec, base_dir).await?);
+            read.push(
+                self.read(namespace, spec, base_dir, &mut files, true)
+                    .await?,
+            );
         }
         self.build(namespace, read).await
     }
@@ -573,15 +617,22 @@ impl Registry {
     }
 
     /// Reads a plugin entry and its shadow candidate, if it has one.
+    /// Without `need_bytes`, a file known unchanged is not read.
     async fn read(
         &self,
         namespace: &str,
         spec: &PluginSpec,
         base_dir: &Path,
+        files: &mut Pass<'_>,
+        need_bytes: bool,
     ) -> Result<Read, Error> {
-        let mut read = self.read_one(namespace, spec, base_dir).await?;
+        let mut read = self
+            .read_one(namespace, spec, base_dir, files, need_bytes)
+            .await?;
         if let Some(candidate) = spec.candidate() {
-            let mut c = self.read_one(namespace, &candidate, base_dir).await?;
+            let mut c = self
+                .read_one(namespace, &candidate, base_dir, files, need_bytes)
+                .await?;
             c.is_candidate = true;
             read.candidate = Some(Box::new(c));
         }
@@ -594,13 +645,15 @@ impl Registry {
         namespace: &str,
         spec: &PluginSpec,
         base_dir: &Path,
+        files: &mut Pass<'_>,
+        need_bytes: bool,
     ) -> Result<Read, Error> {
         let plugin = spec.name.clone();
         let ns = namespace.to_owned();
         // An `oci://` pull checks the entry's sha256 itself (it may name the
         // manifest as well as the module).
         let mut pinned = false;
-        let (bytes, sha256) = match &spec.url {
+        let (bytes, head, sha256) = match &spec.url {
             PluginUrl::Oci(reference) => {
                 pinned = true;
                 let pulled = self
@@ -613,18 +666,21 @@ impl Registry {
                         source: Box::new(source),
                     })?;
                 let sha256 = hex::encode(Sha256::digest(&pulled.bytes));
-                (Bytes::from_owner(pulled.bytes), sha256)
+                let bytes = Bytes::from_owner(pulled.bytes);
+                (Some(bytes.clone()), bytes, sha256)
             }
             PluginUrl::File(_) => {
                 let path = spec.url.resolve_file(base_dir).expect("file url");
-                let bytes = tokio::fs::read(&path).await.map_err(|e| Error::Read {
-                    plugin: plugin.clone(),
-                    namespace: ns.clone(),
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                })?;
-                let sha256 = hex::encode(Sha256::digest(&bytes));
-                (Bytes::from(bytes), sha256)
+                let seen = files
+                    .look(&path, need_bytes)
+                    .await
+                    .map_err(|e| Error::Read {
+                        plugin: plugin.clone(),
+                        namespace: ns.clone(),
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                    })?;
+                (seen.bytes, seen.head, seen.sha256)
             }
             PluginUrl::Builtin(name) => {
                 let bytes = self.builtins.get(name.as_str()).copied().ok_or_else(|| {
@@ -642,7 +698,8 @@ impl Registry {
                     .entry(name.clone())
                     .or_insert_with(|| hex::encode(Sha256::digest(bytes)))
                     .clone();
-                (Bytes::from_static(bytes), sha256)
+                let bytes = Bytes::from_static(bytes);
+                (Some(bytes.clone()), bytes, sha256)
             }
         };
         if let Some(expected) = &spec.sha256
@@ -656,7 +713,7 @@ impl Registry {
                 actual: sha256,
             });
         }
-        if let Some(reason) = not_wasm(&bytes) {
+        if let Some(reason) = not_wasm(&head) {
             return Err(Error::Compile {
                 plugin,
                 namespace: ns,
@@ -665,8 +722,7 @@ impl Registry {
         }
         // A core module's header is `\0asm` then version 1; a component's
         // carries another version and layer. Decided once, here.
-        let is_component =
-            bytes.len() >= 8 && bytes[0..4] == *b"\0asm" && bytes[4..8] != [1, 0, 0, 0];
+        let is_component = head.len() >= 8 && head[0..4] == *b"\0asm" && head[4..8] != [1, 0, 0, 0];
         Ok(Read {
             spec: spec.clone(),
             bytes,
@@ -716,6 +772,12 @@ impl Registry {
             is_candidate,
             ..
         } = read;
+        let bytes = bytes.ok_or_else(|| {
+            Error::Engine(format!(
+                "plugin `{}` in namespace `{namespace}` was to be built unread",
+                spec.name
+            ))
+        })?;
         let owned_spec = spec;
         let spec = &owned_spec;
         let plugin = spec.name.clone();
@@ -937,6 +999,116 @@ mod load_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Proxy-Wasm module that loads and does nothing; `tag` changes its
+    /// bytes, not their length.
+    fn module(tag: u8) -> Vec<u8> {
+        let wat = format!(
+            r#"(module
+  (memory (export "memory") 1)
+  (data (i32.const 16) "tag-{}")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_context_create") (param i32 i32)))"#,
+            tag as char
+        );
+        wat::parse_str(wat).unwrap()
+    }
+
+    fn registry(config: &Config) -> Registry {
+        let mut r = Registry::new(
+            Engine::new(&config.sandbox).unwrap(),
+            Arc::new(Metrics::new()),
+            Arc::new(Callouts::new(config.upstreams.clone())),
+            config.sandbox.clone(),
+            Default::default(),
+        );
+        // Settles a written file in a tenth of a second, not two.
+        r.files = Files::with_racy(SETTLE);
+        r
+    }
+
+    const SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
+
+    /// `namespaces` namespaces whose plugin `p` reads `file` (`ns0` with
+    /// `pluginConfig: {value}`).
+    fn config(file: &Path, namespaces: usize, value: &str) -> Config {
+        let mut yaml = String::from("namespaces:\n");
+        for n in 0..namespaces {
+            yaml.push_str(&format!(
+                "  ns{n}:\n    plugins:\n      - name: p\n        url: file://{}\n",
+                file.display()
+            ));
+            if n == 0 {
+                yaml.push_str(&format!("        pluginConfig: {{ v: {value} }}\n"));
+            }
+        }
+        Config::from_yaml(&yaml, "test.yaml", Path::new("/")).unwrap()
+    }
+
+    fn sha_of(registry: &Registry, ns: &str) -> String {
+        registry.chain(ns).unwrap().plugins[0].sha256.clone()
+    }
+
+    #[tokio::test]
+    async fn a_file_named_by_many_entries_is_read_once_per_load() {
+        let dir = tempfile::Builder::new()
+            .prefix("wayplug-registry-")
+            .tempdir()
+            .unwrap();
+        let file = dir.path().join("p.wasm");
+        std::fs::write(&file, module(b'a')).unwrap();
+        let cfg = config(&file, 20, "1");
+        let registry = registry(&cfg);
+        registry.apply(cfg).await.unwrap();
+        assert_eq!(registry.current().chains.len(), 20);
+        assert_eq!(registry.plugin_file_reads(), 1, "20 entries, one read");
+        // Just written: a new load reads it again, once.
+        registry.apply(config(&file, 20, "2")).await.unwrap();
+        assert_eq!(registry.plugin_file_reads(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_poll_reads_no_unchanged_file_and_sees_a_changed_one() {
+        let dir = tempfile::Builder::new()
+            .prefix("wayplug-registry-")
+            .tempdir()
+            .unwrap();
+        let file = dir.path().join("p.wasm");
+        std::fs::write(&file, module(b'a')).unwrap();
+        let cfg = config(&file, 3, "1");
+        let registry = registry(&cfg);
+        registry.apply(cfg).await.unwrap();
+        let first = sha_of(&registry, "ns2");
+        // Read too soon after the write to be trusted: the poll reads it
+        // again, then, settled, no more.
+        tokio::time::sleep(SETTLE * 2).await;
+        for _ in 0..5 {
+            registry.refresh().await.unwrap();
+        }
+        assert_eq!(registry.plugin_file_reads(), 2, "read until settled only");
+        // A changed configuration builds one entry: its bytes are read once.
+        let revision = registry.current().revision;
+        registry.apply(config(&file, 3, "2")).await.unwrap();
+        assert_eq!(registry.plugin_file_reads(), 3);
+        assert_eq!(registry.current().revision, revision + 1);
+
+        // Replaced by a file of the same size: noticed at the next poll.
+        let tmp = dir.path().join("p.wasm.new");
+        std::fs::write(&tmp, module(b'b')).unwrap();
+        assert_eq!(
+            tmp.metadata().unwrap().len(),
+            file.metadata().unwrap().len()
+        );
+        std::fs::rename(&tmp, &file).unwrap();
+        registry.refresh().await.unwrap();
+        let second = sha_of(&registry, "ns2");
+        assert_ne!(first, second, "the new bytes are in force");
+        // Rewritten in place with the same size: noticed too.
+        std::fs::write(&file, module(b'c')).unwrap();
+        registry.refresh().await.unwrap();
+        assert_ne!(sha_of(&registry, "ns0"), second);
+    }
 
     fn spec(name: &str, url: &str, phase: &str) -> PluginSpec {
         serde_json::from_value(serde_json::json!({"name": name, "url": url, "phase": phase}))

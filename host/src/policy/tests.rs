@@ -15,11 +15,12 @@ services:
     Config::from_yaml(&yaml, "test.yaml", Path::new("/")).unwrap()
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("wayplug-policy-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn temp_dir(name: &str) -> tempfile::TempDir {
+    // Removed when dropped, also when the test fails.
+    tempfile::Builder::new()
+        .prefix(&format!("wayplug-policy-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 fn route(name: &str, backend: &str) -> String {
@@ -56,7 +57,8 @@ fn route_docs(config: &Config, set: &PolicySet) -> Vec<String> {
 
 #[test]
 fn routes_compile_into_one_builtin_entry_per_namespace() {
-    let dir = temp_dir("compile");
+    let dir_guard = temp_dir("compile");
+    let dir = dir_guard.path();
     let other = "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: x }\n";
     std::fs::write(
         dir.join("a.yaml"),
@@ -68,8 +70,8 @@ fn routes_compile_into_one_builtin_entry_per_namespace() {
     )
     .unwrap();
     std::fs::write(dir.join("ignored.txt"), "not: yaml: at all:").unwrap();
-    let cfg = config(&dir);
-    let loaded = load(&dir, &cfg, &PolicySet::default());
+    let cfg = config(dir);
+    let loaded = load(dir, &cfg, &PolicySet::default());
     assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
     assert_eq!(route_docs(&cfg, &loaded.set), ["one", "two"]);
     let ns = loaded.set.namespaces(&cfg);
@@ -82,7 +84,8 @@ fn routes_compile_into_one_builtin_entry_per_namespace() {
 
 #[test]
 fn bad_documents_are_refused_alone_and_named() {
-    let dir = temp_dir("bad");
+    let dir_guard = temp_dir("bad");
+    let dir = dir_guard.path();
     let unknown_field = route("typo", "web").replace("backendRefs", "backendRefz");
     let unknown_backend = route("ghost", "nowhere");
     std::fs::write(
@@ -93,8 +96,8 @@ fn bad_documents_are_refused_alone_and_named() {
         ),
     )
     .unwrap();
-    let cfg = config(&dir);
-    let loaded = load(&dir, &cfg, &PolicySet::default());
+    let cfg = config(dir);
+    let loaded = load(dir, &cfg, &PolicySet::default());
     let file = dir.join("routes.yaml");
     let errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
     assert_eq!(errors.len(), 3, "{errors:#?}");
@@ -127,21 +130,22 @@ fn bad_documents_are_refused_alone_and_named() {
 
 #[test]
 fn a_refused_edit_keeps_the_previous_version() {
-    let dir = temp_dir("keep");
+    let dir_guard = temp_dir("keep");
+    let dir = dir_guard.path();
     let file = dir.join("r.yaml");
     std::fs::write(
         &file,
         format!("{}---\n{}", route("a", "web"), route("b", "web")),
     )
     .unwrap();
-    let cfg = config(&dir);
-    let first = load(&dir, &cfg, &PolicySet::default());
+    let cfg = config(dir);
+    let first = load(dir, &cfg, &PolicySet::default());
     assert!(first.errors.is_empty());
 
     // `a` gets an unsupported field, `b` becomes malformed YAML.
     let broken_a = route("a", "web").replace("rules:", "hostnames: [x.example]\n  rules:");
     std::fs::write(&file, format!("{broken_a}---\nkind: [\n")).unwrap();
-    let second = load(&dir, &cfg, &first.set);
+    let second = load(dir, &cfg, &first.set);
     let errors: Vec<String> = second.errors.iter().map(ToString::to_string).collect();
     assert!(
         errors[0].contains("HTTPRoute shop/a: field `spec.hostnames`")
@@ -156,14 +160,15 @@ fn a_refused_edit_keeps_the_previous_version() {
 
     // Removing the documents removes the routes.
     std::fs::write(&file, "").unwrap();
-    let third = load(&dir, &cfg, &second.set);
+    let third = load(dir, &cfg, &second.set);
     assert!(third.errors.is_empty());
     assert!(third.set.is_empty());
 }
 
 #[test]
 fn wasm_plugins_become_entries_and_selectors_are_refused() {
-    let dir = temp_dir("wasm");
+    let dir_guard = temp_dir("wasm");
+    let dir = dir_guard.path();
     let plugin = r#"apiVersion: extensions.istio.io/v1alpha1
 kind: WasmPlugin
 metadata: { name: stamp, namespace: shop }
@@ -189,8 +194,8 @@ spec:
         format!("{plugin}---\n{selector}---\n{dup_name}---\n{dup_name}"),
     )
     .unwrap();
-    let cfg = config(&dir);
-    let loaded = load(&dir, &cfg, &PolicySet::default());
+    let cfg = config(dir);
+    let loaded = load(dir, &cfg, &PolicySet::default());
     let errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
     assert_eq!(errors.len(), 2, "{errors:#?}");
     assert!(
@@ -228,7 +233,8 @@ spec:
 
 #[test]
 fn wasm_plugins_from_oci_keep_their_pull_policy() {
-    let dir = temp_dir("wasm-oci");
+    let dir_guard = temp_dir("wasm-oci");
+    let dir = dir_guard.path();
     let plugin = r#"apiVersion: extensions.istio.io/v1alpha1
 kind: WasmPlugin
 metadata: { name: pulled, namespace: shop }
@@ -238,8 +244,8 @@ spec:
   imagePullPolicy: Always
 "#;
     std::fs::write(dir.join("p.yaml"), plugin).unwrap();
-    let cfg = config(&dir);
-    let loaded = load(&dir, &cfg, &PolicySet::default());
+    let cfg = config(dir);
+    let loaded = load(dir, &cfg, &PolicySet::default());
     assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
     let ns = loaded.set.namespaces(&cfg);
     let pulled = &ns["shop"].plugins[0];
@@ -255,7 +261,8 @@ spec:
 
 #[test]
 fn authorization_policies_compile_and_bad_cel_is_refused() {
-    let dir = temp_dir("authz");
+    let dir_guard = temp_dir("authz");
+    let dir = dir_guard.path();
     let policy = |name: &str, cel: &str| {
         format!(
             r#"apiVersion: security.istio.io/v1
@@ -279,8 +286,8 @@ spec:
         ),
     )
     .unwrap();
-    let cfg = config(&dir);
-    let loaded = load(&dir, &cfg, &PolicySet::default());
+    let cfg = config(dir);
+    let loaded = load(dir, &cfg, &PolicySet::default());
     let errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
     assert_eq!(errors.len(), 2, "{errors:#?}");
     assert!(
