@@ -532,9 +532,13 @@ impl Waypoint {
         }
         self.uploads.close();
         // The writer pauses between batches: the last requests' lines go now.
-        self.pipeline
+        if !self
+            .pipeline
             .access_log()
-            .flush(std::time::Duration::from_secs(1));
+            .flush(std::time::Duration::from_secs(1))
+        {
+            tracing::warn!("the access log's last lines were not written within 1 s of shutdown");
+        }
     }
 }
 

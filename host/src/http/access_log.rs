@@ -51,10 +51,17 @@ pub struct Entry {
     pub duration_ms: f64,
 }
 
+/// What the writer's queue carries: an entry, or a nudge that gets an idle
+/// writer (parked on the queue) to look at a flush request.
+enum Queued {
+    Entry(Entry),
+    Wake,
+}
+
 enum Sink {
     Tracing,
     Queue {
-        entries: SyncSender<Entry>,
+        entries: SyncSender<Queued>,
         /// Asks the writer to write what is queued now; carries the channel
         /// it answers on once it has.
         flush: Sender<Sender<()>>,
@@ -144,7 +151,7 @@ impl AccessLog {
         }
         match &self.sink {
             Sink::Tracing => emit_tracing(&entry),
-            Sink::Queue { entries, .. } => match entries.try_send(entry) {
+            Sink::Queue { entries, .. } => match entries.try_send(Queued::Entry(entry)) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                     self.dropped.inc();
@@ -155,20 +162,27 @@ impl AccessLog {
 
     /// Has the writer write what is queued now rather than at the end of its
     /// flush interval, waiting at most `wait` (at shutdown, so the last
-    /// requests' lines are not lost with the process).
-    pub fn flush(&self, wait: Duration) {
-        if let Sink::Queue { flush, .. } = &self.sink {
-            let (done, written) = std::sync::mpsc::channel();
-            if flush.send(done).is_ok() {
-                let _ = written.recv_timeout(wait);
-            }
+    /// requests' lines are not lost with the process). `false` when the
+    /// writer did not answer in time.
+    pub fn flush(&self, wait: Duration) -> bool {
+        let Sink::Queue { entries, flush } = &self.sink else {
+            return true;
+        };
+        let (done, written) = std::sync::mpsc::channel();
+        if flush.send(done).is_err() {
+            return false;
         }
+        // An idle writer waits on the queue, not on flush requests. A full
+        // queue needs no nudge: the writer is busy and sees the request at
+        // its next pause.
+        let _ = entries.try_send(Queued::Wake);
+        written.recv_timeout(wait).is_ok()
     }
 }
 
 /// The writer thread's side of the queue.
 struct Writer {
-    queued: Receiver<Entry>,
+    queued: Receiver<Queued>,
     flushes: Receiver<Sender<()>>,
     out: Box<dyn Write + Send>,
     json: Arc<AtomicBool>,
@@ -199,16 +213,17 @@ impl Writer {
     }
 
     /// Formats `first` and whatever is queued, writing every `BATCH_BYTES`.
-    fn write_queued(&mut self, first: Option<Entry>) {
+    fn write_queued(&mut self, first: Option<Queued>) {
         let json = self.json.load(Ordering::Relaxed);
-        if let Some(e) = first {
+        if let Some(Queued::Entry(e)) = first {
             self.clock.format_entry(&mut self.buf, &e, json);
         }
         loop {
             let mut drained = false;
             while self.buf.len() < BATCH_BYTES {
                 match self.queued.try_recv() {
-                    Ok(e) => self.clock.format_entry(&mut self.buf, &e, json),
+                    Ok(Queued::Entry(e)) => self.clock.format_entry(&mut self.buf, &e, json),
+                    Ok(Queued::Wake) => {}
                     Err(_) => {
                         drained = true;
                         break;
@@ -676,9 +691,32 @@ mod tests {
         log.log(entry("/first"));
         wait_for(&buf, 1);
         log.log(entry("/last"));
-        log.flush(Duration::from_secs(5));
+        assert!(log.flush(Duration::from_secs(5)), "the writer answered");
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         assert!(text.contains(" path=/last "), "{text}");
+    }
+
+    #[test]
+    fn a_flush_of_an_idle_writer_is_answered() {
+        // Shutdown flushes: a writer with nothing queued waits on its queue,
+        // and must still answer instead of letting the flush run out its wait.
+        let buf = Shared::default();
+        let log = AccessLog::writer_every(
+            &AccessLogConfig::default(),
+            Box::new(buf.clone()),
+            Counter::default(),
+            Duration::from_millis(1),
+        )
+        .unwrap();
+        log.log(entry("/only"));
+        wait_for(&buf, 1);
+        // Well past the pause: the writer is parked on its queue again.
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            log.flush(Duration::from_secs(10)),
+            "an idle writer answers a flush"
+        );
+        assert!(log.flush(Duration::from_secs(10)), "and the next one too");
     }
 
     #[test]
