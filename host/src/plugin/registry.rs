@@ -1050,14 +1050,20 @@ mod tests {
         registry.chain(ns).unwrap().plugins[0].sha256.clone()
     }
 
-    #[tokio::test]
-    async fn a_file_named_by_many_entries_is_read_once_per_load() {
+    /// A plugin file in a folder of its own (removed with the guard).
+    fn plugin_file() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::Builder::new()
             .prefix("wayplug-registry-")
             .tempdir()
             .unwrap();
         let file = dir.path().join("p.wasm");
         std::fs::write(&file, module(b'a')).unwrap();
+        (dir, file)
+    }
+
+    #[tokio::test]
+    async fn a_file_named_by_many_entries_is_read_once_per_load() {
+        let (_dir, file) = plugin_file();
         let cfg = config(&file, 20, "1");
         let registry = registry(&cfg);
         registry.apply(cfg).await.unwrap();
@@ -1070,12 +1076,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_poll_reads_no_unchanged_file_and_sees_a_changed_one() {
-        let dir = tempfile::Builder::new()
-            .prefix("wayplug-registry-")
-            .tempdir()
-            .unwrap();
-        let file = dir.path().join("p.wasm");
-        std::fs::write(&file, module(b'a')).unwrap();
+        let (dir, file) = plugin_file();
         let cfg = config(&file, 3, "1");
         let registry = registry(&cfg);
         registry.apply(cfg).await.unwrap();
