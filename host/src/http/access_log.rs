@@ -646,16 +646,9 @@ mod tests {
 
     #[test]
     fn entries_logged_during_the_pause_arrive_in_one_later_write() {
-        let buf = Shared::default();
         // Long enough that the three entries below are logged within it.
         let interval = Duration::from_secs(1);
-        let log = AccessLog::writer_every(
-            &AccessLogConfig::default(),
-            Box::new(buf.clone()),
-            Counter::default(),
-            interval,
-        )
-        .unwrap();
+        let (buf, log) = pausing_writer(interval);
         log.log(entry("/first"));
         assert!(
             wait_for(&buf, 1).contains("/first"),
@@ -678,16 +671,22 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_flush_writes_what_is_queued_without_waiting_for_the_interval() {
+    /// A writer into a shared buffer that pauses `interval` after each write.
+    fn pausing_writer(interval: Duration) -> (Shared, AccessLog) {
         let buf = Shared::default();
         let log = AccessLog::writer_every(
             &AccessLogConfig::default(),
             Box::new(buf.clone()),
             Counter::default(),
-            Duration::from_secs(3600),
+            interval,
         )
         .unwrap();
+        (buf, log)
+    }
+
+    #[test]
+    fn a_flush_writes_what_is_queued_without_waiting_for_the_interval() {
+        let (buf, log) = pausing_writer(Duration::from_secs(3600));
         log.log(entry("/first"));
         wait_for(&buf, 1);
         log.log(entry("/last"));
@@ -700,14 +699,7 @@ mod tests {
     fn a_flush_of_an_idle_writer_is_answered() {
         // Shutdown flushes: a writer with nothing queued waits on its queue,
         // and must still answer instead of letting the flush run out its wait.
-        let buf = Shared::default();
-        let log = AccessLog::writer_every(
-            &AccessLogConfig::default(),
-            Box::new(buf.clone()),
-            Counter::default(),
-            Duration::from_millis(1),
-        )
-        .unwrap();
+        let (buf, log) = pausing_writer(Duration::from_millis(1));
         log.log(entry("/only"));
         wait_for(&buf, 1);
         // Well past the pause: the writer is parked on its queue again.
