@@ -82,7 +82,9 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let config = Config::from_yaml(YAML, "bench.yaml", Path::new(".")).unwrap();
+    let mut config = Config::from_yaml(YAML, "bench.yaml", Path::new(".")).unwrap();
+    // The optimized code plugins run on, from the first iteration.
+    config.sandbox.compiler = wayplug::config::Compiler::Optimizing;
     let metrics = Arc::new(Metrics::new());
     let registry = Arc::new(Registry::new(
         Engine::new(&config.sandbox).unwrap(),

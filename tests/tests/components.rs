@@ -261,6 +261,24 @@ async fn component_sandbox_fail_close_and_recovery() {
     assert_misbehaviour_fails_closed(&rig, &KINDS).await;
 }
 
+/// The baseline compiler's code runs under the same limits: a loop is
+/// stopped at its deadline, memory growth refused past the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn component_sandbox_holds_on_baseline_code() {
+    let config = misbehave("FAIL_CLOSE").replace(
+        "memoryLimitMiB: 16 }",
+        "memoryLimitMiB: 16, compiler: baseline, tieredCompileMinKiB: 0 }",
+    );
+    let rig = rig(&config).await;
+    let dump = admin_get(rig.admin, "/api/namespaces").await;
+    let list: serde_json::Value = serde_json::from_str(&dump.body).unwrap();
+    assert_eq!(
+        list["namespaces"]["alpha"]["plugins"][0]["code"], "baseline",
+        "{list}"
+    );
+    assert_misbehaviour_fails_closed(&rig, &KINDS).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn component_sandbox_fail_open_and_reload() {
     let open = rig(&misbehave("FAIL_OPEN")).await;

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -428,6 +428,13 @@ async fn entries_that_did_not_change_keep_their_plugins_and_code_compiles_once()
         }
         yaml(up, &extra)
     };
+    // Counting compilations: the optimizing compiler only (no background tier-up).
+    let config = |stamp: &str| {
+        config(stamp).replace(
+            "requestsPerComponent: 4 }",
+            "requestsPerComponent: 4, compiler: optimizing }",
+        )
+    };
     let wp = start(&config("b1")).await;
     let http = wp.http_addr.unwrap();
     let registry = wp.pipeline().registry().clone();
@@ -524,6 +531,109 @@ async fn a_replaced_plugin_file_is_noticed_and_rebuilt() {
 fn metric(text: &str, line: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+}
+
+/// The admin API's `code` of plugin `name` in `ns`.
+async fn code_of(admin: SocketAddr, ns: &str, name: &str) -> String {
+    let (status, list) = api(admin, "GET", "/api/namespaces", "").await;
+    assert_eq!(status, 200, "{list}");
+    let plugins = list["namespaces"][ns]["plugins"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let p = plugins.iter().find(|p| p["name"] == name).expect(name);
+    p["code"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiered_component_serves_at_once_and_moves_to_optimized_code_under_load() {
+    let up = stamp_upstream().await;
+    let dir_guard = temp_dir("tiered");
+    let cache = dir_guard.path().join("cache");
+    // Every component tiered, however small.
+    let extra = format!(
+        "cacheDir: {}\nnamespaces:\n  alpha:\n    plugins:\n{}      - {{ name: comp, url: \"file://{}\", pluginConfig: {{ name: x-component, value: \"yes\" }} }}\n",
+        cache.display(),
+        stamp_plugin("stamp", &fixture("config"), "t"),
+        wayplug_tests::component("response-header").display()
+    );
+    let config = yaml(up, &extra).replace(
+        "requestsPerComponent: 4 }",
+        "requestsPerComponent: 4, tieredCompileMinKiB: 0 }",
+    );
+    let wp = start(&config).await;
+    let (http, admin) = (wp.http_addr.unwrap(), wp.admin_addr.unwrap());
+    let modules = |source| wp.pipeline().registry().modules().made(source);
+    assert_eq!(
+        modules("baseline"),
+        1,
+        "the component started on baseline code"
+    );
+    // The Proxy-Wasm module is always compiled optimizing, at load.
+    let compiled_at_start = modules("compiled");
+    assert_eq!(compiled_at_start, 1);
+
+    // Requests from two connections until the component has moved (at
+    // most 60 s): each one decided by the component, on either code.
+    let moved = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = |moved: Arc<std::sync::atomic::AtomicBool>| async move {
+        let mut sent = 0;
+        while !moved.load(Ordering::Relaxed) && sent < 20_000 {
+            let r = get(http, "alpha").await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            assert_eq!(r.header("x-component"), Some("yes"), "request {sent}");
+            assert_eq!(r.header("x-stamp"), Some("t"));
+            sent += 1;
+        }
+        sent
+    };
+    let watcher = {
+        let moved = moved.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while code_of(admin, "alpha", "comp").await != "optimized" {
+                assert!(
+                    Instant::now() < deadline,
+                    "still on baseline code after 60 s"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            moved.store(true, Ordering::Relaxed);
+        }
+    };
+    let (a, b, ()) = tokio::join!(load(moved.clone()), load(moved.clone()), watcher);
+    assert!(a + b > 0);
+    assert_eq!(modules("compiled"), compiled_at_start + 1);
+    // After the move: still the component's decisions, from new instances.
+    for _ in 0..8 {
+        let r = get(http, "alpha").await;
+        assert_eq!(r.header("x-component"), Some("yes"));
+    }
+    // Only optimized code is written to the cache: a restart loads both
+    // from disk and compiles nothing, on any tier.
+    let entries = std::fs::read_dir(&cache)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "cwasm")
+        })
+        .count();
+    assert_eq!(entries, 2);
+    wp.shutdown().await;
+    let wp = start(&config).await;
+    let modules = |source| wp.pipeline().registry().modules().made(source);
+    assert_eq!(
+        (modules("compiled"), modules("baseline"), modules("disk")),
+        (0, 0, 2)
+    );
+    assert_eq!(
+        code_of(wp.admin_addr.unwrap(), "alpha", "comp").await,
+        "optimized"
+    );
+    wp.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

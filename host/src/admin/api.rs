@@ -373,6 +373,7 @@ pub fn list(installed: &Installed, only: Option<&str>) -> Value {
                         .unwrap_or_default(),
                     "loadMillis": p.loaded.took.as_secs_f64() * 1e3,
                     "liveInstances": p.live_instances(),
+                    "code": p.code(),
                 })
             })
             .collect();

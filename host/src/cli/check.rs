@@ -49,6 +49,9 @@ pub async fn check(args: &CheckArgs, builtins: Builtins) -> anyhow::Result<Check
             .with_context(|| format!("--cache-dir {}", dir.display()))?;
         config.cache_dir = Some(dir);
     }
+    // What a check compiles is what it validates and, with a cache, what
+    // later starts load: the code plugins run on, not the baseline tier.
+    config.sandbox.compiler = crate::config::Compiler::Optimizing;
     let cache = config.cache_dir();
     let started = Instant::now();
     let loaded = app::load(&config, builtins).await?;

@@ -190,6 +190,36 @@ pub struct SandboxConfig {
     /// through a plugin's edits (Envoy's `max_request_headers_kb`: 60 KiB).
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
+    /// How plugins are compiled: `tiered` (components of at least
+    /// `tieredCompileMinKiB` are first compiled by the baseline compiler,
+    /// Winch, about five times quicker to compile and slower to run; they
+    /// serve on that code at once and move to optimized Cranelift code
+    /// compiled in the background), `optimizing` (Cranelift only) or
+    /// `baseline` (those components stay on Winch code: short-lived runs).
+    /// Proxy-Wasm modules are always compiled optimizing, and an entry of
+    /// the compiled-plugin cache is used whenever there is one.
+    #[serde(default)]
+    pub compiler: Compiler,
+    #[serde(
+        default = "default_tiered_compile_min_kib",
+        rename = "tieredCompileMinKiB"
+    )]
+    pub tiered_compile_min_kib: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Compiler {
+    #[default]
+    Tiered,
+    Optimizing,
+    Baseline,
+}
+
+/// Smaller components compile optimized in a few tenths of a second: two
+/// compilations would cost more than they save.
+fn default_tiered_compile_min_kib() -> u64 {
+    1024
 }
 
 fn default_call_timeout_ms() -> u64 {
@@ -235,6 +265,8 @@ impl Default for SandboxConfig {
             max_buffered_body_bytes: default_max_buffered_body(),
             max_headers: default_max_headers(),
             max_header_bytes: default_max_header_bytes(),
+            compiler: Compiler::Tiered,
+            tiered_compile_min_kib: default_tiered_compile_min_kib(),
         }
     }
 }
@@ -245,6 +277,12 @@ impl SandboxConfig {
     }
     pub fn memory_limit_bytes(&self) -> usize {
         (self.memory_limit_mib as usize) << 20
+    }
+    /// The size from which components start on baseline code; `None` when
+    /// only the optimizing compiler is used.
+    pub fn tier_min_bytes(&self) -> Option<usize> {
+        (self.compiler != Compiler::Optimizing)
+            .then(|| (self.tiered_compile_min_kib as usize).saturating_mul(1024))
     }
     pub fn paused_request_timeout(&self) -> Duration {
         Duration::from_millis(self.paused_request_timeout_ms)
@@ -521,6 +559,7 @@ mod tests {
         assert_eq!(c.sandbox.memory_limit_mib, 64);
         assert_eq!(c.sandbox.max_headers, 100);
         assert_eq!(c.sandbox.max_header_bytes, 60 * 1024);
+        assert_eq!(c.sandbox.tier_min_bytes(), Some(1 << 20));
         assert_eq!(c.listeners.admin.unwrap().port(), 15000);
     }
 
@@ -595,6 +634,10 @@ namespaces:
             (
                 "namespaces: { a: { plugins: [ { name: p, url: 'file:///p.wasm', failStrategy: MAYBE } ] } }",
                 "unknown variant `MAYBE`",
+            ),
+            (
+                "sandbox: { compiler: fast }",
+                "sandbox.compiler: unknown variant `fast`",
             ),
             (
                 "namespaces: { a: { plugins: [ { name: p, url: 'file:///p.wasm' }, { name: p, url: 'file:///q.wasm' } ] } }",

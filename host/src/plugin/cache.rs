@@ -18,10 +18,17 @@
 //!   ([`ModuleCache::retain`]), so replaced plugins' code does not pile up.
 //! - With a `cacheDir`, a compilation is also written to disk, and a process
 //!   that starts later reads it instead of compiling (see `precompiled`).
+//! - Tiered compilation: a large component with no cache entry is compiled
+//!   by the baseline compiler and returned at once; the optimizing compiler
+//!   then compiles it on one background thread, once loading has been quiet
+//!   for [`QUIET`], one component at a time. Its result replaces the entry
+//!   (later loads get it), is the only code written to disk, and is handed
+//!   to the `on_optimized` hook, which moves running plugins onto it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -52,12 +59,40 @@ struct RejectLabels {
 
 type Slot = Arc<OnceLock<Result<Compiled, String>>>;
 
+/// How long loading must have been quiet before the optimizing compiler
+/// starts: a start or reload gets both cores for its baseline compiles.
+pub const QUIET: Duration = Duration::from_millis(1000);
+
+/// Called with the cache each time a component's optimized code is ready.
+pub type OnOptimized = Box<dyn Fn(&ModuleCache) + Send + Sync>;
+
+/// The baseline compiler and what it compiles.
+pub struct Tiering {
+    pub engine: wasmtime::Engine,
+    /// Components at least this large are compiled by it first.
+    pub min_bytes: usize,
+    /// Whether the optimizing compiler then compiles them too.
+    pub optimize: bool,
+}
+
+/// Components waiting for the optimizing compiler.
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<(String, Vec<u8>)>,
+    /// The background thread is running.
+    running: bool,
+    last_baseline: Option<Instant>,
+}
+
 pub struct ModuleCache {
     engine: wasmtime::Engine,
+    tiering: Option<Tiering>,
     disk: Option<DiskCache>,
     entries: Mutex<HashMap<(String, bool), Slot>>,
     modules: Family<SourceLabels, Counter>,
     rejected: Family<RejectLabels, Counter>,
+    queue: Mutex<Queue>,
+    on_optimized: OnceLock<OnOptimized>,
 }
 
 impl ModuleCache {
@@ -66,6 +101,7 @@ impl ModuleCache {
     /// write to it).
     pub fn new(
         engine: &wasmtime::Engine,
+        tiering: Option<Tiering>,
         metrics: &Metrics,
         dir: Option<&Path>,
     ) -> Result<ModuleCache, DiskError> {
@@ -74,7 +110,8 @@ impl ModuleCache {
         metrics.register(
             "plugin_modules",
             "Plugin modules and components made ready, by where the compiled code came from \
-             (compiled, memory, disk)",
+             (compiled: optimized code compiled here, baseline: quickly compiled code a \
+             component serves on until its optimized code is compiled, memory, disk)",
             modules.clone(),
         );
         let rejected = Family::<RejectLabels, Counter>::default();
@@ -85,16 +122,47 @@ impl ModuleCache {
         );
         Ok(ModuleCache {
             engine: engine.clone(),
+            tiering,
             disk,
             entries: Mutex::new(HashMap::new()),
             modules,
             rejected,
+            queue: Mutex::default(),
+            on_optimized: OnceLock::new(),
         })
+    }
+
+    /// Sets what runs when a component's optimized code is ready (once).
+    pub fn set_on_optimized(&self, hook: OnOptimized) {
+        let _ = self.on_optimized.set(hook);
+    }
+
+    /// The optimized code of component `sha256`, once it is compiled.
+    pub fn optimized(&self, sha256: &str) -> Option<Component> {
+        let slot = self
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(sha256.to_owned(), true))
+            .cloned()?;
+        match slot.get() {
+            Some(Ok(Compiled::Component(c)))
+                if wasmtime::Engine::same(c.engine(), &self.engine) =>
+            {
+                Some(c.clone())
+            }
+            _ => None,
+        }
     }
 
     /// The compiled form of `bytes`, whose sha256 is `sha256`. Blocks while
     /// compiling: call it off the request workers.
-    pub fn get(&self, sha256: &str, bytes: &[u8], component: bool) -> Result<Compiled, String> {
+    pub fn get(
+        self: &Arc<Self>,
+        sha256: &str,
+        bytes: &[u8],
+        component: bool,
+    ) -> Result<Compiled, String> {
         let key = (sha256.to_owned(), component);
         let slot = self
             .entries
@@ -122,7 +190,12 @@ impl ModuleCache {
         result
     }
 
-    fn obtain(&self, sha256: &str, bytes: &[u8], component: bool) -> Result<Compiled, String> {
+    fn obtain(
+        self: &Arc<Self>,
+        sha256: &str,
+        bytes: &[u8],
+        component: bool,
+    ) -> Result<Compiled, String> {
         if let Some(disk) = &self.disk {
             match disk.load(&self.engine, sha256, component) {
                 Ok(Some(compiled)) => {
@@ -140,6 +213,9 @@ impl ModuleCache {
                 }
             }
         }
+        if component && let Some(compiled) = self.baseline(sha256, bytes) {
+            return Ok(compiled);
+        }
         let compiled = if component {
             Component::new(&self.engine, bytes).map(Compiled::Component)
         } else {
@@ -156,6 +232,111 @@ impl ModuleCache {
         Ok(compiled)
     }
 
+    /// The baseline compiler's code for a large component, its optimized
+    /// compile queued; `None` when the component is not to be tiered (or the
+    /// baseline compiler cannot compile it: then it is compiled optimized).
+    fn baseline(self: &Arc<Self>, sha256: &str, bytes: &[u8]) -> Option<Compiled> {
+        let tiering = self.tiering.as_ref()?;
+        if bytes.len() < tiering.min_bytes {
+            return None;
+        }
+        let component = match Component::new(&tiering.engine, bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(sha256, error = %format!("{e:#}"), "the baseline compiler cannot compile this component; compiling it optimized");
+                return None;
+            }
+        };
+        self.count("baseline");
+        if !tiering.optimize {
+            return Some(Compiled::Component(component));
+        }
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        queue.jobs.push_back((sha256.to_owned(), bytes.to_vec()));
+        queue.last_baseline = Some(Instant::now());
+        if !queue.running {
+            let cache = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("wayplug-optimize".into())
+                .spawn(move || cache.optimize_queued());
+            match spawned {
+                Ok(_) => queue.running = true,
+                // The plugin serves on baseline code until the next load
+                // starts the thread.
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start the optimizing compiler's thread")
+                }
+            }
+        }
+        Some(Compiled::Component(component))
+    }
+
+    /// The background thread: compiles queued components optimized until
+    /// the queue is empty or no registry uses this cache any more.
+    fn optimize_queued(self: Arc<Self>) {
+        loop {
+            let (sha256, bytes) = {
+                let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                let quiet_for = queue.last_baseline.map_or(QUIET, |t| t.elapsed());
+                if let Some(wait) = QUIET.checked_sub(quiet_for).filter(|w| !w.is_zero()) {
+                    drop(queue);
+                    std::thread::sleep(wait);
+                    continue;
+                }
+                // This thread's handle is the last one: nothing would run
+                // the code.
+                let orphaned = Arc::strong_count(&self) == 1;
+                match queue.jobs.pop_front() {
+                    Some(job) if !orphaned => job,
+                    _ => {
+                        queue.running = false;
+                        return;
+                    }
+                }
+            };
+            let key = (sha256.clone(), true);
+            let wanted = |entries: &HashMap<(String, bool), Slot>| {
+                entries.get(&key).is_some_and(|slot| {
+                    matches!(slot.get(), Some(Ok(Compiled::Component(c))) if !wasmtime::Engine::same(c.engine(), &self.engine))
+                })
+            };
+            if !wanted(&self.entries.lock().unwrap_or_else(|e| e.into_inner())) {
+                continue;
+            }
+            let started = Instant::now();
+            let component = match Component::new(&self.engine, &bytes) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(sha256, error = %format!("{e:#}"), "the optimizing compiler failed on a component the baseline compiler took; it stays on baseline code");
+                    continue;
+                }
+            };
+            drop(bytes);
+            self.count("compiled");
+            let compiled = Compiled::Component(component);
+            if let Some(disk) = &self.disk
+                && let Err(e) = disk.store(&sha256, &compiled)
+            {
+                tracing::warn!(sha256, error = %e, "cannot write the compiled-plugin cache entry");
+            }
+            {
+                let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+                if !wanted(&entries) {
+                    continue;
+                }
+                entries.insert(key, Arc::new(OnceLock::from(Ok(compiled))));
+            }
+            tracing::info!(
+                sha256,
+                ms = started.elapsed().as_millis() as u64,
+                "optimized code ready; moving plugins onto it"
+            );
+            if let Some(hook) = self.on_optimized.get() {
+                hook(&self);
+            }
+        }
+    }
+
     fn count(&self, source: &'static str) {
         self.modules.get_or_create(&SourceLabels { source }).inc();
     }
@@ -168,7 +349,8 @@ impl ModuleCache {
             .retain(|(sha, _), _| in_use.contains(sha));
     }
 
-    /// How many modules came from `source` (`compiled`, `memory`, `disk`).
+    /// How many modules came from `source` (`compiled`, `baseline`,
+    /// `memory`, `disk`).
     pub fn made(&self, source: &'static str) -> u64 {
         self.modules.get_or_create(&SourceLabels { source }).get()
     }

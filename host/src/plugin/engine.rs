@@ -7,17 +7,25 @@
 //!   a looping plugin is stopped within one tick of its budget.
 //! - Linear memory is capped per instance by the store's limiter (the
 //!   pooling allocator's cap is the hard ceiling).
+//! - Two compilers, each with its own wasmtime engine: Cranelift for the
+//!   code plugins run on, and (with tiered compilation) Winch for large
+//!   components' first minutes, since it compiles several times faster. Code
+//!   from one engine only runs in stores and linkers of that engine, so each
+//!   tier has its own linker; both get the same sandbox settings and the
+//!   same epoch ticks.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use wasmtime::{Config, InstanceAllocationStrategy, Linker, OptLevel, PoolingAllocationConfig};
+use wasmtime::{
+    Config, InstanceAllocationStrategy, Linker, OptLevel, PoolingAllocationConfig, Strategy,
+};
 
 use super::component::{self, ComponentState};
 use super::proxywasm::{self, HostState};
 use super::{Error, Limits};
-use crate::config::SandboxConfig;
+use crate::config::{Compiler, SandboxConfig};
 
 pub const TICK: Duration = Duration::from_millis(5);
 
@@ -28,49 +36,108 @@ pub struct Engine {
     pub wasm: wasmtime::Engine,
     pub proxy_wasm_linker: Linker<HostState>,
     pub component_linker: wasmtime::component::Linker<ComponentState>,
+    /// The baseline compiler's engine, with tiered compilation on.
+    pub baseline: Option<Baseline>,
     pub limits: Limits,
     stop: Arc<AtomicBool>,
+}
+
+/// Winch: quick to compile, for components that then move to Cranelift.
+pub struct Baseline {
+    pub wasm: wasmtime::Engine,
+    pub component_linker: wasmtime::component::Linker<ComponentState>,
+    /// Components at least this large start here.
+    pub min_bytes: usize,
+    /// Whether they then move to optimized code (`compiler: tiered`).
+    pub optimize: bool,
+}
+
+impl Engine {
+    /// The component linker for code compiled by `engine` (either tier).
+    pub fn component_linker_for(
+        &self,
+        engine: &wasmtime::Engine,
+    ) -> &wasmtime::component::Linker<ComponentState> {
+        match &self.baseline {
+            Some(b) if wasmtime::Engine::same(engine, &b.wasm) => &b.component_linker,
+            _ => &self.component_linker,
+        }
+    }
+
+    /// Whether `engine` is the baseline tier's.
+    pub fn is_baseline(&self, engine: &wasmtime::Engine) -> bool {
+        self.baseline
+            .as_ref()
+            .is_some_and(|b| wasmtime::Engine::same(engine, &b.wasm))
+    }
+}
+
+fn engine_error(e: wasmtime::Error) -> Error {
+    Error::Engine(format!("{e:#}"))
+}
+
+/// One engine's settings: the sandbox's, compiled by `strategy`.
+fn wasm_config(sandbox: &SandboxConfig, strategy: Strategy) -> Config {
+    let memory_limit = sandbox.memory_limit_bytes();
+    let mut pool = PoolingAllocationConfig::default();
+    let slots = sandbox.max_instances;
+    // `maxInstances` counts plugin instances, each with one linear
+    // memory (the costly part). A component instance is several core
+    // instances and tables (a Rust guest built for wasip2: three core
+    // modules, two tables), so those pools get room for that many.
+    let parts = slots.saturating_mul(PARTS_PER_INSTANCE);
+    pool.total_core_instances(parts)
+        .total_memories(slots)
+        .total_tables(parts)
+        .total_component_instances(slots)
+        .max_memory_size(memory_limit)
+        // Keep a few warm slots' pages around for quick reuse.
+        .max_unused_warm_slots(slots.min(16));
+    let mut config = Config::new();
+    config
+        .strategy(strategy)
+        .epoch_interruption(true)
+        .cranelift_opt_level(OptLevel::Speed)
+        .max_wasm_stack(1 << 20)
+        .wasm_component_model(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config
 }
 
 impl Engine {
     pub fn new(sandbox: &SandboxConfig) -> Result<Arc<Engine>, Error> {
         let memory_limit = sandbox.memory_limit_bytes();
-        let mut pool = PoolingAllocationConfig::default();
-        let slots = sandbox.max_instances;
-        // `maxInstances` counts plugin instances, each with one linear
-        // memory (the costly part). A component instance is several core
-        // instances and tables (a Rust guest built for wasip2: three core
-        // modules, two tables), so those pools get room for that many.
-        let parts = slots.saturating_mul(PARTS_PER_INSTANCE);
-        pool.total_core_instances(parts)
-            .total_memories(slots)
-            .total_tables(parts)
-            .total_component_instances(slots)
-            .max_memory_size(memory_limit)
-            // Keep a few warm slots' pages around for quick reuse.
-            .max_unused_warm_slots(slots.min(16));
-        let mut config = Config::new();
-        config
-            .epoch_interruption(true)
-            .cranelift_opt_level(OptLevel::Speed)
-            .max_wasm_stack(1 << 20)
-            .wasm_component_model(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let wasm = wasmtime::Engine::new(&config).map_err(|e| Error::Engine(format!("{e:#}")))?;
-        let proxy_wasm_linker =
-            proxywasm::linker(&wasm).map_err(|e| Error::Engine(format!("{e:#}")))?;
-        let component_linker =
-            component::linker(&wasm).map_err(|e| Error::Engine(format!("{e:#}")))?;
+        let wasm = wasmtime::Engine::new(&wasm_config(sandbox, Strategy::Cranelift))
+            .map_err(engine_error)?;
+        let proxy_wasm_linker = proxywasm::linker(&wasm).map_err(engine_error)?;
+        let component_linker = component::linker(&wasm).map_err(engine_error)?;
+        let baseline = match sandbox.tier_min_bytes() {
+            Some(min_bytes) => {
+                let wasm = wasmtime::Engine::new(&wasm_config(sandbox, Strategy::Winch))
+                    .map_err(engine_error)?;
+                let component_linker = component::linker(&wasm).map_err(engine_error)?;
+                Some(Baseline {
+                    wasm,
+                    component_linker,
+                    min_bytes,
+                    optimize: sandbox.compiler == Compiler::Tiered,
+                })
+            }
+            None => None,
+        };
 
         let stop = Arc::new(AtomicBool::new(false));
-        let ticker = wasm.clone();
+        let mut tickers = vec![wasm.clone()];
+        tickers.extend(baseline.as_ref().map(|b| b.wasm.clone()));
         let stop2 = stop.clone();
         std::thread::Builder::new()
             .name("wayplug-epoch".into())
             .spawn(move || {
                 while !stop2.load(Ordering::Relaxed) {
                     std::thread::sleep(TICK);
-                    ticker.increment_epoch();
+                    for t in &tickers {
+                        t.increment_epoch();
+                    }
                 }
             })
             .map_err(|e| Error::Engine(format!("cannot start the epoch thread: {e}")))?;
@@ -82,6 +149,7 @@ impl Engine {
             wasm,
             proxy_wasm_linker,
             component_linker,
+            baseline,
             limits: Limits {
                 deadline_ticks,
                 call_timeout,

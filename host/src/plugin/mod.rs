@@ -292,6 +292,15 @@ impl Plugin {
         self.hooks().body(request)
     }
 
+    /// Which compiler's code new instances run: `optimized` or, for a
+    /// component still on its first tier, `baseline`.
+    pub fn code(&self) -> &'static str {
+        match &self.kind {
+            PluginKind::Component(c) if c.on_baseline() => "baseline",
+            _ => "optimized",
+        }
+    }
+
     pub fn live_instances(&self) -> usize {
         match &self.kind {
             PluginKind::ProxyWasm(p) => p.live_instances(),

@@ -328,11 +328,13 @@ impl<T> PerRequest<T> {
         }
     }
 
-    /// Drops the ready instances: an entry nobody has used yet holds no
-    /// guest memory; the next `take` starts one.
-    pub fn drop_ready(&self) {
+    /// Drops the ready instances (returning how many): an entry nobody has
+    /// used yet holds no guest memory; the next `take` starts one.
+    pub fn drop_ready(&self) -> usize {
         let parked = std::mem::take(&mut *self.ready());
+        let n = parked.len();
         drop(parked);
+        n
     }
 
     /// Instances alive now: spares plus those serving requests.

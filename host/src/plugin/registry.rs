@@ -33,7 +33,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
-use super::cache::{Compiled, ModuleCache};
+use super::cache::{Compiled, ModuleCache, Tiering};
 use super::callout::Callouts;
 use super::component::{ComponentPlugin, LoadError as ComponentLoadError};
 use super::engine::Engine;
@@ -84,7 +84,9 @@ pub struct Registry {
     callouts: Arc<Callouts>,
     sandbox: SandboxConfig,
     builtins: Builtins,
-    current: ArcSwap<Installed>,
+    /// Shared with the compiled-code cache's hook, which moves running
+    /// plugins onto optimized code.
+    current: Arc<ArcSwap<Installed>>,
     shared: Mutex<HashMap<String, Arc<NamespaceShared>>>,
     /// Serialises swaps so two installs cannot interleave them.
     install: Mutex<()>,
@@ -250,8 +252,32 @@ impl Registry {
         builtins: Builtins,
         cache_dir: Option<&Path>,
     ) -> Result<Registry, Error> {
-        let modules = Arc::new(ModuleCache::new(&engine.wasm, &metrics, cache_dir)?);
+        let tiering = engine.baseline.as_ref().map(|b| Tiering {
+            engine: b.wasm.clone(),
+            min_bytes: b.min_bytes,
+            optimize: b.optimize,
+        });
+        let modules = Arc::new(ModuleCache::new(
+            &engine.wasm,
+            tiering,
+            &metrics,
+            cache_dir,
+        )?);
         let shadow_metrics = ShadowMetrics::new(&metrics);
+        let current = Arc::new(ArcSwap::from_pointee(Installed {
+            config: Arc::new(Config::default()),
+            discovery: Arc::new(Discovery::default()),
+            chains: HashMap::new(),
+            need: 0,
+            revision: 0,
+            api_changes: 0,
+        }));
+        {
+            let (current, engine) = (current.clone(), engine.clone());
+            modules.set_on_optimized(Box::new(move |modules| {
+                upgrade_tiers(&current.load_full(), &engine, modules)
+            }));
+        }
         Ok(Registry {
             shadow_metrics,
             oci: Puller::default(),
@@ -261,14 +287,7 @@ impl Registry {
             callouts,
             sandbox,
             builtins,
-            current: ArcSwap::from_pointee(Installed {
-                config: Arc::new(Config::default()),
-                discovery: Arc::new(Discovery::default()),
-                chains: HashMap::new(),
-                need: 0,
-                revision: 0,
-                api_changes: 0,
-            }),
+            current,
             shared: Mutex::new(HashMap::new()),
             install: Mutex::new(()),
             applying: tokio::sync::Mutex::new(()),
@@ -458,6 +477,13 @@ impl Registry {
         }
         self.modules.retain(&in_use);
         files.finish();
+        // Code optimized while these chains were built, which the hook could
+        // not yet see installed.
+        if self.engine.baseline.is_some() {
+            let (current, engine, modules) =
+                (self.current(), self.engine.clone(), self.modules.clone());
+            tokio::task::spawn_blocking(move || upgrade_tiers(&current, &engine, &modules));
+        }
         Ok(())
     }
 
@@ -827,8 +853,9 @@ impl Registry {
             drop(bytes);
             if let Compiled::Component(component) = &compiled {
                 let plugin = ComponentPlugin::new(
-                    &engine.component_linker,
+                    engine.component_linker_for(component.engine()),
                     component,
+                    engine.is_baseline(component.engine()),
                     shared2,
                     instances,
                     per_request,
@@ -902,6 +929,37 @@ impl Registry {
             },
             shadow: None,
         })
+    }
+}
+
+/// Moves every component plugin of `installed` still on baseline code onto
+/// its optimized code, where that is compiled. A plugin that fails to link
+/// the optimized code (it linked the same component already, so this is not
+/// expected) keeps serving on baseline code.
+fn upgrade_tiers(installed: &Installed, engine: &Engine, modules: &ModuleCache) {
+    let plugins = installed.chains.values().flat_map(|c| {
+        c.plugins
+            .iter()
+            .flat_map(|p| std::iter::once(p).chain(p.shadow.as_ref().map(|s| &s.candidate)))
+    });
+    for plugin in plugins {
+        let PluginKind::Component(c) = &plugin.kind else {
+            continue;
+        };
+        if !c.on_baseline() {
+            continue;
+        }
+        let Some(optimized) = modules.optimized(&plugin.sha256) else {
+            continue;
+        };
+        match c.upgrade(&engine.component_linker, &optimized) {
+            Ok(()) => {
+                tracing::debug!(plugin = %plugin.spec.name, namespace = %plugin.namespace, "plugin moved to optimized code")
+            }
+            Err(ComponentLoadError::Abi(e) | ComponentLoadError::Start(e)) => {
+                tracing::warn!(plugin = %plugin.spec.name, namespace = %plugin.namespace, error = %e, "plugin stays on baseline code")
+            }
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use serde_norway::Value;
 use super::Error;
 use super::suite::{Case, HeaderExpect, Suite, UpstreamAnswer};
 use crate::admin::record::{RecordedDecision, Recorder, Settings};
-use crate::config::{Config, NamespaceConfig};
+use crate::config::{Config, NamespaceConfig, SandboxConfig};
 use crate::discovery::Endpoint;
 use crate::http::body::{self, ProxyBody};
 use crate::http::offline::OfflineUpstream;
@@ -191,12 +191,18 @@ impl OfflineWaypoint {
             source: Box::new(source),
         };
         let metrics = Arc::new(Metrics::new());
-        let engine = Engine::new(&config.sandbox).map_err(plugin_err)?;
+        // A suite is over long before optimized code would be ready, and
+        // decisions do not depend on the compiler: one compile each.
+        let sandbox = SandboxConfig {
+            compiler: crate::config::Compiler::Optimizing,
+            ..config.sandbox.clone()
+        };
+        let engine = Engine::new(&sandbox).map_err(plugin_err)?;
         let registry = Arc::new(Registry::new(
             engine,
             metrics.clone(),
             Arc::new(Callouts::new(config.upstreams.clone())),
-            config.sandbox.clone(),
+            sandbox,
             crate::demo::builtins(),
         ));
         let policies = Policies::default();

@@ -16,6 +16,7 @@ mod host;
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use wasmtime::component::{Component, InstancePre, Linker, Resource, ResourceTable};
@@ -54,19 +55,68 @@ pub struct ComponentPlugin {
     factory: Arc<Factory>,
 }
 
-/// What it takes to start an instance, and the instances of this plugin.
-struct Factory {
+/// The compiled component linked for instantiation, with its exports'
+/// indices: one per compiler tier the plugin has run on.
+struct Linked {
     pre: InstancePre<ComponentState>,
     exports: Exports,
+    /// Compiled by the baseline compiler.
+    baseline: bool,
+}
+
+impl Linked {
+    fn new(
+        base: &Linker<ComponentState>,
+        component: &Component,
+        baseline: bool,
+    ) -> Result<Linked, LoadError> {
+        let mut linker = base.clone();
+        linker
+            .define_unknown_imports_as_traps(component)
+            .map_err(|e| LoadError::Abi(format!("{e:#}")))?;
+        let pre = linker
+            .instantiate_pre(component)
+            .map_err(|e| LoadError::Abi(format!("cannot link the component: {e:#}")))?;
+        let request = request_policy::GuestIndices::new(&pre).map_err(|e| {
+            LoadError::Abi(format!(
+                "not a wayplug:policy@0.1.0 plugin: it does not export request-policy ({e})"
+            ))
+        })?;
+        let exports = Exports {
+            request,
+            response: response_hooks::GuestIndices::new(&pre).ok(),
+            body: body_hooks::GuestIndices::new(&pre).ok(),
+        };
+        Ok(Linked {
+            pre,
+            exports,
+            baseline,
+        })
+    }
+}
+
+/// What it takes to start an instance, and the instances of this plugin.
+struct Factory {
+    /// The code new instances start from; replaced once when the plugin
+    /// moves from baseline to optimized code.
+    linked: ArcSwap<Linked>,
+    /// Which hooks the component exports (the same on every tier).
+    response_hook: bool,
+    body_hook: bool,
     shared: Arc<PluginShared>,
     pool: PerRequest<ComponentInstance>,
 }
 
 impl Factory {
     fn start(&self) -> Result<ComponentInstance, PluginFailure> {
-        ComponentInstance::start(&self.pre, &self.exports, &self.shared).map_err(|e| match e {
+        ComponentInstance::start(self.linked.load_full(), &self.shared).map_err(|e| match e {
             LoadError::Abi(m) | LoadError::Start(m) => PluginFailure::Start(m),
         })
+    }
+
+    /// Whether `instance` runs the code new instances start from.
+    fn is_current(&self, instance: &ComponentInstance) -> bool {
+        Arc::ptr_eq(&instance.linked, &self.linked.load())
     }
 
     /// An instance for one request, which no other request will ever use.
@@ -101,42 +151,57 @@ pub enum LoadError {
 }
 
 impl ComponentPlugin {
-    /// Compiles and links the component and starts one instance (which
-    /// proves `configure` accepts the configuration). `spares` instances are
-    /// kept ready; at most `per_request_limit` requests hold one at once.
+    /// Links the component (compiled by the baseline compiler when
+    /// `baseline`) and starts one instance (which proves `configure` accepts
+    /// the configuration). `spares` instances are kept ready; at most
+    /// `per_request_limit` requests hold one at once.
     pub fn new(
         base: &Linker<ComponentState>,
         component: &Component,
+        baseline: bool,
         shared: Arc<PluginShared>,
         spares: usize,
         per_request_limit: usize,
     ) -> Result<ComponentPlugin, LoadError> {
-        let mut linker = base.clone();
-        linker
-            .define_unknown_imports_as_traps(component)
-            .map_err(|e| LoadError::Abi(format!("{e:#}")))?;
-        let pre = linker
-            .instantiate_pre(component)
-            .map_err(|e| LoadError::Abi(format!("cannot link the component: {e:#}")))?;
-        let request = request_policy::GuestIndices::new(&pre).map_err(|e| {
-            LoadError::Abi(format!(
-                "not a wayplug:policy@0.1.0 plugin: it does not export request-policy ({e})"
-            ))
-        })?;
-        let exports = Exports {
-            request,
-            response: response_hooks::GuestIndices::new(&pre).ok(),
-            body: body_hooks::GuestIndices::new(&pre).ok(),
-        };
-        let first = ComponentInstance::start(&pre, &exports, &shared)?;
+        let linked = Arc::new(Linked::new(base, component, baseline)?);
+        let (response_hook, body_hook) = (
+            linked.exports.response.is_some(),
+            linked.exports.body.is_some(),
+        );
+        let first = ComponentInstance::start(linked.clone(), &shared)?;
         Ok(ComponentPlugin {
             factory: Arc::new(Factory {
                 pool: PerRequest::new(first, spares, per_request_limit),
-                pre,
-                exports,
+                linked: ArcSwap::new(linked),
+                response_hook,
+                body_hook,
                 shared,
             }),
         })
+    }
+
+    /// Whether new instances start from baseline-compiled code.
+    pub fn on_baseline(&self) -> bool {
+        self.factory.linked.load().baseline
+    }
+
+    /// Moves the plugin to `component` (the same bytes compiled by the
+    /// optimizing compiler), linked by `base`. Requests under way finish on the old code;
+    /// instances go back to the new code as they are released, and ready
+    /// spares are replaced now. Runs the guest's `configure` (for the
+    /// spares): call it off the request workers.
+    pub fn upgrade(
+        &self,
+        base: &Linker<ComponentState>,
+        component: &Component,
+    ) -> Result<(), LoadError> {
+        let linked = Arc::new(Linked::new(base, component, false)?);
+        let factory = &self.factory;
+        factory.linked.store(linked);
+        if factory.pool.drop_ready() > 0 {
+            factory.pool.top_up(|| factory.start());
+        }
+        Ok(())
     }
 
     pub fn shared(&self) -> &PluginShared {
@@ -157,7 +222,7 @@ impl ComponentPlugin {
 
     /// Whether the plugin exports the request body hook.
     pub fn has_body_hook(&self) -> bool {
-        self.factory.exports.body.is_some()
+        self.factory.body_hook
     }
 
     /// Request and response headers always run (the request decision's
@@ -215,14 +280,13 @@ pub struct ComponentInstance {
     inner: Inner,
     poisoned: bool,
     shared: Arc<PluginShared>,
+    /// The code it was started from.
+    linked: Arc<Linked>,
 }
 
 impl ComponentInstance {
-    fn start(
-        pre: &InstancePre<ComponentState>,
-        exports: &Exports,
-        shared: &Arc<PluginShared>,
-    ) -> Result<Self, LoadError> {
+    fn start(linked: Arc<Linked>, shared: &Arc<PluginShared>) -> Result<Self, LoadError> {
+        let (pre, exports) = (&linked.pre, &linked.exports);
         let state = ComponentState {
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(shared.limits.memory_limit_bytes),
@@ -295,6 +359,7 @@ impl ComponentInstance {
             },
             poisoned: false,
             shared: shared.clone(),
+            linked,
         })
     }
 
@@ -475,11 +540,11 @@ impl ComponentFilter {
     }
 
     fn has_response_hook(&self) -> bool {
-        self.factory.exports.response.is_some()
+        self.factory.response_hook
     }
 
     fn has_body_hook(&self) -> bool {
-        self.factory.exports.body.is_some()
+        self.factory.body_hook
     }
 
     fn call<R>(
@@ -520,9 +585,12 @@ impl ComponentFilter {
             // A healthy instance serves the next request: starting a fresh
             // one would pay `configure` again (a policy compiles its rules
             // there), and no request ever shares an instance in use.
-            Some(inst) if !inst.poisoned => self.factory.pool.give_back(inst),
+            Some(inst) if !inst.poisoned && self.factory.is_current(&inst) => {
+                self.factory.pool.give_back(inst)
+            }
             // Dropped before the pool hears of it: its engine slot is free
-            // for the spare that replaces it.
+            // for the spare that replaces it. An instance of code the plugin
+            // has since moved off goes the same way.
             Some(inst) => {
                 drop(inst);
                 self.factory.released();
