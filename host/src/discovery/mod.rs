@@ -1,7 +1,8 @@
 //! Service and workload lookup: which service a request is for, which
 //! namespace owns it, and which endpoint to send it to.
 
-use std::collections::HashMap;
+// Looked up per request; keys come from configuration, not clients.
+use foldhash::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -96,7 +97,7 @@ impl Discovery {
         let mut d = Discovery::default();
         for svc in &config.services {
             let key = format!("{}/{}", svc.namespace, svc.hostname);
-            let mut ports: HashMap<u16, Vec<Arc<Endpoint>>> = HashMap::new();
+            let mut ports: HashMap<u16, Vec<Arc<Endpoint>>> = HashMap::default();
             for sport in svc.ports.keys() {
                 ports.entry(*sport).or_default();
             }
@@ -185,8 +186,10 @@ impl Discovery {
             namespace: wl.namespace.clone(),
             hostname: wl.name.clone(),
             vips: vec![addr.ip()],
-            ports: HashMap::from([(addr.port(), vec![Arc::new(endpoint)])]),
-            app_protocols: HashMap::new(),
+            ports: [(addr.port(), vec![Arc::new(endpoint)])]
+                .into_iter()
+                .collect(),
+            app_protocols: HashMap::default(),
             next: AtomicUsize::new(0),
         };
         Ok(Destination {

@@ -11,7 +11,8 @@
 //! endpoint each such connection is one tunnel, riding the HBONE client's pooled mTLS
 //! connections. Idle connections are closed after [`IDLE_TIMEOUT`].
 
-use std::collections::HashMap;
+// Looked up per request; keys come from configuration, not clients.
+use foldhash::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;

@@ -10,7 +10,10 @@
 //! series whose source and destination workload labels read `other`, so a
 //! client cycling identities or baggage cannot grow the scrape without bound.
 
-use std::collections::HashMap;
+// foldhash (seeded per process): SipHash over a pair's nine labels was
+// a measurable share of a request. The map is capped (`MAX_PAIRS`) and a
+// colliding hash only lengthens one bucket's list.
+use foldhash::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, RwLock};
 
@@ -185,7 +188,7 @@ pub struct IstioMetrics {
     pairs: RwLock<PairMap>,
     pair_count: std::sync::atomic::AtomicUsize,
     other: Arc<PairSeries>,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: foldhash::quality::RandomState,
 }
 
 /// The value a label gets when nothing says it.

@@ -334,6 +334,7 @@ impl ModuleCache {
             if let Some(hook) = self.on_optimized.get() {
                 hook(&self);
             }
+            super::heap::release_free_pages();
         }
     }
 

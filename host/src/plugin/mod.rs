@@ -15,6 +15,7 @@ pub mod component;
 pub mod engine;
 mod files;
 pub mod filter;
+mod heap;
 pub mod pool;
 mod precompiled;
 pub mod proxywasm;

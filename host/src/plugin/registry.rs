@@ -457,7 +457,10 @@ impl Registry {
             return Ok(());
         }
         self.check_capacity(&built, built.need(&self.sandbox))?;
-        let chains = self.build_all(entries, &current, revision).await?;
+        let chains = self.build_all(entries, &current, revision).await;
+        // Compiling freed far more than it kept, whether the build worked or not.
+        super::heap::release_free_pages();
+        let chains = chains?;
         let discovery = Arc::new(Discovery::from_config(&config));
         let in_use: HashSet<String> = chains
             .values()
