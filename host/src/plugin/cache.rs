@@ -36,6 +36,7 @@ use prometheus_client::metrics::family::Family;
 use wasmtime::Module;
 use wasmtime::component::Component;
 
+use super::engine::Engine;
 use super::precompiled::{DiskCache, DiskError};
 use crate::metrics::Metrics;
 
@@ -66,15 +67,6 @@ pub const QUIET: Duration = Duration::from_millis(1000);
 /// Called with the cache each time a component's optimized code is ready.
 pub type OnOptimized = Box<dyn Fn(&ModuleCache) + Send + Sync>;
 
-/// The baseline compiler and what it compiles.
-pub struct Tiering {
-    pub engine: wasmtime::Engine,
-    /// Components at least this large are compiled by it first.
-    pub min_bytes: usize,
-    /// Whether the optimizing compiler then compiles them too.
-    pub optimize: bool,
-}
-
 /// Components waiting for the optimizing compiler.
 #[derive(Default)]
 struct Queue {
@@ -85,8 +77,8 @@ struct Queue {
 }
 
 pub struct ModuleCache {
-    engine: wasmtime::Engine,
-    tiering: Option<Tiering>,
+    /// Both compilers' engines (`engine.baseline` with tiered compilation).
+    engine: Arc<Engine>,
     disk: Option<DiskCache>,
     entries: Mutex<HashMap<(String, bool), Slot>>,
     modules: Family<SourceLabels, Counter>,
@@ -100,12 +92,11 @@ impl ModuleCache {
     /// `dir`, backed by the on-disk cache there (refused when others may
     /// write to it).
     pub fn new(
-        engine: &wasmtime::Engine,
-        tiering: Option<Tiering>,
+        engine: &Arc<Engine>,
         metrics: &Metrics,
         dir: Option<&Path>,
     ) -> Result<ModuleCache, DiskError> {
-        let disk = dir.map(|d| DiskCache::open(d, engine)).transpose()?;
+        let disk = dir.map(|d| DiskCache::open(d, &engine.wasm)).transpose()?;
         let modules = Family::<SourceLabels, Counter>::default();
         metrics.register(
             "plugin_modules",
@@ -122,7 +113,6 @@ impl ModuleCache {
         );
         Ok(ModuleCache {
             engine: engine.clone(),
-            tiering,
             disk,
             entries: Mutex::new(HashMap::new()),
             modules,
@@ -147,7 +137,7 @@ impl ModuleCache {
             .cloned()?;
         match slot.get() {
             Some(Ok(Compiled::Component(c)))
-                if wasmtime::Engine::same(c.engine(), &self.engine) =>
+                if wasmtime::Engine::same(c.engine(), &self.engine.wasm) =>
             {
                 Some(c.clone())
             }
@@ -178,7 +168,10 @@ impl ModuleCache {
                 self.obtain(sha256, bytes, component)
             })
             .clone();
-        if !made_here {
+        if made_here {
+            // Compiling freed far more than it kept, whether it worked or not.
+            super::heap::release_free_pages();
+        } else {
             self.count("memory");
         }
         if result.is_err() {
@@ -197,7 +190,7 @@ impl ModuleCache {
         component: bool,
     ) -> Result<Compiled, String> {
         if let Some(disk) = &self.disk {
-            match disk.load(&self.engine, sha256, component) {
+            match disk.load(&self.engine.wasm, sha256, component) {
                 Ok(Some(compiled)) => {
                     self.count("disk");
                     return Ok(compiled);
@@ -217,9 +210,9 @@ impl ModuleCache {
             return Ok(compiled);
         }
         let compiled = if component {
-            Component::new(&self.engine, bytes).map(Compiled::Component)
+            Component::new(&self.engine.wasm, bytes).map(Compiled::Component)
         } else {
-            Module::new(&self.engine, bytes).map(Compiled::Module)
+            Module::new(&self.engine.wasm, bytes).map(Compiled::Module)
         }
         .map_err(|e| format!("{e:#}"))?;
         self.count("compiled");
@@ -236,11 +229,11 @@ impl ModuleCache {
     /// compile queued; `None` when the component is not to be tiered (or the
     /// baseline compiler cannot compile it: then it is compiled optimized).
     fn baseline(self: &Arc<Self>, sha256: &str, bytes: &[u8]) -> Option<Compiled> {
-        let tiering = self.tiering.as_ref()?;
+        let tiering = self.engine.baseline.as_ref()?;
         if bytes.len() < tiering.min_bytes {
             return None;
         }
-        let component = match Component::new(&tiering.engine, bytes) {
+        let component = match Component::new(&tiering.wasm, bytes) {
             Ok(c) => c,
             Err(e) => {
                 tracing::info!(sha256, error = %format!("{e:#}"), "the baseline compiler cannot compile this component; compiling it optimized");
@@ -297,14 +290,14 @@ impl ModuleCache {
             let key = (sha256.clone(), true);
             let wanted = |entries: &HashMap<(String, bool), Slot>| {
                 entries.get(&key).is_some_and(|slot| {
-                    matches!(slot.get(), Some(Ok(Compiled::Component(c))) if !wasmtime::Engine::same(c.engine(), &self.engine))
+                    matches!(slot.get(), Some(Ok(Compiled::Component(c))) if !wasmtime::Engine::same(c.engine(), &self.engine.wasm))
                 })
             };
             if !wanted(&self.entries.lock().unwrap_or_else(|e| e.into_inner())) {
                 continue;
             }
             let started = Instant::now();
-            let component = match Component::new(&self.engine, &bytes) {
+            let component = match Component::new(&self.engine.wasm, &bytes) {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(sha256, error = %format!("{e:#}"), "the optimizing compiler failed on a component the baseline compiler took; it stays on baseline code");

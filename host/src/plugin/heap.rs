@@ -6,7 +6,7 @@
 //! one that read the same code from `cacheDir`, for as long as it ran.
 
 /// Returns the free pages of every malloc arena to the OS. Cheap when
-/// little is free; call it after compiling, not per request.
+/// little is free; called after compiling (`cache`), never per request.
 #[allow(unsafe_code)]
 pub fn release_free_pages() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -33,7 +33,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
-use super::cache::{Compiled, ModuleCache, Tiering};
+use super::cache::{Compiled, ModuleCache};
 use super::callout::Callouts;
 use super::component::{ComponentPlugin, LoadError as ComponentLoadError};
 use super::engine::Engine;
@@ -252,17 +252,7 @@ impl Registry {
         builtins: Builtins,
         cache_dir: Option<&Path>,
     ) -> Result<Registry, Error> {
-        let tiering = engine.baseline.as_ref().map(|b| Tiering {
-            engine: b.wasm.clone(),
-            min_bytes: b.min_bytes,
-            optimize: b.optimize,
-        });
-        let modules = Arc::new(ModuleCache::new(
-            &engine.wasm,
-            tiering,
-            &metrics,
-            cache_dir,
-        )?);
+        let modules = Arc::new(ModuleCache::new(&engine, &metrics, cache_dir)?);
         let shadow_metrics = ShadowMetrics::new(&metrics);
         let current = Arc::new(ArcSwap::from_pointee(Installed {
             config: Arc::new(Config::default()),
@@ -457,10 +447,7 @@ impl Registry {
             return Ok(());
         }
         self.check_capacity(&built, built.need(&self.sandbox))?;
-        let chains = self.build_all(entries, &current, revision).await;
-        // Compiling freed far more than it kept, whether the build worked or not.
-        super::heap::release_free_pages();
-        let chains = chains?;
+        let chains = self.build_all(entries, &current, revision).await?;
         let discovery = Arc::new(Discovery::from_config(&config));
         let in_use: HashSet<String> = chains
             .values()
