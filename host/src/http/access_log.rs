@@ -19,8 +19,8 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
@@ -28,7 +28,9 @@ use prometheus_client::metrics::counter::Counter;
 use crate::config::{AccessLogConfig, AccessLogFormat};
 use crate::exchange::RequestInfo;
 
-/// Entries waiting for the writer; past this they are dropped.
+/// Entries waiting for the writer; past this they are dropped. The queue
+/// is a linked list of small blocks, not an array of this many slots, so an
+/// idle or switched-off log holds no memory for it.
 pub const QUEUE_CAPACITY: usize = 16_384;
 /// Bytes formatted before the writer flushes even though more are queued.
 const BATCH_BYTES: usize = 64 * 1024;
@@ -61,7 +63,9 @@ enum Queued {
 enum Sink {
     Tracing,
     Queue {
-        entries: SyncSender<Queued>,
+        entries: Sender<Queued>,
+        /// Entries sent and not yet taken by the writer: the queue's bound.
+        pending: Arc<AtomicUsize>,
         /// Asks the writer to write what is queued now; carries the channel
         /// it answers on once it has.
         flush: Sender<Sender<()>>,
@@ -110,16 +114,22 @@ impl AccessLog {
         dropped: Counter,
         interval: Duration,
     ) -> std::io::Result<AccessLog> {
-        let (entries, queued) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
+        let (entries, queued) = std::sync::mpsc::channel();
         let (flush, flushes) = std::sync::mpsc::channel();
+        let pending = Arc::new(AtomicUsize::new(0));
         let log = AccessLog {
             enabled: AtomicBool::new(config.enabled),
             json: Arc::new(AtomicBool::new(config.format == AccessLogFormat::Json)),
-            sink: Sink::Queue { entries, flush },
+            sink: Sink::Queue {
+                entries,
+                pending: pending.clone(),
+                flush,
+            },
             dropped,
         };
         let writer = Writer {
             queued,
+            pending,
             flushes,
             out,
             json: log.json.clone(),
@@ -151,12 +161,16 @@ impl AccessLog {
         }
         match &self.sink {
             Sink::Tracing => emit_tracing(&entry),
-            Sink::Queue { entries, .. } => match entries.try_send(Queued::Entry(entry)) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            Sink::Queue {
+                entries, pending, ..
+            } => {
+                if pending.fetch_add(1, Ordering::Relaxed) >= QUEUE_CAPACITY
+                    || entries.send(Queued::Entry(entry)).is_err()
+                {
+                    pending.fetch_sub(1, Ordering::Relaxed);
                     self.dropped.inc();
                 }
-            },
+            }
         }
     }
 
@@ -165,17 +179,15 @@ impl AccessLog {
     /// requests' lines are not lost with the process). `false` when the
     /// writer did not answer in time.
     pub fn flush(&self, wait: Duration) -> bool {
-        let Sink::Queue { entries, flush } = &self.sink else {
+        let Sink::Queue { entries, flush, .. } = &self.sink else {
             return true;
         };
         let (done, written) = std::sync::mpsc::channel();
         if flush.send(done).is_err() {
             return false;
         }
-        // An idle writer waits on the queue, not on flush requests. A full
-        // queue needs no nudge: the writer is busy and sees the request at
-        // its next pause.
-        let _ = entries.try_send(Queued::Wake);
+        // An idle writer waits on the queue, not on flush requests.
+        let _ = entries.send(Queued::Wake);
         written.recv_timeout(wait).is_ok()
     }
 }
@@ -183,6 +195,7 @@ impl AccessLog {
 /// The writer thread's side of the queue.
 struct Writer {
     queued: Receiver<Queued>,
+    pending: Arc<AtomicUsize>,
     flushes: Receiver<Sender<()>>,
     out: Box<dyn Write + Send>,
     json: Arc<AtomicBool>,
@@ -216,13 +229,17 @@ impl Writer {
     fn write_queued(&mut self, first: Option<Queued>) {
         let json = self.json.load(Ordering::Relaxed);
         if let Some(Queued::Entry(e)) = first {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
             self.clock.format_entry(&mut self.buf, &e, json);
         }
         loop {
             let mut drained = false;
             while self.buf.len() < BATCH_BYTES {
                 match self.queued.try_recv() {
-                    Ok(Queued::Entry(e)) => self.clock.format_entry(&mut self.buf, &e, json),
+                    Ok(Queued::Entry(e)) => {
+                        self.pending.fetch_sub(1, Ordering::Relaxed);
+                        self.clock.format_entry(&mut self.buf, &e, json);
+                    }
                     Ok(Queued::Wake) => {}
                     Err(_) => {
                         drained = true;
@@ -682,6 +699,39 @@ mod tests {
         )
         .unwrap();
         (buf, log)
+    }
+
+    #[test]
+    fn the_queue_bound_is_given_back_as_the_writer_takes_entries() {
+        let buf = Shared::default();
+        let dropped = Counter::default();
+        let log = AccessLog::writer_every(
+            &AccessLogConfig::default(),
+            Box::new(buf.clone()),
+            dropped.clone(),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        // Three times the bound in all, never more than half of it queued:
+        // were a taken entry (or a flush's nudge) still counted, the later
+        // batches would be dropped.
+        let batch = QUEUE_CAPACITY / 2;
+        for _ in 0..6 {
+            for _ in 0..batch {
+                log.log(entry("/"));
+            }
+            assert!(log.flush(Duration::from_secs(10)), "the writer answered");
+        }
+        assert_eq!(dropped.get(), 0);
+        let Sink::Queue { pending, .. } = &log.sink else {
+            unreachable!("a writer log has a queue")
+        };
+        assert_eq!(pending.load(Ordering::Relaxed), 0);
+        let lines = String::from_utf8(buf.0.lock().unwrap().clone())
+            .unwrap()
+            .lines()
+            .count();
+        assert_eq!(lines, 6 * batch);
     }
 
     #[test]

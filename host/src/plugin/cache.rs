@@ -229,11 +229,11 @@ impl ModuleCache {
     /// compile queued; `None` when the component is not to be tiered (or the
     /// baseline compiler cannot compile it: then it is compiled optimized).
     fn baseline(self: &Arc<Self>, sha256: &str, bytes: &[u8]) -> Option<Compiled> {
-        let tiering = self.engine.baseline.as_ref()?;
+        let tiering = self.engine.tiering?;
         if bytes.len() < tiering.min_bytes {
             return None;
         }
-        let component = match Component::new(&tiering.wasm, bytes) {
+        let component = match Component::new(&self.engine.baseline()?.wasm, bytes) {
             Ok(c) => c,
             Err(e) => {
                 tracing::info!(sha256, error = %format!("{e:#}"), "the baseline compiler cannot compile this component; compiling it optimized");

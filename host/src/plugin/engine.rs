@@ -12,14 +12,17 @@
 //!   components' first minutes, since it compiles several times faster. Code
 //!   from one engine only runs in stores and linkers of that engine, so each
 //!   tier has its own linker; both get the same sandbox settings and the
-//!   same epoch ticks.
+//!   same epoch ticks. The Winch engine is made at the first component
+//!   large enough to start on it, so a waypoint that never tiers does not
+//!   carry it.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use wasmtime::{
-    Config, InstanceAllocationStrategy, Linker, OptLevel, PoolingAllocationConfig, Strategy,
+    Config, InstanceAllocationStrategy, Linker, OptLevel, PoolingAllocationConfig,
+    RegallocAlgorithm, Strategy,
 };
 
 use super::component::{self, ComponentState};
@@ -36,20 +39,32 @@ pub struct Engine {
     pub wasm: wasmtime::Engine,
     pub proxy_wasm_linker: Linker<HostState>,
     pub component_linker: wasmtime::component::Linker<ComponentState>,
-    /// The baseline compiler's engine, with tiered compilation on.
-    pub baseline: Option<Baseline>,
+    /// Which components start on the baseline compiler; `None` when
+    /// tiered compilation is off.
+    pub tiering: Option<Tiering>,
+    /// The baseline compiler's engine, once a component has needed it
+    /// (`None` inside when it cannot be made on this machine). Shared with
+    /// the epoch thread.
+    baseline: Arc<OnceLock<Option<Baseline>>>,
+    /// The sandbox the baseline engine is made for.
+    sandbox: SandboxConfig,
     pub limits: Limits,
     stop: Arc<AtomicBool>,
+}
+
+/// The components that start on baseline code.
+#[derive(Debug, Clone, Copy)]
+pub struct Tiering {
+    /// Components at least this large start there.
+    pub min_bytes: usize,
+    /// Whether they then move to optimized code (`compiler: tiered`).
+    pub optimize: bool,
 }
 
 /// Winch: quick to compile, for components that then move to Cranelift.
 pub struct Baseline {
     pub wasm: wasmtime::Engine,
     pub component_linker: wasmtime::component::Linker<ComponentState>,
-    /// Components at least this large start here.
-    pub min_bytes: usize,
-    /// Whether they then move to optimized code (`compiler: tiered`).
-    pub optimize: bool,
 }
 
 impl Engine {
@@ -58,17 +73,41 @@ impl Engine {
         &self,
         engine: &wasmtime::Engine,
     ) -> &wasmtime::component::Linker<ComponentState> {
-        match &self.baseline {
-            Some(b) if wasmtime::Engine::same(engine, &b.wasm) => &b.component_linker,
+        match self.baseline.get() {
+            Some(Some(b)) if wasmtime::Engine::same(engine, &b.wasm) => &b.component_linker,
             _ => &self.component_linker,
         }
     }
 
     /// Whether `engine` is the baseline tier's.
     pub fn is_baseline(&self, engine: &wasmtime::Engine) -> bool {
+        matches!(self.baseline.get(), Some(Some(b)) if wasmtime::Engine::same(engine, &b.wasm))
+    }
+
+    /// The baseline compiler's engine, made at the first call; `None` when
+    /// tiered compilation is off or Winch cannot run here (then components
+    /// are compiled optimized, as with `compiler: optimizing`).
+    pub fn baseline(&self) -> Option<&Baseline> {
+        self.tiering?;
         self.baseline
+            .get_or_init(|| {
+                let made = wasmtime::Engine::new(&wasm_config(&self.sandbox, Strategy::Winch))
+                    .and_then(|wasm| {
+                        let component_linker = component::linker(&wasm)?;
+                        Ok(Baseline {
+                            wasm,
+                            component_linker,
+                        })
+                    });
+                match made {
+                    Ok(b) => Some(b),
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "the baseline compiler is not available; components are compiled optimized");
+                        None
+                    }
+                }
+            })
             .as_ref()
-            .is_some_and(|b| wasmtime::Engine::same(engine, &b.wasm))
     }
 }
 
@@ -93,11 +132,20 @@ fn wasm_config(sandbox: &SandboxConfig, strategy: Strategy) -> Config {
         .max_memory_size(memory_limit)
         // Keep a few warm slots' pages around for quick reuse.
         .max_unused_warm_slots(slots.min(16));
+    // Winch still has Cranelift compile the entry trampolines of every
+    // function a table or export lets the host call (about a third of
+    // its time on `builtin://authz`). They are a few instructions each,
+    // so on the baseline tier they are compiled for speed of compiling.
+    let (opt_level, regalloc) = match strategy {
+        Strategy::Winch => (OptLevel::None, RegallocAlgorithm::SinglePass),
+        _ => (OptLevel::Speed, RegallocAlgorithm::Backtracking),
+    };
     let mut config = Config::new();
     config
         .strategy(strategy)
         .epoch_interruption(true)
-        .cranelift_opt_level(OptLevel::Speed)
+        .cranelift_opt_level(opt_level)
+        .cranelift_regalloc_algorithm(regalloc)
         .max_wasm_stack(1 << 20)
         .wasm_component_model(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
@@ -111,32 +159,23 @@ impl Engine {
             .map_err(engine_error)?;
         let proxy_wasm_linker = proxywasm::linker(&wasm).map_err(engine_error)?;
         let component_linker = component::linker(&wasm).map_err(engine_error)?;
-        let baseline = match sandbox.tier_min_bytes() {
-            Some(min_bytes) => {
-                let wasm = wasmtime::Engine::new(&wasm_config(sandbox, Strategy::Winch))
-                    .map_err(engine_error)?;
-                let component_linker = component::linker(&wasm).map_err(engine_error)?;
-                Some(Baseline {
-                    wasm,
-                    component_linker,
-                    min_bytes,
-                    optimize: sandbox.compiler == Compiler::Tiered,
-                })
-            }
-            None => None,
-        };
+        let tiering = sandbox.tier_min_bytes().map(|min_bytes| Tiering {
+            min_bytes,
+            optimize: sandbox.compiler == Compiler::Tiered,
+        });
+        let baseline: Arc<OnceLock<Option<Baseline>>> = Arc::default();
 
         let stop = Arc::new(AtomicBool::new(false));
-        let mut tickers = vec![wasm.clone()];
-        tickers.extend(baseline.as_ref().map(|b| b.wasm.clone()));
+        let ticked = (wasm.clone(), baseline.clone());
         let stop2 = stop.clone();
         std::thread::Builder::new()
             .name("wayplug-epoch".into())
             .spawn(move || {
                 while !stop2.load(Ordering::Relaxed) {
                     std::thread::sleep(TICK);
-                    for t in &tickers {
-                        t.increment_epoch();
+                    ticked.0.increment_epoch();
+                    if let Some(Some(b)) = ticked.1.get() {
+                        b.wasm.increment_epoch();
                     }
                 }
             })
@@ -149,7 +188,9 @@ impl Engine {
             wasm,
             proxy_wasm_linker,
             component_linker,
+            tiering,
             baseline,
+            sandbox: sandbox.clone(),
             limits: Limits {
                 deadline_ticks,
                 call_timeout,

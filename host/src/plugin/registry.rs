@@ -469,7 +469,7 @@ impl Registry {
         files.finish();
         // Code optimized while these chains were built, which the hook could
         // not yet see installed.
-        if self.engine.baseline.is_some() {
+        if self.engine.tiering.is_some() {
             let (current, engine, modules) =
                 (self.current(), self.engine.clone(), self.modules.clone());
             tokio::task::spawn_blocking(move || upgrade_tiers(&current, &engine, &modules));
