@@ -21,8 +21,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use wasmtime::{
-    Config, InstanceAllocationStrategy, Linker, OptLevel, PoolingAllocationConfig,
-    RegallocAlgorithm, Strategy,
+    Config, InstanceAllocationStrategy, Linker, OptLevel, PoolingAllocationConfig, Strategy,
 };
 
 use super::component::{self, ComponentState};
@@ -132,20 +131,11 @@ fn wasm_config(sandbox: &SandboxConfig, strategy: Strategy) -> Config {
         .max_memory_size(memory_limit)
         // Keep a few warm slots' pages around for quick reuse.
         .max_unused_warm_slots(slots.min(16));
-    // Winch still has Cranelift compile the entry trampolines of every
-    // function a table or export lets the host call (about a third of
-    // its time on `builtin://authz`). They are a few instructions each,
-    // so on the baseline tier they are compiled for speed of compiling.
-    let (opt_level, regalloc) = match strategy {
-        Strategy::Winch => (OptLevel::None, RegallocAlgorithm::SinglePass),
-        _ => (OptLevel::Speed, RegallocAlgorithm::Backtracking),
-    };
     let mut config = Config::new();
     config
         .strategy(strategy)
         .epoch_interruption(true)
-        .cranelift_opt_level(opt_level)
-        .cranelift_regalloc_algorithm(regalloc)
+        .cranelift_opt_level(OptLevel::Speed)
         .max_wasm_stack(1 << 20)
         .wasm_component_model(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use cel::common::ast::{Expr, IdedExpr, LiteralValue, operators};
 use cel::common::types::{CelBool, CelString};
 use cel::{Context, Env, ExecutionError, Program, Value};
-use regex::{Regex, RegexBuilder};
+use regex_lite::{Regex, RegexBuilder};
 use wayplug_sdk::Request;
 
 use crate::matcher::address_port;
@@ -515,6 +515,24 @@ mod tests {
         assert!(eval("request.headers['x-missing'] == 'a'").is_err());
         assert!(eval("request.method").is_err(), "not a bool");
         assert!(eval("request.url_path.matches('(')").is_err(), "bad regex");
+    }
+
+    #[test]
+    fn regexes_use_re2s_ascii_classes() {
+        // CEL's `matches` is RE2: `\d`, `\w` and `\s` are ASCII classes.
+        assert_eq!(eval(r"'7'.matches('^\\d$')"), Ok(true));
+        assert_eq!(eval(r"'٣'.matches('^\\d$')"), Ok(false));
+        assert_eq!(eval(r"'δ'.matches('^\\w$')"), Ok(false));
+        assert_eq!(eval(r"'δ'.matches('^.$')"), Ok(true), "one code point");
+        assert_eq!(eval(r"'ABC'.matches('(?i)^abc$')"), Ok(true));
+        assert_eq!(
+            eval(r"'É'.matches('(?i)^é$')"),
+            Ok(false),
+            "ASCII case folding"
+        );
+        // Unicode property classes are not supported: refused, never guessed.
+        let err = eval(r"'é'.matches('\\p{L}')").unwrap_err();
+        assert!(err.contains("is not a valid regex"), "{err}");
     }
 
     #[test]
