@@ -19,7 +19,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, SystemTime};
 
@@ -29,8 +29,9 @@ use crate::config::{AccessLogConfig, AccessLogFormat};
 use crate::exchange::RequestInfo;
 
 /// Entries waiting for the writer; past this they are dropped. The queue
-/// is a linked list of small blocks, not an array of this many slots, so an
-/// idle or switched-off log holds no memory for it.
+/// (tokio's bounded channel, usable from plain threads) allocates blocks of
+/// slots as entries arrive, not this many slots up front, so an idle or
+/// switched-off log holds next to no memory for it.
 pub const QUEUE_CAPACITY: usize = 16_384;
 /// Bytes formatted before the writer flushes even though more are queued.
 const BATCH_BYTES: usize = 64 * 1024;
@@ -63,9 +64,7 @@ enum Queued {
 enum Sink {
     Tracing,
     Queue {
-        entries: Sender<Queued>,
-        /// Entries sent and not yet taken by the writer: the queue's bound.
-        pending: Arc<AtomicUsize>,
+        entries: tokio::sync::mpsc::Sender<Queued>,
         /// Asks the writer to write what is queued now; carries the channel
         /// it answers on once it has.
         flush: Sender<Sender<()>>,
@@ -114,22 +113,16 @@ impl AccessLog {
         dropped: Counter,
         interval: Duration,
     ) -> std::io::Result<AccessLog> {
-        let (entries, queued) = std::sync::mpsc::channel();
+        let (entries, queued) = tokio::sync::mpsc::channel(QUEUE_CAPACITY);
         let (flush, flushes) = std::sync::mpsc::channel();
-        let pending = Arc::new(AtomicUsize::new(0));
         let log = AccessLog {
             enabled: AtomicBool::new(config.enabled),
             json: Arc::new(AtomicBool::new(config.format == AccessLogFormat::Json)),
-            sink: Sink::Queue {
-                entries,
-                pending: pending.clone(),
-                flush,
-            },
+            sink: Sink::Queue { entries, flush },
             dropped,
         };
         let writer = Writer {
             queued,
-            pending,
             flushes,
             out,
             json: log.json.clone(),
@@ -161,13 +154,9 @@ impl AccessLog {
         }
         match &self.sink {
             Sink::Tracing => emit_tracing(&entry),
-            Sink::Queue {
-                entries, pending, ..
-            } => {
-                if pending.fetch_add(1, Ordering::Relaxed) >= QUEUE_CAPACITY
-                    || entries.send(Queued::Entry(entry)).is_err()
-                {
-                    pending.fetch_sub(1, Ordering::Relaxed);
+            Sink::Queue { entries, .. } => {
+                // Full or closed (the writer is gone): dropped, never waited for.
+                if entries.try_send(Queued::Entry(entry)).is_err() {
                     self.dropped.inc();
                 }
             }
@@ -179,23 +168,24 @@ impl AccessLog {
     /// requests' lines are not lost with the process). `false` when the
     /// writer did not answer in time.
     pub fn flush(&self, wait: Duration) -> bool {
-        let Sink::Queue { entries, flush, .. } = &self.sink else {
+        let Sink::Queue { entries, flush } = &self.sink else {
             return true;
         };
         let (done, written) = std::sync::mpsc::channel();
         if flush.send(done).is_err() {
             return false;
         }
-        // An idle writer waits on the queue, not on flush requests.
-        let _ = entries.send(Queued::Wake);
+        // An idle writer waits on the queue, not on flush requests. A full
+        // queue needs no nudge: the writer is busy and sees the request at
+        // its next pause.
+        let _ = entries.try_send(Queued::Wake);
         written.recv_timeout(wait).is_ok()
     }
 }
 
 /// The writer thread's side of the queue.
 struct Writer {
-    queued: Receiver<Queued>,
-    pending: Arc<AtomicUsize>,
+    queued: tokio::sync::mpsc::Receiver<Queued>,
     flushes: Receiver<Sender<()>>,
     out: Box<dyn Write + Send>,
     json: Arc<AtomicBool>,
@@ -207,7 +197,7 @@ struct Writer {
 impl Writer {
     fn run(mut self) {
         // Parks only after an idle spell; ends when the log (the sender) is dropped.
-        while let Ok(first) = self.queued.recv() {
+        while let Some(first) = self.queued.blocking_recv() {
             self.write_queued(Some(first));
             // Nothing waits on the queue meanwhile, so senders only enqueue.
             // A flush request cuts the pause short.
@@ -229,17 +219,13 @@ impl Writer {
     fn write_queued(&mut self, first: Option<Queued>) {
         let json = self.json.load(Ordering::Relaxed);
         if let Some(Queued::Entry(e)) = first {
-            self.pending.fetch_sub(1, Ordering::Relaxed);
             self.clock.format_entry(&mut self.buf, &e, json);
         }
         loop {
             let mut drained = false;
             while self.buf.len() < BATCH_BYTES {
                 match self.queued.try_recv() {
-                    Ok(Queued::Entry(e)) => {
-                        self.pending.fetch_sub(1, Ordering::Relaxed);
-                        self.clock.format_entry(&mut self.buf, &e, json);
-                    }
+                    Ok(Queued::Entry(e)) => self.clock.format_entry(&mut self.buf, &e, json),
                     Ok(Queued::Wake) => {}
                     Err(_) => {
                         drained = true;
@@ -713,8 +699,8 @@ mod tests {
         )
         .unwrap();
         // Three times the bound in all, never more than half of it queued:
-        // were a taken entry (or a flush's nudge) still counted, the later
-        // batches would be dropped.
+        // were a taken entry's room not given back, the later batches would
+        // be dropped.
         let batch = QUEUE_CAPACITY / 2;
         for _ in 0..6 {
             for _ in 0..batch {
@@ -723,10 +709,6 @@ mod tests {
             assert!(log.flush(Duration::from_secs(10)), "the writer answered");
         }
         assert_eq!(dropped.get(), 0);
-        let Sink::Queue { pending, .. } = &log.sink else {
-            unreachable!("a writer log has a queue")
-        };
-        assert_eq!(pending.load(Ordering::Relaxed), 0);
         let lines = String::from_utf8(buf.0.lock().unwrap().clone())
             .unwrap()
             .lines()
