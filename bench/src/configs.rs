@@ -349,6 +349,18 @@ pub fn scale(p: &Plugins, namespaces: usize, cache_dir: Option<&Path>, legacy: b
     yaml(&config)
 }
 
+/// The scale phase's waypoint with no namespace, as valgrind can run it: the
+/// pooling allocator's reservation for 1000 instances is more address space
+/// than valgrind gives a process.
+pub fn idle_under_valgrind() -> String {
+    let config = json!({
+        "listeners": {"http": null, "admin": SCALE_ADMIN},
+        "sandbox": {"instancesPerPlugin": 1, "requestsPerComponent": 4, "maxInstances": 8},
+        "accessLog": {"enabled": false},
+    });
+    yaml(&config)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -9,6 +9,7 @@
 //! open-loop rate with coordinated-omission correction ([`loadgen`]).
 
 mod configs;
+mod link_order;
 mod loadgen;
 mod procs;
 mod profile;
@@ -57,6 +58,11 @@ pub struct Args {
     /// (no plugin, one Proxy-Wasm, one component plugin), this many requests each.
     #[arg(long)]
     profile: Option<u32>,
+    /// Instead of the benchmark: run the waypoint under callgrind (idle, then
+    /// serving) and write the functions it ran to this file, the symbol order
+    /// release builds link with (`host/link-order.txt`).
+    #[arg(long)]
+    link_order: Option<PathBuf>,
 }
 
 /// What a scenario measures, and which process is the proxy.
@@ -264,6 +270,9 @@ fn main() -> anyhow::Result<()> {
     args.wayplug = absolute(&args.wayplug)?;
     let work = absolute(&args.work)?;
     std::fs::create_dir_all(work.join("tmp"))?;
+    if let Some(out) = &args.link_order {
+        return link_order::run(&args.wayplug, &work, &absolute(out)?);
+    }
     if let Some(requests) = args.profile {
         return profile::run(
             &absolute(&args.wayplug)?,
@@ -271,6 +280,11 @@ fn main() -> anyhow::Result<()> {
             args.legacy_config,
             requests,
         );
+    }
+    // Made before the run, so a bad `--out` fails now, not after it.
+    let json_dir = args.out.join(&args.json);
+    if let Some(dir) = json_dir.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let machine = report::Machine::read();
     let shape = shape(args.quick);
@@ -282,6 +296,17 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let mut list = scenarios();
+    if let Some(unknown) = args
+        .only
+        .iter()
+        .find(|o| !list.iter().any(|s| s.name == o.as_str()))
+    {
+        let names: Vec<&str> = list.iter().map(|s| s.name).collect();
+        bail!(
+            "--only: no scenario is called `{unknown}` (scenarios: {}, or scale)",
+            names.join(", ")
+        );
+    }
     if !args.only.is_empty() {
         list.retain(|s| s.name == "direct" || args.only.iter().any(|o| o == s.name));
     }

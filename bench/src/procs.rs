@@ -58,6 +58,23 @@ impl Proc {
         tree(self.pid()).iter().map(|p| rss_of(*p)).sum()
     }
 
+    /// Asks the process to stop (SIGTERM) and waits up to `budget` for it to
+    /// exit, as a profiler writing its results at exit needs.
+    pub fn stop(&mut self, budget: Duration) -> anyhow::Result<()> {
+        Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status()
+            .context("running kill")?;
+        let deadline = Instant::now() + budget;
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("{} did not stop within {budget:?}", self.name)
+    }
+
     /// Fails when the process has already exited (a bad config, a busy port).
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
