@@ -205,7 +205,12 @@ fn three(p: &Plugins, namespace: &str) -> serde_json::Value {
 
 /// The waypoint under test: one namespace per L7 scenario (service
 /// `<ns>.bench`), an L4 service and the full HBONE path's service.
-pub fn waypoint(p: &Plugins, identity: &Path, access_log: Option<bool>) -> String {
+pub fn waypoint(
+    p: &Plugins,
+    identity: &Path,
+    access_log: Option<bool>,
+    sandbox: Option<serde_json::Value>,
+) -> String {
     let ns = json!({
         "none": {"plugins": []},
         "pw": {"plugins": [entry("allowlist-pw", &p.allowlist_proxywasm, allow_config())]},
@@ -258,6 +263,9 @@ pub fn waypoint(p: &Plugins, identity: &Path, access_log: Option<bool>) -> Strin
         "namespaces": ns,
     });
     let mut config = config;
+    if let Some(sandbox) = sandbox {
+        config["sandbox"] = sandbox;
+    }
     if let Some(enabled) = access_log {
         config["accessLog"] = json!({"enabled": enabled});
     }

@@ -9,9 +9,10 @@
 //! shutdown with plugins.
 //!
 //! The functions are those callgrind saw run: one waypoint with no
-//! namespace, started, asked `/healthz/ready` and `/metrics`, and stopped; one
-//! with the profile's namespaces (no plugin, a Proxy-Wasm and a component
-//! allowlist) serving HTTP/1.1 requests. Names are the linker's (mangled);
+//! namespace, started, asked `/healthz/ready` and `/metrics`, and stopped; then
+//! the benchmark's waypoint (every chain of the L7 scenarios, L4 and the full
+//! path over HBONE) serving allowed and denied requests on each scenario's
+//! path. Names are the linker's (mangled);
 //! names that later builds no longer have are skipped by the linker, so an
 //! old file costs locality, never a failed link.
 
@@ -22,17 +23,29 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
-use crate::configs::{self, Plugins, SCALE_ADMIN, WAYPOINT_ADMIN, WAYPOINT_HTTP};
+use crate::configs::{self, SCALE_ADMIN};
 use crate::procs::{self, Proc};
-use crate::{addr, loadgen, which};
+use crate::{Args, ProxyKind, UnderTest, addr, loadgen, scenarios, start_all_with, which};
 
 /// How long a waypoint under valgrind may take to start or to stop.
 const UNDER_VALGRIND: Duration = Duration::from_secs(900);
 
-pub fn run(wayplug: &Path, work: &Path, out: &Path) -> anyhow::Result<()> {
+/// The benchmark waypoint's sandbox under valgrind, which gives a process
+/// less address space than the pooling allocator reserves for the default
+/// 256 instances (about 4.3 GB a slot; 16 slots were refused). Its ten
+/// plugin entries need 14 with one instance each (a component keeps one
+/// ready and one for its request).
+pub fn sandbox() -> Option<serde_json::Value> {
+    Some(
+        serde_json::json!({"maxInstances": 14, "instancesPerPlugin": 1, "requestsPerComponent": 1}),
+    )
+}
+
+pub fn run(args: &Args, work: &Path, out: &Path) -> anyhow::Result<()> {
+    let wayplug = &args.wayplug;
     let valgrind = which("valgrind")?;
     let idle = idle_functions(&valgrind, wayplug, work)?;
-    let serving = serving_functions(&valgrind, wayplug, work)?;
+    let serving = serving_functions(args, &valgrind, work)?;
     let mut groups = vec![idle];
     groups.extend(serving);
     let names = ordered(&groups);
@@ -95,74 +108,57 @@ fn idle_functions(valgrind: &Path, wayplug: &Path, work: &Path) -> anyhow::Resul
         &dump,
         &work.join("link-order-idle.log"),
     )?;
-    procs::wait_http_ok(addr(SCALE_ADMIN), "admin", "/healthz/ready", UNDER_VALGRIND)
-        .context("idle waypoint under callgrind not ready")?;
+    procs::wait_ready(&mut p, addr(SCALE_ADMIN), "/healthz/ready", UNDER_VALGRIND)
+        .context("idle waypoint under callgrind not ready (see link-order-idle.log)")?;
     procs::http_get(addr(SCALE_ADMIN), "admin", "/metrics", &[])?;
     p.stop(UNDER_VALGRIND)?;
     functions(&std::fs::read_to_string(&dump)?, wayplug)
 }
 
-/// The profile's waypoint: groups for serving, loading plugins and stopping.
+/// The benchmark's waypoint, every scenario's path (L7 with each chain, L4
+/// and the full path over HBONE): groups for serving, loading plugins and
+/// stopping. The backend, terminator and tunnels run as in a benchmark.
 fn serving_functions(
+    args: &Args,
     valgrind: &Path,
-    wayplug: &Path,
     work: &Path,
 ) -> anyhow::Result<Vec<Vec<String>>> {
-    let nginx = which("nginx")?;
-    std::fs::write(work.join("backend.conf"), configs::nginx_backend(work))?;
-    let prefix = format!("{}/", work.display());
-    let _backend = Proc::spawn(
-        "backend",
-        0,
-        &nginx,
-        &[
-            "-p",
-            &prefix,
-            "-c",
-            &work.join("backend.conf").display().to_string(),
-        ],
-        &work.join("backend.log"),
-    )?;
-    let config = work.join("link-order.yaml");
-    std::fs::write(&config, configs::profile(&Plugins::built(), false))?;
     let dump = work.join("link-order.out");
     for suffix in ["", ".1", ".2"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", dump.display()));
     }
-    let mut p = start(
-        valgrind,
-        wayplug,
-        &config,
-        &dump,
-        &work.join("link-order.log"),
+    let launch = |config: &Path, log: &Path| start(valgrind, &args.wayplug, config, &dump, log);
+    let mut running = start_all_with(
+        args,
+        work,
+        &UnderTest {
+            launch: &launch,
+            sandbox: sandbox(),
+            ready_within: UNDER_VALGRIND,
+        },
     )?;
-    procs::wait_http_ok(
-        addr(WAYPOINT_ADMIN),
-        "admin",
-        "/healthz/ready",
-        UNDER_VALGRIND,
-    )
-    .context("waypoint under callgrind not ready")?;
-    control(p.pid(), "loaded")?;
-    for host in ["none.bench", "pw.bench", "comp.bench"] {
+    control(running.waypoint.pid(), "loaded")?;
+    for s in scenarios().iter().filter(|s| s.kind == ProxyKind::Waypoint) {
+        // Allowed and denied; a denial is an answer here, not a failure.
         for user in ["alice", "mallory"] {
             loadgen::run(&loadgen::Plan {
-                addr: addr(WAYPOINT_HTTP),
-                host: host.to_owned(),
-                rate: 100,
+                addr: s.addr,
+                host: s.host.to_owned(),
+                rate: 50,
                 connections: 2,
-                duration: Duration::from_millis(500),
+                duration: Duration::from_secs(1),
                 headers: vec![("x-user".into(), user.into())],
-            })?;
+            })
+            .with_context(|| format!("requests through {}", s.name))?;
         }
     }
-    control(p.pid(), "served")?;
-    p.stop(UNDER_VALGRIND)?;
+    control(running.waypoint.pid(), "served")?;
+    running.waypoint.stop(UNDER_VALGRIND)?;
     let read = |suffix: &str| -> anyhow::Result<Vec<String>> {
         let file = format!("{}{suffix}", dump.display());
         functions(
             &std::fs::read_to_string(&file).with_context(|| format!("reading {file}"))?,
-            wayplug,
+            &args.wayplug,
         )
     };
     // Dumps are numbered in the order they were asked for; the last is

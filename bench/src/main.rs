@@ -244,11 +244,11 @@ pub struct Results {
     pub started: Instant,
 }
 
-struct Running {
+pub(crate) struct Running {
     _backend: Proc,
     nginx: Proc,
     haproxy: Proc,
-    waypoint: Proc,
+    pub waypoint: Proc,
     _terminator: Proc,
     _tunnels: Vec<Proc>,
 }
@@ -271,7 +271,7 @@ fn main() -> anyhow::Result<()> {
     let work = absolute(&args.work)?;
     std::fs::create_dir_all(work.join("tmp"))?;
     if let Some(out) = &args.link_order {
-        return link_order::run(&args.wayplug, &work, &absolute(out)?);
+        return link_order::run(&args, &work, &absolute(out)?);
     }
     if let Some(requests) = args.profile {
         return profile::run(
@@ -404,7 +404,46 @@ fn certs(args: &Args, work: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How the waypoint under test starts: as it is, or under a profiler.
+pub(crate) struct UnderTest<'a> {
+    /// Starts it on the config file given, output to the log file given.
+    pub launch: &'a dyn Fn(&Path, &Path) -> anyhow::Result<Proc>,
+    /// Replaces the config's `sandbox` section.
+    pub sandbox: Option<serde_json::Value>,
+    /// How long it may take to become ready.
+    pub ready_within: Duration,
+}
+
 fn start_all(args: &Args, work: &Path) -> anyhow::Result<Running> {
+    let launch = |config: &Path, log: &Path| {
+        let config = config.display().to_string();
+        Proc::spawn(
+            "waypoint",
+            1,
+            &args.wayplug,
+            &["run", "--config", &config],
+            log,
+        )
+    };
+    start_all_with(
+        args,
+        work,
+        &UnderTest {
+            launch: &launch,
+            sandbox: None,
+            ready_within: Duration::from_secs(120),
+        },
+    )
+}
+
+/// Every process of a run: the backend, both reference proxies, the
+/// waypoint under test as `under_test` says, the HBONE terminator and the
+/// client-side tunnels.
+pub(crate) fn start_all_with(
+    args: &Args,
+    work: &Path,
+    under_test: &UnderTest<'_>,
+) -> anyhow::Result<Running> {
     certs(args, work)?;
     let nginx_bin = which("nginx")?;
     let haproxy_bin = which("haproxy")?;
@@ -415,7 +454,12 @@ fn start_all(args: &Args, work: &Path) -> anyhow::Result<Running> {
     let access_log = (!args.legacy_config).then_some(true);
     std::fs::write(
         work.join("waypoint.yaml"),
-        waypoint(&plugins, &work.join("certs/waypoint"), access_log),
+        waypoint(
+            &plugins,
+            &work.join("certs/waypoint"),
+            access_log,
+            under_test.sandbox.clone(),
+        ),
     )?;
     std::fs::write(
         work.join("terminator.yaml"),
@@ -444,13 +488,8 @@ fn start_all(args: &Args, work: &Path) -> anyhow::Result<Running> {
         &["-db", "-f", &s(&work.join("haproxy.cfg"))],
         &work.join("haproxy.log"),
     )?;
-    let waypoint = Proc::spawn(
-        "waypoint",
-        1,
-        &args.wayplug,
-        &["run", "--config", &s(&work.join("waypoint.yaml"))],
-        &work.join("waypoint.log"),
-    )?;
+    let mut waypoint =
+        (under_test.launch)(&work.join("waypoint.yaml"), &work.join("waypoint.log"))?;
     let terminator = Proc::spawn(
         "terminator",
         0,
@@ -459,8 +498,13 @@ fn start_all(args: &Args, work: &Path) -> anyhow::Result<Running> {
         &work.join("terminator.log"),
     )?;
     let budget = Duration::from_secs(120);
-    procs::wait_http_ok(addr(WAYPOINT_ADMIN), "admin", "/healthz/ready", budget)
-        .context("waypoint not ready (see waypoint.log)")?;
+    procs::wait_ready(
+        &mut waypoint,
+        addr(WAYPOINT_ADMIN),
+        "/healthz/ready",
+        under_test.ready_within,
+    )
+    .context("waypoint not ready (see waypoint.log)")?;
     procs::wait_http_ok(addr(TERMINATOR_ADMIN), "admin", "/healthz/ready", budget)
         .context("terminator not ready (see terminator.log)")?;
     let expect = "spiffe://cluster.local/ns/bench/sa/waypoint";
@@ -776,7 +820,9 @@ mod tests {
         let plugins = Plugins::built();
         let id = Path::new("/nonexistent");
         for text in [
-            waypoint(&plugins, id, Some(true)),
+            waypoint(&plugins, id, Some(true), None),
+            waypoint(&plugins, id, Some(true), link_order::sandbox()),
+            configs::idle_under_valgrind(),
             terminator(id, false),
             configs::scale(&plugins, 3, Some(Path::new("/tmp/cache")), false),
             configs::profile(&plugins, false),

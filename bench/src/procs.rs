@@ -163,6 +163,26 @@ fn rss_of(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// [`wait_http_ok`] for a process of ours: fails at once when `p` exits.
+pub fn wait_ready(
+    p: &mut Proc,
+    addr: SocketAddr,
+    path: &str,
+    budget: Duration,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        if http_status(addr, "admin", path).is_ok_and(|s| s == 200) {
+            return Ok(());
+        }
+        p.check_alive()?;
+        if start.elapsed() > budget {
+            bail!("{addr}{path} did not answer 200 within {budget:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Waits until `GET path` on `addr` answers 200 (with `host`), or fails after `budget`.
 pub fn wait_http_ok(
     addr: SocketAddr,
