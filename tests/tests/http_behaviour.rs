@@ -200,7 +200,14 @@ async fn exchange(addr: SocketAddr, h2: bool, req: Request<Body>) -> Result<Got,
 /// An upstream that answers at once and streams the request body back as
 /// it arrives: it answers before the upload is done.
 async fn streaming_echo() -> SocketAddr {
-    serve(|req: Request<Incoming>| async move {
+    streaming_echo_after(Duration::ZERO).await
+}
+
+/// [`streaming_echo`], answering `delay` after the request head arrives
+/// (still without waiting for the body).
+async fn streaming_echo_after(delay: Duration) -> SocketAddr {
+    serve(move |req: Request<Incoming>| async move {
+        tokio::time::sleep(delay).await;
         let mut resp = Response::new(boxed(req.into_body()));
         resp.headers_mut()
             .insert("x-upstream", "streaming".parse().unwrap());
@@ -243,7 +250,10 @@ async fn a_deny_mid_upload_reaches_the_client_when_the_upstream_reads_the_whole_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deny_mid_upload_reaches_the_client_when_the_upstream_streams() {
-    let upstream = streaming_echo().await;
+    // An answer that leaves before the chain has seen `deny` can only be
+    // reset (the next test); the client sends both chunks at once, and the
+    // upstream's head must not race them here, so it answers a little later.
+    let upstream = streaming_echo_after(Duration::from_millis(300)).await;
     let (_w, addr) = waypoint(upstream, &alpha(&[body_fixture()])).await;
     for h2 in [false, true] {
         assert_deny_mid_upload(addr, h2, if h2 { "h2c" } else { "HTTP/1.1" }).await;
