@@ -12,13 +12,12 @@
 //! namespace, started, asked `/healthz/ready` and `/metrics`, and stopped; then
 //! the benchmark's waypoint (every chain of the L7 scenarios, L4 and the full
 //! path over HBONE) serving allowed and denied requests on each scenario's
-//! path. Names are the linker's (mangled);
-//! names that later builds no longer have are skipped by the linker, so an
-//! old file costs locality, never a failed link.
+//! path. Names are the linker's (mangled); names that later builds no longer
+//! have are skipped by the linker, so an old file costs locality, never a
+//! failed link.
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -137,7 +136,7 @@ fn serving_functions(
             ready_within: UNDER_VALGRIND,
         },
     )?;
-    control(running.waypoint.pid(), "loaded")?;
+    dump_now(running.waypoint.pid(), "loaded")?;
     for s in scenarios().iter().filter(|s| s.kind == ProxyKind::Waypoint) {
         // Allowed and denied; a denial is an answer here, not a failure.
         for user in ["alice", "mallory"] {
@@ -152,7 +151,7 @@ fn serving_functions(
             .with_context(|| format!("requests through {}", s.name))?;
         }
     }
-    control(running.waypoint.pid(), "served")?;
+    dump_now(running.waypoint.pid(), "served")?;
     running.waypoint.stop(UNDER_VALGRIND)?;
     let read = |suffix: &str| -> anyhow::Result<Vec<String>> {
         let file = format!("{}{suffix}", dump.display());
@@ -166,15 +165,9 @@ fn serving_functions(
     Ok(vec![read(".2")?, read(".1")?, read("")?])
 }
 
-fn control(pid: u32, label: &str) -> anyhow::Result<()> {
-    let status = Command::new("callgrind_control")
-        .args(["-d", label, &pid.to_string()])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .context("running callgrind_control")?;
-    if !status.success() {
-        bail!("callgrind_control -d {label} failed");
-    }
+/// A labelled dump of what ran so far.
+fn dump_now(pid: u32, label: &str) -> anyhow::Result<()> {
+    crate::profile::control(pid, &["-d", label])?;
     // The dump is written by the waypoint's next scheduled thread.
     std::thread::sleep(Duration::from_millis(500));
     Ok(())

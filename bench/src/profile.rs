@@ -15,7 +15,8 @@ use crate::configs::{self, Plugins, WAYPOINT_ADMIN, WAYPOINT_HTTP};
 use crate::procs::{self, Proc};
 use crate::{addr, loadgen, which};
 
-fn control(pid: u32, args: &[&str]) -> anyhow::Result<()> {
+/// Runs `callgrind_control ARGS PID` (a dump, instrumentation on or off).
+pub(crate) fn control(pid: u32, args: &[&str]) -> anyhow::Result<()> {
     let status = Command::new("callgrind_control")
         .args(args)
         .arg(pid.to_string())
