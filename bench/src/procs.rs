@@ -61,18 +61,27 @@ impl Proc {
     /// Asks the process to stop (SIGTERM) and waits up to `budget` for it to
     /// exit, as a profiler writing its results at exit needs.
     pub fn stop(&mut self, budget: Duration) -> anyhow::Result<()> {
-        Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status()
-            .context("running kill")?;
-        let deadline = Instant::now() + budget;
-        while Instant::now() < deadline {
-            if self.child.try_wait()?.is_some() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if self.terminate(budget) {
+            return Ok(());
         }
         bail!("{} did not stop within {budget:?}", self.name)
+    }
+
+    /// SIGTERM, then up to `budget` for the exit: whether it exited.
+    fn terminate(&mut self, budget: Duration) -> bool {
+        // nginx's worker follows its master; SIGTERM lets it say so.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + budget;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     /// Fails when the process has already exited (a bad config, a busy port).
@@ -86,20 +95,10 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        // nginx's worker follows its master; SIGTERM lets it say so.
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .stderr(Stdio::null())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if !self.terminate(Duration::from_secs(3)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -170,17 +169,7 @@ pub fn wait_ready(
     path: &str,
     budget: Duration,
 ) -> anyhow::Result<()> {
-    let start = Instant::now();
-    loop {
-        if http_status(addr, "admin", path).is_ok_and(|s| s == 200) {
-            return Ok(());
-        }
-        p.check_alive()?;
-        if start.elapsed() > budget {
-            bail!("{addr}{path} did not answer 200 within {budget:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_ok(addr, "admin", path, budget, || p.check_alive()).map(drop)
 }
 
 /// Waits until `GET path` on `addr` answers 200 (with `host`), or fails after `budget`.
@@ -190,11 +179,23 @@ pub fn wait_http_ok(
     path: &str,
     budget: Duration,
 ) -> anyhow::Result<Duration> {
+    wait_until_ok(addr, host, path, budget, || Ok(()))
+}
+
+/// Polls until `GET path` answers 200; `still_worth_it` can end the wait early.
+fn wait_until_ok(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    budget: Duration,
+    mut still_worth_it: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Duration> {
     let start = Instant::now();
     loop {
         if http_status(addr, host, path).is_ok_and(|s| s == 200) {
             return Ok(start.elapsed());
         }
+        still_worth_it()?;
         if start.elapsed() > budget {
             bail!("{addr}{path} did not answer 200 within {budget:?}");
         }
