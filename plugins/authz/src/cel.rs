@@ -8,13 +8,22 @@
 //! expression uses (`request.path`, `request.headers['x-user']`, ...), and
 //! refuses unknown ones; at run time only those are read from the request,
 //! so an expression that looks at one header costs one header lookup.
+//!
+//! Expressions are parsed by the crate's hand-written Pratt parser, not its
+//! default ANTLR one. Every namespace's plugin is a fresh instance, and the
+//! ANTLR parser builds its prediction tables anew in each (about 2 ms
+//! natively for the first expressions, twice that in the guest); its
+//! runtime was also about a quarter of the module's code, compiled again
+//! at every cold start. A test parses a corpus with both parsers and
+//! requires the same trees.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cel::common::ast::{Expr, IdedExpr, LiteralValue, operators};
 use cel::common::types::{CelBool, CelString};
-use cel::{Context, Env, ExecutionError, Program, Value};
+use cel::parser::PrattParser;
+use cel::{Context, Env, ExecutionError, Value};
 use regex_lite::{Regex, RegexBuilder};
 use wayplug_sdk::Request;
 
@@ -39,6 +48,20 @@ const MAX_CACHED_REGEXES: usize = 256;
 /// Compiled size limit of one regex, so a pathological pattern cannot take
 /// the plugin's memory.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// Longest expression source. A chain such as `a + a + ...` nests one level
+/// per operator, and evaluating or dropping a tree recurses through it: the
+/// length bounds the depth the parser can build before [`MAX_DEPTH`] is
+/// checked, so neither exhausts the guest's stack.
+const MAX_EXPRESSION_BYTES: usize = 4096;
+/// Deepest nesting of an expression's tree (cel-go's default parse limit).
+const MAX_DEPTH: usize = 250;
+
+/// The parser every expression goes through: CEL's standard macros (those
+/// `env()` compiles with). A macro adds a bounded number of nodes, so
+/// [`MAX_EXPRESSION_BYTES`] bounds the tree's size as well.
+fn parser() -> PrattParser {
+    PrattParser::new()
+}
 
 // The overload macros name the argument types without their lifetimes.
 #[allow(elided_lifetimes_in_paths)]
@@ -194,7 +217,16 @@ fn literal_string(e: &IdedExpr) -> Option<&str> {
 }
 
 /// Collects what `e` reads. `bound` holds comprehension variables in scope.
-fn walk(e: &IdedExpr, bound: &mut Vec<String>, needs: &mut Needs) -> Result<(), String> {
+fn walk(
+    e: &IdedExpr,
+    depth: usize,
+    bound: &mut Vec<String>,
+    needs: &mut Needs,
+) -> Result<(), String> {
+    if depth > MAX_DEPTH {
+        return Err(format!("nests deeper than {MAX_DEPTH} levels"));
+    }
+    let depth = depth + 1;
     match &e.expr {
         Expr::Unspecified | Expr::Literal(_) => Ok(()),
         Expr::Ident(name) if bound.contains(name) => Ok(()),
@@ -209,7 +241,7 @@ fn walk(e: &IdedExpr, bound: &mut Vec<String>, needs: &mut Needs) -> Result<(), 
                 needs.header(&s.field);
                 return Ok(());
             }
-            walk(&s.operand, bound, needs)
+            walk(&s.operand, depth, bound, needs)
         }
         Expr::Call(c) => {
             let literal_header = match (c.func_name.as_str(), c.args.as_slice()) {
@@ -226,29 +258,32 @@ fn walk(e: &IdedExpr, bound: &mut Vec<String>, needs: &mut Needs) -> Result<(), 
                 return Ok(());
             }
             if let Some(target) = &c.target {
-                walk(target, bound, needs)?;
+                walk(target, depth, bound, needs)?;
             }
-            c.args.iter().try_for_each(|a| walk(a, bound, needs))
+            c.args.iter().try_for_each(|a| walk(a, depth, bound, needs))
         }
-        Expr::List(l) => l.elements.iter().try_for_each(|a| walk(a, bound, needs)),
+        Expr::List(l) => l
+            .elements
+            .iter()
+            .try_for_each(|a| walk(a, depth, bound, needs)),
         Expr::Map(m) => m
             .entries
             .iter()
-            .try_for_each(|entry| walk_entry(&entry.expr, bound, needs)),
+            .try_for_each(|entry| walk_entry(&entry.expr, depth, bound, needs)),
         Expr::Struct(s) => s
             .entries
             .iter()
-            .try_for_each(|entry| walk_entry(&entry.expr, bound, needs)),
+            .try_for_each(|entry| walk_entry(&entry.expr, depth, bound, needs)),
         Expr::Comprehension(c) => {
-            walk(&c.iter_range, bound, needs)?;
-            walk(&c.accu_init, bound, needs)?;
+            walk(&c.iter_range, depth, bound, needs)?;
+            walk(&c.accu_init, depth, bound, needs)?;
             let before = bound.len();
             bound.push(c.iter_var.clone());
             bound.extend(c.iter_var2.clone());
             bound.push(c.accu_var.clone());
             let inner = [&c.loop_cond, &c.loop_step, &c.result]
                 .into_iter()
-                .try_for_each(|a| walk(a, bound, needs));
+                .try_for_each(|a| walk(a, depth, bound, needs));
             bound.truncate(before);
             inner
         }
@@ -257,14 +292,15 @@ fn walk(e: &IdedExpr, bound: &mut Vec<String>, needs: &mut Needs) -> Result<(), 
 
 fn walk_entry(
     entry: &cel::common::ast::EntryExpr,
+    depth: usize,
     bound: &mut Vec<String>,
     needs: &mut Needs,
 ) -> Result<(), String> {
     match entry {
-        cel::common::ast::EntryExpr::StructField(f) => walk(&f.value, bound, needs),
+        cel::common::ast::EntryExpr::StructField(f) => walk(&f.value, depth, bound, needs),
         cel::common::ast::EntryExpr::MapEntry(m) => {
-            walk(&m.key, bound, needs)?;
-            walk(&m.value, bound, needs)
+            walk(&m.key, depth, bound, needs)?;
+            walk(&m.value, depth, bound, needs)
         }
     }
 }
@@ -273,7 +309,7 @@ fn walk_entry(
 #[derive(Clone)]
 pub struct CelExpr {
     source: String,
-    program: Arc<Program>,
+    program: Arc<IdedExpr>,
     needs: Needs,
 }
 
@@ -295,7 +331,14 @@ pub struct CelInput<'a> {
 impl CelExpr {
     /// Compiles `source`; the error names the expression and the position.
     pub fn compile(source: &str) -> Result<CelExpr, String> {
-        let program = env().compile(source).map_err(|errors| {
+        if source.len() > MAX_EXPRESSION_BYTES {
+            return Err(format!(
+                "CEL expression `{}...` is {} bytes, longer than {MAX_EXPRESSION_BYTES}",
+                source.chars().take(40).collect::<String>(),
+                source.len()
+            ));
+        }
+        let program = parser().parse(source).map_err(|errors| {
             let detail = errors
                 .errors
                 .iter()
@@ -305,7 +348,7 @@ impl CelExpr {
             format!("CEL expression `{source}` does not compile: {detail}")
         })?;
         let mut needs = Needs::default();
-        walk(program.expression(), &mut Vec::new(), &mut needs)
+        walk(&program, 0, &mut Vec::new(), &mut needs)
             .map_err(|e| format!("CEL expression `{source}`: {e}"))?;
         Ok(CelExpr {
             source: source.to_string(),
@@ -326,7 +369,7 @@ impl CelExpr {
                 ctx.add_variable_from_value(*var, self.variable(var, input));
             }
         }
-        match self.program.execute(&ctx) {
+        match Value::resolve(&self.program, &ctx) {
             Ok(Value::Bool(b)) => Ok(b),
             Ok(other) => Err(format!("evaluated to {:?}, not a bool", other.type_of())),
             Err(e) => Err(e.to_string()),
@@ -495,6 +538,76 @@ mod tests {
         assert_eq!(all.needs.headers, Headers::All);
         let bound = CelExpr::compile("[1, 2].exists(x, x == destination.port)").unwrap();
         assert!(bound.needs.reads_field("destination", "port"));
+    }
+
+    /// The Pratt parser against the crate's ANTLR one, on the forms
+    /// conditions are written in: the same tree for every valid
+    /// expression, an error from both for every invalid one. Node ids are
+    /// left out: they only place errors in the source, and the two number
+    /// a map entry and its key in opposite orders.
+    #[test]
+    fn both_cel_parsers_agree() {
+        let ids = Regex::new(r"id: [0-9]+").unwrap();
+        let tree = |e: &IdedExpr| ids.replace_all(&format!("{e:?}"), "id").into_owned();
+        let valid = [
+            "request.headers['x-user'] == 'alice'",
+            "request.url_path.matches('^/orders/[0-9]+$') && source.address != ''",
+            "request.method in ['GET', 'POST'] || !(destination.port == 8080)",
+            "has(request.headers.x_user) ? request.headers.x_user == 'a' : false",
+            "request.headers.exists(k, k.startsWith('x-'))",
+            "[1, 2, 3].all(x, x > 0) && [1u, 2u].exists_one(y, y == 2u)",
+            "[1, 2].map(x, x * 2).filter(y, y > 2).size() == 1",
+            "{'a': 1, 'b': [2.5, -3e2]}['a'] == 1 && b'\\x01' != b''",
+            "size(request.path) >= 1 && request.path.endsWith(\"/\") == false",
+            "r'\\d+' + '\\n\\u00e9' != '' && -(-1) % 2 == 1 && 3 / 2 - 1 < 1.0",
+            "source.principal.contains('/ns/prod/') && connection.mtls",
+            "int('7') + uint(1) > 0 && double(2) == 2.0 && string(1) == '1'",
+            "a.b.c[0].d(e, f)[g] == null || true",
+        ];
+        for source in valid {
+            let antlr = cel::parser::Parser::new().parse(source);
+            let pratt = parser().parse(source);
+            match (antlr, pratt) {
+                (Ok(a), Ok(p)) => assert_eq!(tree(&a), tree(&p), "{source}"),
+                (a, p) => panic!("{source}: ANTLR {a:?}, Pratt {p:?}"),
+            }
+        }
+        let invalid = [
+            "request.path == ",
+            "(request.path",
+            "request..path",
+            "'unterminated",
+            "1 +* 2",
+            "a ? b",
+            "[1, 2",
+            "{'a' 1}",
+            "has(1)",
+            "",
+        ];
+        for source in invalid {
+            assert!(
+                cel::parser::Parser::new().parse(source).is_err(),
+                "ANTLR accepts {source:?}"
+            );
+            assert!(parser().parse(source).is_err(), "Pratt accepts {source:?}");
+        }
+    }
+
+    #[test]
+    fn expressions_too_long_or_too_deep_are_refused() {
+        // A chain of additions nests one level a term.
+        let chain = |terms: usize| vec!["1"; terms].join("+") + " > 0";
+        assert_eq!(eval(&chain(MAX_DEPTH - 2)), Ok(true));
+        let err = CelExpr::compile(&chain(MAX_DEPTH + 1)).unwrap_err();
+        assert!(
+            err.contains(&format!("nests deeper than {MAX_DEPTH} levels")),
+            "{err}"
+        );
+        let err = CelExpr::compile(&chain(MAX_EXPRESSION_BYTES)).unwrap_err();
+        assert!(
+            err.contains(&format!("longer than {MAX_EXPRESSION_BYTES}")),
+            "{err}"
+        );
     }
 
     #[test]
