@@ -505,6 +505,8 @@ pub(crate) fn start_all_with(
         under_test.ready_within,
     )
     .context("waypoint not ready (see waypoint.log)")?;
+    procs::wait_optimized(&mut waypoint, addr(WAYPOINT_ADMIN), under_test.ready_within)
+        .context("waypoint's plugins not on optimized code (see waypoint.log)")?;
     procs::wait_http_ok(addr(TERMINATOR_ADMIN), "admin", "/healthz/ready", budget)
         .context("terminator not ready (see terminator.log)")?;
     let expect = "spiffe://cluster.local/ns/bench/sa/waypoint";
@@ -724,7 +726,7 @@ fn scale(args: &Args, work: &Path, sizes: &[usize]) -> anyhow::Result<Vec<ScaleR
 }
 
 /// Starts `wayplug run` on `config` (CPU 1) and measures until ready, and
-/// the RSS one second later.
+/// the RSS one second after its plugins are on optimized code.
 fn start_scaled(
     args: &Args,
     work: &Path,
@@ -738,21 +740,21 @@ fn start_scaled(
     } else {
         format!("scale-{n}.log")
     };
-    let p = Proc::spawn(
+    let mut p = Proc::spawn(
         "scale",
         1,
         &args.wayplug,
         &["run", "--config", &config.display().to_string()],
         &work.join(log),
     )?;
-    procs::wait_http_ok(
-        addr(SCALE_ADMIN),
-        "admin",
-        "/healthz/ready",
-        Duration::from_secs(300),
-    )
-    .with_context(|| format!("waypoint with {n} namespaces not ready"))?;
+    let budget = Duration::from_secs(300);
+    procs::wait_ready(&mut p, addr(SCALE_ADMIN), "/healthz/ready", budget)
+        .with_context(|| format!("waypoint with {n} namespaces not ready"))?;
     let ready_ms = started.elapsed().as_secs_f64() * 1000.0;
+    // Memory once every plugin has moved to optimized code: what the
+    // waypoint holds from then on, not while it still serves on both.
+    procs::wait_optimized(&mut p, addr(SCALE_ADMIN), budget)
+        .with_context(|| format!("waypoint with {n} namespaces"))?;
     std::thread::sleep(Duration::from_secs(1));
     let row = ScaleRow {
         namespaces: n,

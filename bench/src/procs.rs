@@ -182,6 +182,35 @@ pub fn wait_http_ok(
     wait_until_ok(addr, host, path, budget, || Ok(()))
 }
 
+/// Waits until no plugin of the waypoint whose admin API is at `addr` is
+/// still on baseline code (tiered compilation moves them within seconds of
+/// loading): figures are for the code a waypoint serves on from then on.
+pub fn wait_optimized(p: &mut Proc, addr: SocketAddr, budget: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        let text = http_get(addr, "admin", "/api/namespaces", &[])?;
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let list: serde_json::Value = serde_json::from_str(body)
+            .with_context(|| format!("{addr}/api/namespaces is not JSON: {text}"))?;
+        let namespaces = list["namespaces"]
+            .as_object()
+            .context("no namespaces in /api/namespaces")?;
+        let waiting = namespaces
+            .values()
+            .flat_map(|ns| ns["plugins"].as_array().into_iter().flatten())
+            .filter(|plugin| plugin["code"] == "baseline")
+            .count();
+        if waiting == 0 {
+            return Ok(());
+        }
+        p.check_alive()?;
+        if start.elapsed() > budget {
+            bail!("{waiting} plugin(s) still on baseline code after {budget:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Polls until `GET path` answers 200; `still_worth_it` can end the wait early.
 fn wait_until_ok(
     addr: SocketAddr,

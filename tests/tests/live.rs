@@ -33,7 +33,7 @@ async fn stamp_upstream() -> SocketAddr {
             tokio::spawn(async move {
                 let service = service_fn(|req: Request<hyper::body::Incoming>| async move {
                     let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
-                    for name in ["x-stamp", "x-auth-result"] {
+                    for name in ["x-stamp", "x-auth-result", "x-ticks"] {
                         if let Some(v) = req.headers().get(name) {
                             resp.headers_mut().insert(name, v.clone());
                         }
@@ -546,16 +546,18 @@ async fn code_of(admin: SocketAddr, ns: &str, name: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tiered_component_serves_at_once_and_moves_to_optimized_code_under_load() {
+async fn tiered_plugins_serve_at_once_and_move_to_optimized_code_under_load() {
     let up = stamp_upstream().await;
     let dir_guard = temp_dir("tiered");
     let cache = dir_guard.path().join("cache");
-    // Every component tiered, however small.
+    // Every plugin tiered, however small: in alpha a Proxy-Wasm module and
+    // a component on every request, in beta a Proxy-Wasm VM that ticks.
     let extra = format!(
-        "cacheDir: {}\nnamespaces:\n  alpha:\n    plugins:\n{}      - {{ name: comp, url: \"file://{}\", pluginConfig: {{ name: x-component, value: \"yes\" }} }}\n",
+        "cacheDir: {}\nnamespaces:\n  alpha:\n    plugins:\n{}      - {{ name: comp, url: \"file://{}\", pluginConfig: {{ name: x-component, value: \"yes\" }} }}\n  beta:\n    plugins:\n      - {{ name: tick, url: \"file://{}\" }}\n",
         cache.display(),
         stamp_plugin("stamp", &fixture("config"), "t"),
-        wayplug_tests::component("response-header").display()
+        wayplug_tests::component("response-header").display(),
+        fixture("tick").display()
     );
     let config = yaml(up, &extra).replace(
         "requestsPerComponent: 4 }",
@@ -565,16 +567,16 @@ async fn a_tiered_component_serves_at_once_and_moves_to_optimized_code_under_loa
     let (http, admin) = (wp.http_addr.unwrap(), wp.admin_addr.unwrap());
     let modules = |source| wp.pipeline().registry().modules().made(source);
     assert_eq!(
-        modules("baseline"),
-        1,
-        "the component started on baseline code"
+        (modules("baseline"), modules("compiled")),
+        (3, 0),
+        "every plugin started on baseline code"
     );
-    // The Proxy-Wasm module is always compiled optimizing, at load.
-    let compiled_at_start = modules("compiled");
-    assert_eq!(compiled_at_start, 1);
+    for (ns, name) in [("alpha", "stamp"), ("alpha", "comp"), ("beta", "tick")] {
+        assert_eq!(code_of(admin, ns, name).await, "baseline", "{ns}/{name}");
+    }
 
-    // Requests from two connections until the component has moved (at
-    // most 60 s): each one decided by the component, on either code.
+    // Requests from two connections until every plugin has moved (at most
+    // 60 s): each one decided by both plugins, on either code.
     let moved = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = |moved: Arc<std::sync::atomic::AtomicBool>| async move {
         let mut sent = 0;
@@ -591,7 +593,15 @@ async fn a_tiered_component_serves_at_once_and_moves_to_optimized_code_under_loa
         let moved = moved.clone();
         async move {
             let deadline = Instant::now() + Duration::from_secs(60);
-            while code_of(admin, "alpha", "comp").await != "optimized" {
+            let on_baseline = || async {
+                for (ns, name) in [("alpha", "stamp"), ("alpha", "comp"), ("beta", "tick")] {
+                    if code_of(admin, ns, name).await != "optimized" {
+                        return true;
+                    }
+                }
+                false
+            };
+            while on_baseline().await {
                 assert!(
                     Instant::now() < deadline,
                     "still on baseline code after 60 s"
@@ -603,11 +613,26 @@ async fn a_tiered_component_serves_at_once_and_moves_to_optimized_code_under_loa
     };
     let (a, b, ()) = tokio::join!(load(moved.clone()), load(moved.clone()), watcher);
     assert!(a + b > 0);
-    assert_eq!(modules("compiled"), compiled_at_start + 1);
-    // After the move: still the component's decisions, from new instances.
+    assert_eq!(modules("compiled"), 3);
+    // After the move: still both plugins' decisions, from new instances.
     for _ in 0..8 {
         let r = get(http, "alpha").await;
         assert_eq!(r.header("x-component"), Some("yes"));
+        assert_eq!(r.header("x-stamp"), Some("t"));
+    }
+    // The VM that replaced the ticking one set its own tick (in
+    // `on_vm_start`, run again on the optimized code): the count it keeps
+    // in shared data goes on growing.
+    let ticks = || async {
+        let r = get(http, "beta").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.header("x-ticks").unwrap().parse::<u64>().unwrap()
+    };
+    let before = ticks().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ticks().await < before + 3 {
+        assert!(Instant::now() < deadline, "no tick after the move");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Only optimized code is written to the cache: a restart loads both
     // from disk and compiles nothing, on any tier.
@@ -621,13 +646,13 @@ async fn a_tiered_component_serves_at_once_and_moves_to_optimized_code_under_loa
                 .is_some_and(|x| x == "cwasm")
         })
         .count();
-    assert_eq!(entries, 2);
+    assert_eq!(entries, 3);
     wp.shutdown().await;
     let wp = start(&config).await;
     let modules = |source| wp.pipeline().registry().modules().made(source);
     assert_eq!(
         (modules("compiled"), modules("baseline"), modules("disk")),
-        (0, 0, 2)
+        (0, 0, 3)
     );
     assert_eq!(
         code_of(wp.admin_addr.unwrap(), "alpha", "comp").await,
@@ -648,8 +673,14 @@ async fn a_warm_cache_restart_compiles_nothing_and_a_corrupt_entry_is_rebuilt() 
         stamp_plugin("stamp", &fixture("config"), "c"),
         wayplug_tests::component("response-header").display()
     );
+    // Counting compilations: the optimizing compiler only (no background
+    // tier-up, which would write the entries later).
+    let config = yaml(up, &extra).replace(
+        "requestsPerComponent: 4 }",
+        "requestsPerComponent: 4, compiler: optimizing }",
+    );
     let run = || async {
-        let wp = start(&yaml(up, &extra)).await;
+        let wp = start(&config).await;
         let text = admin_get(wp.admin_addr.unwrap(), "/metrics").await.body;
         let r = get(wp.http_addr.unwrap(), "alpha").await;
         assert_eq!(r.status, 200, "{}", r.body);
@@ -689,7 +720,7 @@ async fn a_warm_cache_restart_compiles_nothing_and_a_corrupt_entry_is_rebuilt() 
     // A cache folder others may write to is refused before anything loads.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let config = Config::from_yaml(&yaml(up, &extra), "live.yaml", Path::new(".")).unwrap();
+    let config = Config::from_yaml(&config, "live.yaml", Path::new(".")).unwrap();
     let err = Waypoint::start(config, Default::default())
         .await
         .err()

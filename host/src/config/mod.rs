@@ -190,14 +190,13 @@ pub struct SandboxConfig {
     /// through a plugin's edits (Envoy's `max_request_headers_kb`: 60 KiB).
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
-    /// How plugins are compiled: `tiered` (components of at least
-    /// `tieredCompileMinKiB` are first compiled by the baseline compiler,
-    /// Winch, about five times quicker to compile and slower to run; they
-    /// serve on that code at once and move to optimized Cranelift code
-    /// compiled in the background), `optimizing` (Cranelift only) or
-    /// `baseline` (those components stay on Winch code: short-lived runs).
-    /// Proxy-Wasm modules are always compiled optimizing, and an entry of
-    /// the compiled-plugin cache is used whenever there is one.
+    /// How plugins are compiled: `tiered` (modules and components of at
+    /// least `tieredCompileMinKiB` are first compiled by the baseline
+    /// compiler, Winch, about five times quicker to compile and slower to
+    /// run; they serve on that code at once and move to optimized Cranelift
+    /// code compiled in the background), `optimizing` (Cranelift only) or
+    /// `baseline` (those plugins stay on Winch code: short-lived runs). An
+    /// entry of the compiled-plugin cache is used whenever there is one.
     #[serde(default)]
     pub compiler: Compiler,
     #[serde(
@@ -216,10 +215,11 @@ pub enum Compiler {
     Baseline,
 }
 
-/// Smaller components compile optimized in a few tenths of a second: two
-/// compilations would cost more than they save.
+/// A plugin this large takes Cranelift about a quarter of a second on one
+/// core, several times what Winch takes; smaller ones compile optimized at
+/// once, since two compilations would cost more than the wait they save.
 fn default_tiered_compile_min_kib() -> u64 {
-    1024
+    128
 }
 
 fn default_call_timeout_ms() -> u64 {
@@ -559,7 +559,7 @@ mod tests {
         assert_eq!(c.sandbox.memory_limit_mib, 64);
         assert_eq!(c.sandbox.max_headers, 100);
         assert_eq!(c.sandbox.max_header_bytes, 60 * 1024);
-        assert_eq!(c.sandbox.tier_min_bytes(), Some(1 << 20));
+        assert_eq!(c.sandbox.tier_min_bytes(), Some(128 << 10));
         assert_eq!(c.listeners.admin.unwrap().port(), 15000);
     }
 

@@ -18,10 +18,10 @@
 //!   ([`ModuleCache::retain`]), so replaced plugins' code does not pile up.
 //! - With a `cacheDir`, a compilation is also written to disk, and a process
 //!   that starts later reads it instead of compiling (see `precompiled`).
-//! - Tiered compilation: a large component with no cache entry is compiled
-//!   by the baseline compiler and returned at once; the optimizing compiler
-//!   then compiles it on one background thread, once loading has been quiet
-//!   for [`QUIET`], one component at a time. Its result replaces the entry
+//! - Tiered compilation: a large module or component with no cache entry is
+//!   compiled by the baseline compiler and returned at once; the optimizing
+//!   compiler then compiles it on one background thread, once loading has
+//!   been quiet for [`QUIET`], one at a time. Its result replaces the entry
 //!   (later loads get it), is the only code written to disk, and is handed
 //!   to the `on_optimized` hook, which moves running plugins onto it.
 
@@ -47,6 +47,24 @@ pub enum Compiled {
     Component(Component),
 }
 
+impl Compiled {
+    /// The engine (so the compiler tier) the code was compiled for.
+    pub fn engine(&self) -> &wasmtime::Engine {
+        match self {
+            Compiled::Module(m) => m.engine(),
+            Compiled::Component(c) => c.engine(),
+        }
+    }
+
+    fn compile(engine: &wasmtime::Engine, bytes: &[u8], component: bool) -> wasmtime::Result<Self> {
+        if component {
+            Component::new(engine, bytes).map(Compiled::Component)
+        } else {
+            Module::new(engine, bytes).map(Compiled::Module)
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabels {
     /// `compiled`, `memory` (already compiled in this process) or `disk`.
@@ -64,13 +82,20 @@ type Slot = Arc<OnceLock<Result<Compiled, String>>>;
 /// starts: a start or reload gets both cores for its baseline compiles.
 pub const QUIET: Duration = Duration::from_millis(1000);
 
-/// Called with the cache each time a component's optimized code is ready.
+/// Called with the cache each time a plugin's optimized code is ready.
 pub type OnOptimized = Box<dyn Fn(&ModuleCache) + Send + Sync>;
 
-/// Components waiting for the optimizing compiler.
+/// A module or component waiting for the optimizing compiler.
+struct Job {
+    sha256: String,
+    bytes: Vec<u8>,
+    component: bool,
+}
+
+/// Plugins waiting for the optimizing compiler.
 #[derive(Default)]
 struct Queue {
-    jobs: VecDeque<(String, Vec<u8>)>,
+    jobs: VecDeque<Job>,
     /// The background thread is running.
     running: bool,
     last_baseline: Option<Instant>,
@@ -102,7 +127,7 @@ impl ModuleCache {
             "plugin_modules",
             "Plugin modules and components made ready, by where the compiled code came from \
              (compiled: optimized code compiled here, baseline: quickly compiled code a \
-             component serves on until its optimized code is compiled, memory, disk)",
+             plugin serves on until its optimized code is compiled, memory, disk)",
             modules.clone(),
         );
         let rejected = Family::<RejectLabels, Counter>::default();
@@ -122,25 +147,22 @@ impl ModuleCache {
         })
     }
 
-    /// Sets what runs when a component's optimized code is ready (once).
+    /// Sets what runs when a plugin's optimized code is ready (once).
     pub fn set_on_optimized(&self, hook: OnOptimized) {
         let _ = self.on_optimized.set(hook);
     }
 
-    /// The optimized code of component `sha256`, once it is compiled.
-    pub fn optimized(&self, sha256: &str) -> Option<Component> {
+    /// The optimized code of module or component `sha256`, once it is
+    /// compiled.
+    pub fn optimized(&self, sha256: &str, component: bool) -> Option<Compiled> {
         let slot = self
             .entries
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&(sha256.to_owned(), true))
+            .get(&(sha256.to_owned(), component))
             .cloned()?;
         match slot.get() {
-            Some(Ok(Compiled::Component(c)))
-                if wasmtime::Engine::same(c.engine(), &self.engine.wasm) =>
-            {
-                Some(c.clone())
-            }
+            Some(Ok(c)) if wasmtime::Engine::same(c.engine(), &self.engine.wasm) => Some(c.clone()),
             _ => None,
         }
     }
@@ -206,15 +228,11 @@ impl ModuleCache {
                 }
             }
         }
-        if component && let Some(compiled) = self.baseline(sha256, bytes) {
+        if let Some(compiled) = self.baseline(sha256, bytes, component) {
             return Ok(compiled);
         }
-        let compiled = if component {
-            Component::new(&self.engine.wasm, bytes).map(Compiled::Component)
-        } else {
-            Module::new(&self.engine.wasm, bytes).map(Compiled::Module)
-        }
-        .map_err(|e| format!("{e:#}"))?;
+        let compiled =
+            Compiled::compile(&self.engine.wasm, bytes, component).map_err(|e| format!("{e:#}"))?;
         self.count("compiled");
         if let Some(disk) = &self.disk
             && let Err(e) = disk.store(sha256, &compiled)
@@ -225,27 +243,31 @@ impl ModuleCache {
         Ok(compiled)
     }
 
-    /// The baseline compiler's code for a large component, its optimized
-    /// compile queued; `None` when the component is not to be tiered (or the
+    /// The baseline compiler's code for a large module or component, its
+    /// optimized compile queued; `None` when it is not to be tiered (or the
     /// baseline compiler cannot compile it: then it is compiled optimized).
-    fn baseline(self: &Arc<Self>, sha256: &str, bytes: &[u8]) -> Option<Compiled> {
+    fn baseline(self: &Arc<Self>, sha256: &str, bytes: &[u8], component: bool) -> Option<Compiled> {
         let tiering = self.engine.tiering?;
         if bytes.len() < tiering.min_bytes {
             return None;
         }
-        let component = match Component::new(&self.engine.baseline()?.wasm, bytes) {
+        let compiled = match Compiled::compile(&self.engine.baseline()?.wasm, bytes, component) {
             Ok(c) => c,
             Err(e) => {
-                tracing::info!(sha256, error = %format!("{e:#}"), "the baseline compiler cannot compile this component; compiling it optimized");
+                tracing::info!(sha256, error = %format!("{e:#}"), "the baseline compiler cannot compile this plugin; compiling it optimized");
                 return None;
             }
         };
         self.count("baseline");
         if !tiering.optimize {
-            return Some(Compiled::Component(component));
+            return Some(compiled);
         }
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        queue.jobs.push_back((sha256.to_owned(), bytes.to_vec()));
+        queue.jobs.push_back(Job {
+            sha256: sha256.to_owned(),
+            bytes: bytes.to_vec(),
+            component,
+        });
         queue.last_baseline = Some(Instant::now());
         if !queue.running {
             let cache = self.clone();
@@ -261,14 +283,18 @@ impl ModuleCache {
                 }
             }
         }
-        Some(Compiled::Component(component))
+        Some(compiled)
     }
 
-    /// The background thread: compiles queued components optimized until
+    /// The background thread: compiles queued plugins optimized until
     /// the queue is empty or no registry uses this cache any more.
     fn optimize_queued(self: Arc<Self>) {
         loop {
-            let (sha256, bytes) = {
+            let Job {
+                sha256,
+                bytes,
+                component,
+            } = {
                 let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
                 let quiet_for = queue.last_baseline.map_or(QUIET, |t| t.elapsed());
                 if let Some(wait) = QUIET.checked_sub(quiet_for).filter(|w| !w.is_zero()) {
@@ -287,26 +313,25 @@ impl ModuleCache {
                     }
                 }
             };
-            let key = (sha256.clone(), true);
+            let key = (sha256.clone(), component);
             let wanted = |entries: &HashMap<(String, bool), Slot>| {
                 entries.get(&key).is_some_and(|slot| {
-                    matches!(slot.get(), Some(Ok(Compiled::Component(c))) if !wasmtime::Engine::same(c.engine(), &self.engine.wasm))
+                    matches!(slot.get(), Some(Ok(c)) if !wasmtime::Engine::same(c.engine(), &self.engine.wasm))
                 })
             };
             if !wanted(&self.entries.lock().unwrap_or_else(|e| e.into_inner())) {
                 continue;
             }
             let started = Instant::now();
-            let component = match Component::new(&self.engine.wasm, &bytes) {
+            let compiled = match Compiled::compile(&self.engine.wasm, &bytes, component) {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(sha256, error = %format!("{e:#}"), "the optimizing compiler failed on a component the baseline compiler took; it stays on baseline code");
+                    tracing::warn!(sha256, error = %format!("{e:#}"), "the optimizing compiler failed on a plugin the baseline compiler took; it stays on baseline code");
                     continue;
                 }
             };
             drop(bytes);
             self.count("compiled");
-            let compiled = Compiled::Component(component);
             if let Some(disk) = &self.disk
                 && let Err(e) = disk.store(&sha256, &compiled)
             {

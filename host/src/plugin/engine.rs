@@ -9,12 +9,12 @@
 //!   pooling allocator's cap is the hard ceiling).
 //! - Two compilers, each with its own wasmtime engine: Cranelift for the
 //!   code plugins run on, and (with tiered compilation) Winch for large
-//!   components' first minutes, since it compiles several times faster. Code
+//!   plugins' first seconds, since it compiles several times faster. Code
 //!   from one engine only runs in stores and linkers of that engine, so each
-//!   tier has its own linker; both get the same sandbox settings and the
-//!   same epoch ticks. The Winch engine is made at the first component
-//!   large enough to start on it, so a waypoint that never tiers does not
-//!   carry it.
+//!   tier has its own linkers; both get the same sandbox settings and the
+//!   same epoch ticks. The Winch engine is made at the first plugin large
+//!   enough to start on it, so a waypoint that never tiers does not carry
+//!   it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -38,10 +38,10 @@ pub struct Engine {
     pub wasm: wasmtime::Engine,
     pub proxy_wasm_linker: Linker<HostState>,
     pub component_linker: wasmtime::component::Linker<ComponentState>,
-    /// Which components start on the baseline compiler; `None` when
-    /// tiered compilation is off.
+    /// Which plugins start on the baseline compiler; `None` when tiered
+    /// compilation is off.
     pub tiering: Option<Tiering>,
-    /// The baseline compiler's engine, once a component has needed it
+    /// The baseline compiler's engine, once a plugin has needed it
     /// (`None` inside when it cannot be made on this machine). Shared with
     /// the epoch thread.
     baseline: Arc<OnceLock<Option<Baseline>>>,
@@ -51,18 +51,19 @@ pub struct Engine {
     stop: Arc<AtomicBool>,
 }
 
-/// The components that start on baseline code.
+/// The plugins that start on baseline code.
 #[derive(Debug, Clone, Copy)]
 pub struct Tiering {
-    /// Components at least this large start there.
+    /// Modules and components at least this large start there.
     pub min_bytes: usize,
     /// Whether they then move to optimized code (`compiler: tiered`).
     pub optimize: bool,
 }
 
-/// Winch: quick to compile, for components that then move to Cranelift.
+/// Winch: quick to compile, for plugins that then move to Cranelift.
 pub struct Baseline {
     pub wasm: wasmtime::Engine,
+    pub proxy_wasm_linker: Linker<HostState>,
     pub component_linker: wasmtime::component::Linker<ComponentState>,
 }
 
@@ -78,30 +79,40 @@ impl Engine {
         }
     }
 
+    /// The Proxy-Wasm linker for code compiled by `engine` (either tier).
+    pub fn proxy_wasm_linker_for(&self, engine: &wasmtime::Engine) -> &Linker<HostState> {
+        match self.baseline.get() {
+            Some(Some(b)) if wasmtime::Engine::same(engine, &b.wasm) => &b.proxy_wasm_linker,
+            _ => &self.proxy_wasm_linker,
+        }
+    }
+
     /// Whether `engine` is the baseline tier's.
     pub fn is_baseline(&self, engine: &wasmtime::Engine) -> bool {
         matches!(self.baseline.get(), Some(Some(b)) if wasmtime::Engine::same(engine, &b.wasm))
     }
 
     /// The baseline compiler's engine, made at the first call; `None` when
-    /// tiered compilation is off or Winch cannot run here (then components
-    /// are compiled optimized, as with `compiler: optimizing`).
+    /// tiered compilation is off or Winch cannot run here (then plugins are
+    /// compiled optimized, as with `compiler: optimizing`).
     pub fn baseline(&self) -> Option<&Baseline> {
         self.tiering?;
         self.baseline
             .get_or_init(|| {
                 let made = wasmtime::Engine::new(&wasm_config(&self.sandbox, Strategy::Winch))
                     .and_then(|wasm| {
+                        let proxy_wasm_linker = proxywasm::linker(&wasm)?;
                         let component_linker = component::linker(&wasm)?;
                         Ok(Baseline {
                             wasm,
+                            proxy_wasm_linker,
                             component_linker,
                         })
                     });
                 match made {
                     Ok(b) => Some(b),
                     Err(e) => {
-                        tracing::warn!(error = %format!("{e:#}"), "the baseline compiler is not available; components are compiled optimized");
+                        tracing::warn!(error = %format!("{e:#}"), "the baseline compiler is not available; plugins are compiled optimized");
                         None
                     }
                 }

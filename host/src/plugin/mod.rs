@@ -294,12 +294,13 @@ impl Plugin {
     }
 
     /// Which compiler's code new instances run: `optimized` or, for a
-    /// component still on its first tier, `baseline`.
+    /// plugin still on its first tier, `baseline`.
     pub fn code(&self) -> &'static str {
-        match &self.kind {
-            PluginKind::Component(c) if c.on_baseline() => "baseline",
-            _ => "optimized",
-        }
+        let baseline = match &self.kind {
+            PluginKind::Component(c) => c.on_baseline(),
+            PluginKind::ProxyWasm(p) => p.on_baseline(),
+        };
+        if baseline { "baseline" } else { "optimized" }
     }
 
     pub fn live_instances(&self) -> usize {

@@ -200,6 +200,20 @@ impl<T: Poisonable> InstancePool<T> {
         }
     }
 
+    /// Gives every slot that holds an instance a new one from `start`
+    /// (slots still empty fill on first use, from whatever `start` then
+    /// makes). Requests pinned to a replaced instance finish on it. Stops
+    /// at the first failure, leaving the remaining slots as they were.
+    pub fn renew<E>(&self, mut start: impl FnMut() -> Result<Arc<T>, E>) -> Result<(), E> {
+        for slot in &self.slots {
+            let _refill = lock_refill(slot);
+            if slot.current.load().is_some() {
+                slot.current.store(Some(start()?));
+            }
+        }
+        Ok(())
+    }
+
     /// Instances that can serve requests now.
     pub fn live(&self) -> usize {
         self.slots.iter().filter(|s| s.healthy().is_some()).count()
@@ -391,6 +405,35 @@ mod tests {
     fn take(pool: &InstancePool<Fake>, home: usize, s: &Starter) -> (usize, usize) {
         let c = pool.checkout_from(home, || s.start()).unwrap();
         (c.slot, c.instance.id)
+    }
+
+    #[test]
+    fn renew_replaces_started_slots_and_leaves_empty_ones_to_fill_later() {
+        let s = Starter::new();
+        let pool = InstancePool::new(fake(1), 3);
+        // Slot 1 started too; slot 2 stays empty.
+        assert_eq!(take(&pool, 1, &s), (1, 100));
+        let pinned = pool.checkout_from(0, || s.start()).unwrap().instance;
+        pool.renew(|| s.start()).unwrap();
+        assert_eq!(pool.live(), 2, "the empty slot is not started");
+        assert_eq!(take(&pool, 0, &s), (0, 101));
+        assert_eq!(take(&pool, 1, &s), (1, 102));
+        assert_eq!(
+            pinned.id, 1,
+            "a request keeps the instance it was pinned to"
+        );
+        assert_eq!(take(&pool, 2, &s), (2, 103));
+
+        // A failed start stops the renewal: later slots keep theirs.
+        let calls = AtomicUsize::new(0);
+        let failing = || match calls.fetch_add(1, Ordering::Relaxed) {
+            0 => s.start(),
+            _ => Err(()),
+        };
+        assert_eq!(pool.renew(failing), Err(()));
+        assert_eq!(take(&pool, 0, &s), (0, 104));
+        assert_eq!(take(&pool, 1, &s), (1, 102));
+        assert_eq!(take(&pool, 2, &s), (2, 103));
     }
 
     #[test]

@@ -264,7 +264,12 @@ impl Registry {
         }));
         {
             let (current, engine) = (current.clone(), engine.clone());
+            // The hook runs on the compiler's own thread; a Proxy-Wasm VM
+            // started there may set a tick or make a call, which need the
+            // runtime.
+            let runtime = tokio::runtime::Handle::try_current().ok();
             modules.set_on_optimized(Box::new(move |modules| {
+                let _inside = runtime.as_ref().map(|rt| rt.enter());
                 upgrade_tiers(&current.load_full(), &engine, modules)
             }));
         }
@@ -864,14 +869,18 @@ impl Registry {
             let Compiled::Module(module) = &compiled else {
                 unreachable!("a core module's bytes compile to a module")
             };
-            let module = ProxyWasmModule::new(&engine.proxy_wasm_linker, module)
-                .map_err(LoadFailure::Abi)?;
-            let plugin = ProxyWasmPlugin::new(module, shared2, instances).map_err(|e| match e {
-                StartError::BadExport { .. } | StartError::MissingContextCreate => {
-                    LoadFailure::Abi(e.to_string())
-                }
-                other => LoadFailure::Start(other.to_string()),
-            })?;
+            let baseline = engine.is_baseline(module.engine());
+            let module =
+                ProxyWasmModule::new(engine.proxy_wasm_linker_for(module.engine()), module)
+                    .map_err(LoadFailure::Abi)?;
+            let plugin = ProxyWasmPlugin::new(module, baseline, shared2, instances).map_err(
+                |e| match e {
+                    StartError::BadExport { .. } | StartError::MissingContextCreate => {
+                        LoadFailure::Abi(e.to_string())
+                    }
+                    other => LoadFailure::Start(other.to_string()),
+                },
+            )?;
             Ok(PluginKind::ProxyWasm(plugin))
         })
         .await
@@ -922,10 +931,10 @@ impl Registry {
     }
 }
 
-/// Moves every component plugin of `installed` still on baseline code onto
-/// its optimized code, where that is compiled. A plugin that fails to link
-/// the optimized code (it linked the same component already, so this is not
-/// expected) keeps serving on baseline code.
+/// Moves every plugin of `installed` still on baseline code onto its
+/// optimized code, where that is compiled. A plugin that fails to link or
+/// start from the optimized code (it did from the same bytes already, so
+/// this is not expected) keeps serving on baseline code.
 fn upgrade_tiers(installed: &Installed, engine: &Engine, modules: &ModuleCache) {
     let plugins = installed.chains.values().flat_map(|c| {
         c.plugins
@@ -933,20 +942,30 @@ fn upgrade_tiers(installed: &Installed, engine: &Engine, modules: &ModuleCache) 
             .flat_map(|p| std::iter::once(p).chain(p.shadow.as_ref().map(|s| &s.candidate)))
     });
     for plugin in plugins {
-        let PluginKind::Component(c) = &plugin.kind else {
-            continue;
+        let moved = match &plugin.kind {
+            PluginKind::Component(c) if c.on_baseline() => {
+                match modules.optimized(&plugin.sha256, true) {
+                    Some(Compiled::Component(optimized)) => c
+                        .upgrade(&engine.component_linker, &optimized)
+                        .map_err(|(ComponentLoadError::Abi(e) | ComponentLoadError::Start(e))| e),
+                    _ => continue,
+                }
+            }
+            PluginKind::ProxyWasm(p) if p.on_baseline() => {
+                match modules.optimized(&plugin.sha256, false) {
+                    Some(Compiled::Module(optimized)) => p
+                        .upgrade(&engine.proxy_wasm_linker, &optimized)
+                        .map_err(|e| e.to_string()),
+                    _ => continue,
+                }
+            }
+            _ => continue,
         };
-        if !c.on_baseline() {
-            continue;
-        }
-        let Some(optimized) = modules.optimized(&plugin.sha256) else {
-            continue;
-        };
-        match c.upgrade(&engine.component_linker, &optimized) {
+        match moved {
             Ok(()) => {
                 tracing::debug!(plugin = %plugin.spec.name, namespace = %plugin.namespace, "plugin moved to optimized code")
             }
-            Err(ComponentLoadError::Abi(e) | ComponentLoadError::Start(e)) => {
+            Err(e) => {
                 tracing::warn!(plugin = %plugin.spec.name, namespace = %plugin.namespace, error = %e, "plugin stays on baseline code")
             }
         }

@@ -25,7 +25,9 @@ mod properties;
 mod wasi;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use arc_swap::ArcSwap;
 use wasmtime::{InstancePre, Linker, Module};
 
 use instance::Callback;
@@ -117,7 +119,13 @@ pub struct ProxyWasmPlugin {
 
 /// What a plugin's filters need to replace their instance.
 struct Loaded {
-    module: ProxyWasmModule,
+    /// The code new instances start from; replaced once when the plugin
+    /// moves from baseline to optimized code.
+    module: ArcSwap<ProxyWasmModule>,
+    /// `module` is the baseline compiler's code.
+    baseline: AtomicBool,
+    /// The http callbacks the module exports (the same on every tier).
+    hooks: Hooks,
     shared: Arc<PluginShared>,
     pool: InstancePool<Instance>,
     /// `wayplug_plugin_vm_contended`: checkouts that found every VM busy.
@@ -126,16 +134,18 @@ struct Loaded {
 
 impl Loaded {
     fn start(&self) -> Result<Arc<Instance>, PluginFailure> {
-        Instance::start(&self.module, self.shared.clone())
+        Instance::start(&self.module.load(), self.shared.clone())
             .map_err(|e| PluginFailure::Start(e.to_string()))
     }
 }
 
 impl ProxyWasmPlugin {
     /// Starts the first instance now, so a plugin that cannot start or
-    /// rejects its configuration never gets loaded.
+    /// rejects its configuration never gets loaded. `baseline`: `module` is
+    /// the baseline compiler's code, to be replaced by [`Self::upgrade`].
     pub fn new(
         module: ProxyWasmModule,
+        baseline: bool,
         shared: Arc<PluginShared>,
         instances: usize,
     ) -> Result<Self, StartError> {
@@ -145,7 +155,9 @@ impl ProxyWasmPlugin {
             .vm_contended(&shared.namespace, &shared.name);
         Ok(ProxyWasmPlugin {
             inner: Arc::new(Loaded {
-                module,
+                hooks: module.hooks,
+                module: ArcSwap::from_pointee(module),
+                baseline: AtomicBool::new(baseline),
                 shared,
                 pool: InstancePool::new(first, instances),
                 contended,
@@ -155,7 +167,47 @@ impl ProxyWasmPlugin {
 
     /// The http callbacks the module exports.
     pub fn hooks(&self) -> Hooks {
-        self.inner.module.hooks
+        self.inner.hooks
+    }
+
+    /// Whether new instances start from the baseline compiler's code.
+    pub fn on_baseline(&self) -> bool {
+        self.inner.baseline.load(Ordering::Acquire)
+    }
+
+    /// Moves the plugin to `module` (the same bytes compiled by the
+    /// optimizing compiler), linked by `linker`: every VM is replaced by one
+    /// started from the new code, as a reload would (`on_vm_start` and
+    /// `on_configure` run again; what a VM kept in its own memory starts
+    /// over, shared data and queues are the host's and stay). Requests
+    /// under way finish on the VM they were pinned to. Runs guest code:
+    /// call it off the request workers, inside the runtime (a VM may set a
+    /// tick or make a call while it starts).
+    pub fn upgrade(
+        &self,
+        linker: &Linker<HostState>,
+        module: &Module,
+    ) -> Result<(), PluginFailure> {
+        let module = ProxyWasmModule::new(linker, module).map_err(PluginFailure::Start)?;
+        // A VM must start from the new code before any VM is replaced:
+        // should it fail, the plugin stays wholly on the old code.
+        let first = Instance::start(&module, self.inner.shared.clone())
+            .map_err(|e| PluginFailure::Start(e.to_string()))?;
+        let old = self.inner.module.swap(Arc::new(module));
+        self.inner.baseline.store(false, Ordering::Release);
+        let mut first = Some(first);
+        let renewed = self.inner.pool.renew(|| match first.take() {
+            Some(vm) => Ok(vm),
+            None => self.inner.start(),
+        });
+        if let Err(e) = renewed {
+            // The slots renewed so far keep their optimized VMs; the rest
+            // go on serving from baseline code, and new VMs start from it.
+            self.inner.module.store(old);
+            self.inner.baseline.store(true, Ordering::Release);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// A filter for a new request, pinned to an instance from the pool (a
