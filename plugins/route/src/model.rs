@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use regex::Regex;
+use regex_lite::Regex;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -802,7 +802,7 @@ impl Reader<'_> {
 
     /// Compiled anchored: Envoy matches route regexes against the whole value.
     fn regex(&self, field: &str, pattern: &str) -> Result<Regex, RouteError> {
-        regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+        regex_lite::RegexBuilder::new(&format!("^(?:{pattern})$"))
             .size_limit(1 << 20)
             .build()
             .map_err(|e| {

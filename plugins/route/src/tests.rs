@@ -88,6 +88,7 @@ fn path_matches() {
             {"matches": [{"path": {"type": "Exact", "value": "/exact"}}], "backendRefs": to("a")},
             {"matches": [{"path": {"type": "PathPrefix", "value": "/abc/"}}], "backendRefs": to("b")},
             {"matches": [{"path": {"type": "RegularExpression", "value": "/re/[0-9]+"}}], "backendRefs": to("c")},
+            {"matches": [{"path": {"type": "RegularExpression", "value": "/digits/\\d+"}}], "backendRefs": to("d")},
         ]),
     )]);
     check(
@@ -118,6 +119,7 @@ fn path_matches() {
             (req("GET", "/abc?x=1", &[]), "b:80"),
             // Regular expressions match the whole path.
             (req("GET", "/re/42", &[]), "c:80"),
+            (req("GET", "/digits/42", &[]), "d:80"),
             (
                 req("GET", "/re/42/x", &[]),
                 "404 no HTTPRoute rule for Service shop/web matches GET /re/42/x",
@@ -475,6 +477,11 @@ fn refused_documents_name_the_field() {
                     json!([{"path": {"type": "RegularExpression", "value": "(["}}])
             },
             "HTTPRoute shop/bad: field `spec.rules[0].matches[0].path.value`: invalid regular expression `([`",
+        ),
+        (
+            // RE2's syntax without Unicode property classes: refused, not guessed.
+            |d| d["spec"]["rules"][0]["matches"] = json!([{"headers": [{"type": "RegularExpression", "name": "x-user", "value": "\\p{L}+"}]}]),
+            "HTTPRoute shop/bad: field `spec.rules[0].matches[0].headers[0].value`: invalid regular expression `\\p{L}+`",
         ),
         (
             |d| d["spec"]["rules"][0]["matches"] = json!([{"path": {"value": "nope"}}]),
