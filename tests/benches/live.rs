@@ -133,6 +133,26 @@ async fn ready(n: usize, cache: Option<&Path>, label: &str) {
         "live/ready/{n}x3/{label}: {:.3} s until listening",
         took.as_secs_f64()
     );
+    if cache.is_some() {
+        // Only optimized code is written to the cache: the next start finds
+        // it once every plugin has moved off baseline code.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let on_baseline = || {
+            let installed = wp.pipeline().registry().current();
+            installed
+                .chains
+                .values()
+                .flat_map(|c| c.plugins.iter())
+                .any(|p| p.code() == "baseline")
+        };
+        while on_baseline() {
+            assert!(
+                Instant::now() < deadline,
+                "plugins still on baseline code after 120 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     wp.shutdown().await;
 }
 

@@ -614,7 +614,7 @@ fn classify_start(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Mutex;
     use std::time::SystemTime;
 
@@ -627,6 +627,27 @@ mod tests {
     use crate::metrics::Metrics;
     use crate::plugin::callout::Callouts;
     use crate::plugin::engine::Engine;
+
+    /// The plugin `t` of namespace `ns`, with no configuration.
+    pub(crate) fn test_shared(engine: &Engine) -> Arc<PluginShared> {
+        let metrics = Arc::new(Metrics::new());
+        Arc::new(PluginShared {
+            name: "t".into(),
+            namespace: "ns".into(),
+            root_id: String::new(),
+            vm_id: String::new(),
+            plugin_config: Vec::new(),
+            vm_config: Vec::new(),
+            env: Vec::new(),
+            limits: engine.limits.clone(),
+            shared: Arc::default(),
+            callouts: Arc::new(Callouts::new(Default::default())),
+            metrics: metrics.plugin_metrics("ns", "t"),
+            global_metrics: metrics,
+            log_tail: Mutex::default(),
+            limits_warned: Default::default(),
+        })
+    }
 
     /// A Proxy-Wasm module small enough to read: request headers trap when
     /// `end_of_stream` is false, and a callout answer's body is copied into
@@ -664,24 +685,7 @@ mod tests {
         let bytes = wat::parse_str(GUEST).unwrap();
         let module = wasmtime::Module::new(&engine.wasm, bytes).unwrap();
         let module = ProxyWasmModule::new(&engine.proxy_wasm_linker, &module).unwrap();
-        let metrics = Arc::new(Metrics::new());
-        let shared = Arc::new(PluginShared {
-            name: "t".into(),
-            namespace: "ns".into(),
-            root_id: String::new(),
-            vm_id: String::new(),
-            plugin_config: Vec::new(),
-            vm_config: Vec::new(),
-            env: Vec::new(),
-            limits: engine.limits.clone(),
-            shared: Arc::default(),
-            callouts: Arc::new(Callouts::new(Default::default())),
-            metrics: metrics.plugin_metrics("ns", "t"),
-            global_metrics: metrics,
-            log_tail: Mutex::default(),
-            limits_warned: Default::default(),
-        });
-        Instance::start(&module, shared).unwrap()
+        Instance::start(&module, test_shared(&engine)).unwrap()
     }
 
     fn exchange() -> Arc<Exchange> {

@@ -361,3 +361,65 @@ impl Drop for ProxyWasmFilter {
         self.finish();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SandboxConfig;
+    use crate::plugin::engine::Engine;
+
+    /// A module whose `on_vm_start` answers `ok`.
+    fn module(engine: &wasmtime::Engine, ok: bool) -> Module {
+        let wat = format!(
+            r#"(module
+  (memory (export "memory") 1)
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const {})))"#,
+            ok as i32
+        );
+        Module::new(engine, wat::parse_str(wat).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_plugin_moves_to_optimized_code_only_when_a_vm_starts_from_it() {
+        let engine = Engine::new(&SandboxConfig::default()).unwrap();
+        let baseline = &engine.baseline().expect("Winch runs here").wasm;
+        let linked = ProxyWasmModule::new(
+            engine.proxy_wasm_linker_for(baseline),
+            &module(baseline, true),
+        )
+        .unwrap();
+        let shared = instance::tests::test_shared(&engine);
+        let plugin = ProxyWasmPlugin::new(linked, true, shared, 2).unwrap();
+        let vm = |p: &ProxyWasmPlugin| p.inner.pool.checkout(|| p.inner.start()).unwrap().instance;
+        let first = vm(&plugin);
+        assert!(plugin.on_baseline());
+
+        // The optimized code's VM refuses to start: nothing moves.
+        let refused = plugin.upgrade(&engine.proxy_wasm_linker, &module(&engine.wasm, false));
+        assert!(refused.is_err());
+        assert!(plugin.on_baseline());
+        assert!(Arc::ptr_eq(&vm(&plugin), &first), "the VM was kept");
+
+        plugin
+            .upgrade(&engine.proxy_wasm_linker, &module(&engine.wasm, true))
+            .unwrap();
+        assert!(!plugin.on_baseline());
+        assert_eq!(plugin.live_instances(), 1, "only the started slot renewed");
+        let renewed = vm(&plugin);
+        assert!(!Arc::ptr_eq(&renewed, &first), "a fresh VM serves");
+        assert!(
+            !first.is_poisoned(),
+            "a request pinned to the old VM goes on"
+        );
+        // New VMs (a slot filled later, a failed one replaced) start from
+        // the optimized code too.
+        let code = plugin.inner.module.load();
+        assert!(wasmtime::Engine::same(
+            code.pre.module().engine(),
+            &engine.wasm
+        ));
+    }
+}
