@@ -403,11 +403,18 @@ mod tests {
         assert!(plugin.on_baseline());
         assert!(Arc::ptr_eq(&vm(&plugin), &first), "the VM was kept");
 
+        // Which slots hold a VM depends on this thread's home slot (the
+        // pool's own test covers a slot left empty).
+        let started = plugin.live_instances();
         plugin
             .upgrade(&engine.proxy_wasm_linker, &module(&engine.wasm, true))
             .unwrap();
         assert!(!plugin.on_baseline());
-        assert_eq!(plugin.live_instances(), 1, "only the started slot renewed");
+        assert_eq!(
+            plugin.live_instances(),
+            started,
+            "only started slots renewed"
+        );
         let renewed = vm(&plugin);
         assert!(!Arc::ptr_eq(&renewed, &first), "a fresh VM serves");
         assert!(
