@@ -68,28 +68,32 @@ pub struct Baseline {
 }
 
 impl Engine {
+    /// The baseline tier, when `engine` is its engine.
+    fn baseline_of(&self, engine: &wasmtime::Engine) -> Option<&Baseline> {
+        match self.baseline.get() {
+            Some(Some(b)) if wasmtime::Engine::same(engine, &b.wasm) => Some(b),
+            _ => None,
+        }
+    }
+
     /// The component linker for code compiled by `engine` (either tier).
     pub fn component_linker_for(
         &self,
         engine: &wasmtime::Engine,
     ) -> &wasmtime::component::Linker<ComponentState> {
-        match self.baseline.get() {
-            Some(Some(b)) if wasmtime::Engine::same(engine, &b.wasm) => &b.component_linker,
-            _ => &self.component_linker,
-        }
+        self.baseline_of(engine)
+            .map_or(&self.component_linker, |b| &b.component_linker)
     }
 
     /// The Proxy-Wasm linker for code compiled by `engine` (either tier).
     pub fn proxy_wasm_linker_for(&self, engine: &wasmtime::Engine) -> &Linker<HostState> {
-        match self.baseline.get() {
-            Some(Some(b)) if wasmtime::Engine::same(engine, &b.wasm) => &b.proxy_wasm_linker,
-            _ => &self.proxy_wasm_linker,
-        }
+        self.baseline_of(engine)
+            .map_or(&self.proxy_wasm_linker, |b| &b.proxy_wasm_linker)
     }
 
     /// Whether `engine` is the baseline tier's.
     pub fn is_baseline(&self, engine: &wasmtime::Engine) -> bool {
-        matches!(self.baseline.get(), Some(Some(b)) if wasmtime::Engine::same(engine, &b.wasm))
+        self.baseline_of(engine).is_some()
     }
 
     /// The baseline compiler's engine, made at the first call; `None` when
